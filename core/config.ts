@@ -1,0 +1,140 @@
+import { readFileSync } from 'node:fs';
+import { parseDuration } from './time.js';
+
+/**
+ * The settings table: each setting's key, flag, environment variable, default and
+ * meaning. Config resolves defaults → config file → environment → flags; every value
+ * is validated, and a bad one stops start-up with a message naming the setting.
+ * `docs/configuration.md` is checked against this table by a test.
+ */
+type Kind =
+  | { type: 'string' }
+  | { type: 'path' }
+  | { type: 'port' }
+  | { type: 'int'; min: number; max: number }
+  | { type: 'duration' }
+  | { type: 'bool' }
+  | { type: 'enum'; values: readonly string[] };
+
+interface SettingDef<T> {
+  kind: Kind;
+  default: T;
+  env: string;
+  flag: string;
+  description: string;
+}
+
+function setting<T>(kind: Kind, def: T, env: string, flag: string, description: string): SettingDef<T> {
+  return { kind, default: def, env, flag, description };
+}
+
+export const SETTINGS = {
+  dataDir: setting<string>({ type: 'path' }, './data', 'TRIBUTARY_DATA_DIR', '--data-dir', 'Directory holding the LevelDB database and everything else Tributary persists.'),
+  mqttHost: setting<string>({ type: 'string' }, '127.0.0.1', 'TRIBUTARY_MQTT_HOST', '--mqtt-host', 'Address the MQTT (TCP) listener binds.'),
+  mqttPort: setting<number>({ type: 'port' }, 1883, 'TRIBUTARY_MQTT_PORT', '--mqtt-port', 'Port of the MQTT (TCP) listener; 0 picks a free port.'),
+  httpHost: setting<string>({ type: 'string' }, '127.0.0.1', 'TRIBUTARY_HTTP_HOST', '--http-host', 'Address the HTTP API binds.'),
+  httpPort: setting<number>({ type: 'port' }, 3000, 'TRIBUTARY_HTTP_PORT', '--http-port', 'Port of the HTTP API; 0 picks a free port.'),
+  logLevel: setting<string>({ type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, 'info', 'TRIBUTARY_LOG_LEVEL', '--log-level', 'Minimum level written to the log (pino levels).'),
+  functionsDir: setting<string>({ type: 'path' }, '', 'TRIBUTARY_FUNCTIONS_DIR', '--functions-dir', 'Directory of handler modules (*.js, *.mjs, *.cjs); each file is deployed as a function named after it and attached to the change stream. Empty: none.'),
+  partitionWindow: setting<number>({ type: 'duration' }, 86_400_000, 'TRIBUTARY_PARTITION_WINDOW', '--partition-window', 'Width of a time partition. Fixed when the data directory is created.'),
+  streamShards: setting<number>({ type: 'int', min: 1, max: 1024 }, 4, 'TRIBUTARY_STREAM_SHARDS', '--stream-shards', 'Number of change-stream shards; a device always maps to one shard. Fixed when the data directory is created.'),
+  maxPayloadBytes: setting<number>({ type: 'int', min: 64, max: 16 * 1024 * 1024 }, 128 * 1024, 'TRIBUTARY_MAX_PAYLOAD_BYTES', '--max-payload-bytes', 'Largest telemetry payload accepted over MQTT or HTTP, in bytes.'),
+  commitMaxBatch: setting<number>({ type: 'int', min: 1, max: 100_000 }, 2000, 'TRIBUTARY_COMMIT_MAX_BATCH', '--commit-max-batch', 'Most readings in one group commit (one synced LevelDB batch).'),
+  commitMaxDelayMs: setting<number>({ type: 'int', min: 0, max: 1000 }, 0, 'TRIBUTARY_COMMIT_MAX_DELAY_MS', '--commit-max-delay-ms', 'Extra time a group commit waits to gather writes when idle. 0: commit at once when idle, batch while a commit is in flight.'),
+  functionTimeoutMs: setting<number>({ type: 'int', min: 1, max: 900_000 }, 3000, 'TRIBUTARY_FUNCTION_TIMEOUT_MS', '--function-timeout-ms', 'Default handler timeout for functions that do not set their own.'),
+  functionMemoryMb: setting<number>({ type: 'int', min: 16, max: 10_240 }, 128, 'TRIBUTARY_FUNCTION_MEMORY_MB', '--function-memory-mb', 'Default memory cap of a function process (JS heap and RSS watchdog).'),
+} as const;
+
+export type SettingKey = keyof typeof SETTINGS;
+export type Config = Readonly<{ [K in SettingKey]: (typeof SETTINGS)[K]['default'] }>;
+
+/** A configuration problem that names the setting and where its value came from. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+function parseValue(key: SettingKey, raw: unknown, source: string): unknown {
+  const def = SETTINGS[key];
+  const fail = (why: string): never => {
+    throw new ConfigError(`invalid ${key} (${source}): ${why} (got ${JSON.stringify(raw)})`);
+  };
+  const kind = def.kind;
+  switch (kind.type) {
+    case 'string':
+    case 'path':
+      if (typeof raw !== 'string') return fail('expected a string');
+      return raw;
+    case 'port':
+    case 'int': {
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^-?\d+$/.test(raw.trim()) ? Number(raw) : NaN;
+      const [min, max] = kind.type === 'port' ? [0, 65535] : [kind.min, kind.max];
+      if (!Number.isSafeInteger(n) || n < min || n > max) return fail(`expected an integer from ${min} to ${max}`);
+      return n;
+    }
+    case 'duration':
+      if (typeof raw === 'number' && Number.isSafeInteger(raw) && raw > 0) return raw;
+      if (typeof raw !== 'string') return fail('expected a duration such as 1h or 30d');
+      try {
+        return parseDuration(raw, key);
+      } catch {
+        return fail('expected a duration such as 1h or 30d');
+      }
+    case 'bool':
+      if (typeof raw === 'boolean') return raw;
+      if (raw === 'true' || raw === '1') return true;
+      if (raw === 'false' || raw === '0') return false;
+      return fail('expected true or false');
+    case 'enum':
+      if (typeof raw !== 'string' || !kind.values.includes(raw)) return fail(`expected one of ${kind.values.join(', ')}`);
+      return raw;
+  }
+}
+
+export interface ConfigSources {
+  /** Path of a JSON config file (keys as in SETTINGS). */
+  file?: string | undefined;
+  env?: Record<string, string | undefined>;
+  /** Values from command-line flags, already keyed by setting. */
+  flags?: Partial<Record<SettingKey, unknown>>;
+}
+
+/** Resolves defaults → file → env → flags into one frozen, validated config. */
+export function loadConfig(sources: ConfigSources = {}): Config {
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(SETTINGS) as SettingKey[]) out[key] = SETTINGS[key].default;
+
+  if (sources.file) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(sources.file, 'utf8'));
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${sources.file}: ${(err as Error).message}`);
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+      throw new ConfigError(`config file ${sources.file} must hold a JSON object`);
+    }
+    for (const [key, raw] of Object.entries(parsed)) {
+      if (!(key in SETTINGS)) throw new ConfigError(`unknown setting ${JSON.stringify(key)} in ${sources.file}; known: ${Object.keys(SETTINGS).join(', ')}`);
+      out[key] = parseValue(key as SettingKey, raw, `config file ${sources.file}`);
+    }
+  }
+  const env = sources.env ?? {};
+  for (const key of Object.keys(SETTINGS) as SettingKey[]) {
+    const raw = env[SETTINGS[key].env];
+    if (raw !== undefined && raw !== '') out[key] = parseValue(key, raw, `environment ${SETTINGS[key].env}`);
+  }
+  for (const [key, raw] of Object.entries(sources.flags ?? {})) {
+    if (raw === undefined) continue;
+    if (!(key in SETTINGS)) throw new ConfigError(`unknown setting ${key}`);
+    out[key] = parseValue(key as SettingKey, raw, `flag ${SETTINGS[key as SettingKey].flag}`);
+  }
+  return Object.freeze(out) as Config;
+}
+
+/** A config for tests and embedding: defaults plus overrides, validated the same way. */
+export function configWith(overrides: Partial<Record<SettingKey, unknown>>): Config {
+  return loadConfig({ flags: overrides });
+}

@@ -1,0 +1,30 @@
+/**
+ * One LevelDB holds everything; the first key byte says which table a key belongs to.
+ * Keeping every table in one database is what lets a reading, its change record, the
+ * latest index and the registry commit in one atomic, synced batch.
+ *
+ * | prefix | table | key after the prefix |
+ * |---|---|---|
+ * | `M` | meta (format version, creation time, fixed settings) | name (utf8) |
+ * | `P` | partition index | partition (u32 BE) |
+ * | `T` | telemetry | partition (u32 BE) · deviceId · 0x00 · ts (u64 BE) · seq (u32 BE) |
+ * | `L` | latest reading per device | deviceId |
+ * | `D` | device registry | deviceId |
+ * | `Q` | QoS 1 delivery ids (redelivery guard) | clientId · 0x00 · packetId (u16 BE) |
+ * | `C` | change log | shard (u16 BE) · sequence (u64 BE) |
+ * | `K` | function checkpoints | function · 0x00 · trigger · 0x00 · shard (u16 BE) |
+ * | `!` | sublevels of libraries (e.g. `!mqtt!` for aedes persistence) | — |
+ */
+export const Prefix = {
+  meta: 0x4d, // M
+  partition: 0x50, // P
+  telemetry: 0x54, // T
+  latest: 0x4c, // L
+  device: 0x44, // D
+  delivery: 0x51, // Q
+  change: 0x43, // C
+  checkpoint: 0x4b, // K
+} as const;
+
+/** Bumped whenever the on-disk layout changes incompatibly. */
+export const FORMAT_VERSION = 1;

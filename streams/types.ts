@@ -1,0 +1,67 @@
+/**
+ * The change stream's contract. Every committed write produces change records,
+ * ordered per device and numbered per shard. The embedded log keeps them in the
+ * store's LevelDB, staged into the very batch that writes the data (so a reading and
+ * its record are never one without the other); a Kafka log comes later behind the
+ * same interface.
+ */
+import type { Values } from '../store/types.js';
+
+export type EventName = 'INSERT' | 'MODIFY' | 'REMOVE';
+
+/** A change as the store describes it, before it has a place in the log. */
+export interface Change {
+  eventName: EventName;
+  deviceId: string;
+  ts: number;
+  seq: number;
+  newValues?: Values;
+  oldValues?: Values;
+  /** Removed by retention/TTL rather than by a user: rendered with DynamoDB's service userIdentity. */
+  byService?: boolean;
+}
+
+/** A change with its place in the log. */
+export interface ChangeRecord extends Change {
+  shard: number;
+  /** Gap-free per shard in the embedded log, starting at 1. */
+  sequenceNumber: number;
+  /** Commit time, epoch ms. */
+  createdAt: number;
+}
+
+export interface ShardInfo {
+  shardId: string;
+  shard: number;
+  /** Oldest retained sequence number, or null when the shard is empty. */
+  firstSequenceNumber: number | null;
+  lastSequenceNumber: number | null;
+}
+
+/** Puts and deletes that must commit atomically with the data. */
+export interface BatchOp {
+  type: 'put' | 'del';
+  key: Buffer;
+  value?: Buffer;
+}
+
+export interface ChangeLog {
+  readonly shardCount: number;
+  /** `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/<created-at-ISO>` */
+  readonly streamArn: string;
+  shardOf(deviceId: string): number;
+  /**
+   * Assigns sequence numbers and appends the records' puts to `ops`, which the
+   * caller commits atomically. Exactly one of `commit` or `abort` must follow.
+   */
+  stage(ops: BatchOp[], changes: Change[], now: number): ChangeRecord[];
+  /** The batch holding these staged records is durable: wake readers and tailers. */
+  commit(records: ChangeRecord[]): void;
+  /** The batch holding these staged records failed: their sequence numbers are reused. */
+  abort(records: ChangeRecord[]): void;
+  shards(): Promise<ShardInfo[]>;
+  /** Up to `limit` records of `shard` with sequence number > `after`, in order. */
+  read(shard: number, after: number, limit: number): Promise<ChangeRecord[]>;
+  /** Called with each committed group of records, in commit order. */
+  onCommit(listener: (records: readonly ChangeRecord[]) => void): () => void;
+}
