@@ -1,0 +1,156 @@
+/**
+ * JSON schemas of the HTTP API, written with TypeBox so that one declaration gives
+ * both the runtime schema (Ajv validates requests, fast-json-stringify serializes
+ * responses) and the TypeScript type of the handler's input.
+ *
+ * Request schemas reject unknown query parameters (`additionalProperties: false`,
+ * with Ajv's `removeAdditional` turned off in `server.ts`): a typo such as `?form=`
+ * or an unsupported option such as `?format=csv` answers 400 InvalidParameter instead
+ * of being silently ignored.
+ *
+ * @module
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { DEVICE_ID_PATTERN } from '../core/ids.js';
+
+/** Largest page a list route returns (`API.md`: default 100, max 10,000). */
+export const MAX_LIMIT = 10_000;
+/** Page size when `?limit=` is absent. */
+export const DEFAULT_LIMIT = 100;
+
+/** Cursors are opaque to the API; the bound only keeps absurd inputs out of the store. */
+const Cursor = Type.String({ minLength: 1, maxLength: 4096, description: 'Opaque cursor from the previous page\'s `nextCursor`.' });
+
+const Limit = Type.Integer({ minimum: 1, maximum: MAX_LIMIT, default: DEFAULT_LIMIT, description: `Page size, 1..${MAX_LIMIT}.` });
+
+/**
+ * A string enum as a plain `enum` keyword. TypeBox's `Union` of literals compiles to
+ * `anyOf`, whose validation errors ("must match a schema in anyOf") name no allowed
+ * values; `enum` errors carry `allowedValues`.
+ */
+function StringEnum<const T extends readonly string[]>(values: T, options: { default?: T[number]; description?: string } = {}) {
+  return Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options });
+}
+
+/**
+ * `string | null` as a type array: fast-json-stringify serializes it directly, whereas
+ * an `anyOf` makes it try each branch in turn.
+ */
+function NullableString(options: { description?: string } = {}) {
+  return Type.Unsafe<string | null>({ type: ['string', 'null'], ...options });
+}
+
+/** A list response: `{ items, nextCursor }` (the contract's list shape). */
+function PageOf<T extends TSchema>(item: T) {
+  return Type.Object({
+    items: Type.Array(item),
+    nextCursor: NullableString({ description: 'Pass as `?cursor=` to get the next page; null on the last page.' }),
+  });
+}
+
+/** The error body every failure answers with. */
+export const ErrorBody = Type.Object(
+  {
+    error: Type.Object({
+      code: Type.String({ description: 'Stable PascalCase code from the error catalog (docs/errors.md).' }),
+      message: Type.String(),
+      field: Type.Optional(Type.String({ description: 'The parameter or body field the error is about.' })),
+    }),
+  },
+  { description: 'Error' },
+);
+export type ErrorBody = Static<typeof ErrorBody>;
+
+/**
+ * Response schemas shared by every route for its failures, so that errors are
+ * serialized by the same fast path as successes and documented alike.
+ */
+export const errorResponses = { '4xx': ErrorBody, '5xx': ErrorBody } as const;
+
+export const DeviceIdParams = Type.Object(
+  { id: Type.String({ pattern: DEVICE_ID_PATTERN, description: 'Device id: 1-128 characters of A-Z a-z 0-9 . _ : -' }) },
+  { additionalProperties: false },
+);
+export type DeviceIdParams = Static<typeof DeviceIdParams>;
+
+/** `GET /v1/devices` */
+export const ListDevicesQuery = Type.Object(
+  { limit: Type.Optional(Limit), cursor: Type.Optional(Cursor) },
+  { additionalProperties: false },
+);
+export type ListDevicesQuery = Static<typeof ListDevicesQuery>;
+
+/** A device registry entry (`DeviceInfo` of the store). */
+export const DeviceInfo = Type.Object({
+  deviceId: Type.String(),
+  firstSeen: Type.Integer({ description: 'Epoch ms of the first reading written.' }),
+  lastSeen: Type.Integer({ description: 'Epoch ms of the last write.' }),
+  readings: Type.Integer({ description: 'Number of stored readings.' }),
+  tags: Type.Record(Type.String(), Type.String()),
+});
+
+export const DevicePage = PageOf(DeviceInfo);
+
+/**
+ * A reading's values are arbitrary (possibly nested) JSON objects, so the schema
+ * leaves them open; fast-json-stringify then falls back to `JSON.stringify` for that
+ * one property and keeps its compiled path for the key fields.
+ */
+const Values = Type.Object({}, { additionalProperties: true, description: 'Flat or nested object of numbers, strings and booleans.' });
+
+/** A stored reading with its full item key. */
+export const Reading = Type.Object({
+  deviceId: Type.String(),
+  ts: Type.Integer({ description: 'Epoch ms.' }),
+  seq: Type.Integer({ description: 'Disambiguates readings of the same millisecond.' }),
+  values: Values,
+});
+
+export const ReadingPage = PageOf(Reading);
+
+/** `GET /v1/devices/:id/telemetry` */
+export const TelemetryQuery = Type.Object(
+  {
+    from: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, default: '-24h', description: 'Inclusive lower bound: epoch ms, ISO-8601, `now` or an offset such as `-15m`.' }),
+    ),
+    to: Type.Optional(Type.String({ minLength: 1, maxLength: 64, default: 'now', description: 'Inclusive upper bound, same forms as `from`.' })),
+    order: Type.Optional(StringEnum(['asc', 'desc'] as const, { default: 'asc', description: 'Sort by (ts, seq).' })),
+    limit: Type.Optional(Limit),
+    cursor: Type.Optional(Cursor),
+    keys: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 4096, description: 'Comma-separated value keys to keep; dots address nested keys (`temp,gps.lat`).' }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type TelemetryQuery = Static<typeof TelemetryQuery>;
+
+/** Routes that take no query parameters still declare so, to reject unknown ones. */
+export const NoQuery = Type.Object({}, { additionalProperties: false });
+
+/**
+ * One reading as a device sends it: a bare values object or `{ ts, values }`. The
+ * ingest decoder (shared with MQTT) tells the two apart and checks the details; the
+ * schema only guarantees an object, so that both transports reject alike.
+ */
+const ReadingBody = Type.Object({}, { additionalProperties: true });
+
+/** `POST /v1/devices/:id/telemetry`: one reading or an array of readings. */
+export const IngestBody = Type.Union([ReadingBody, Type.Array(ReadingBody)]);
+/** Message for an ingest body of the wrong shape (the `anyOf` error itself names no shape). */
+export const INGEST_BODY_MESSAGE = 'body must be a reading ({...} or {"ts": ..., "values": {...}}) or an array of readings';
+
+export const IngestResult = Type.Object({
+  accepted: Type.Integer({ description: 'Number of readings written.' }),
+  items: Type.Array(
+    Type.Object({
+      ts: Type.Integer(),
+      seq: Type.Integer(),
+      change: Type.String({ description: 'INSERT, MODIFY, or NONE when a redelivery wrote nothing.' }),
+    }),
+  ),
+});
+
+export const Health = Type.Object({ status: Type.Literal('ok') });
+export const Ready = Type.Object({ status: Type.Literal('ready') });

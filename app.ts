@@ -1,0 +1,160 @@
+/**
+ * The composition root: builds every module from one frozen config and wires them
+ * through their interfaces. Nothing else constructs implementations; nothing here
+ * reads `process.env` or argv (bin/ does).
+ */
+import type { FastifyInstance } from 'fastify';
+import type { AddressInfo } from 'node:net';
+import type { Config } from './core/config.js';
+import { createLogger, type Logger } from './core/logger.js';
+import { createMetrics, type Metrics } from './core/metrics.js';
+import { buildApi } from './api/index.js';
+import { LevelCheckpointStore } from './functions/checkpoints.js';
+import { functionsFromDirectory } from './functions/directory.js';
+import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
+import { ProcessFunctionRuntime } from './functions/index.js';
+import type { FunctionRuntime } from './functions/types.js';
+import { MqttBroker } from './ingest/mqtt-broker.js';
+import { TelemetryIngest } from './ingest/telemetry-ingest.js';
+import { commandTopic } from './ingest/topics.js';
+import { Database } from './store/database.js';
+import { LevelTelemetryStore } from './store/level-store.js';
+import type { TelemetryStore } from './store/types.js';
+import { EmbeddedChangeLog } from './streams/embedded-log.js';
+import type { ChangeLog } from './streams/types.js';
+
+export interface Addresses {
+  mqtt: string;
+  http: string;
+  dataDir: string;
+}
+
+export interface App {
+  start(): Promise<Addresses>;
+  /** Graceful stop: no new work, in-flight writes flushed, functions stopped, database closed. */
+  stop(): Promise<void>;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+  /** Set once started. */
+  readonly store: TelemetryStore;
+  readonly changeLog: ChangeLog;
+}
+
+export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
+  const logger = opts.logger ?? createLogger(config.logLevel as 'info');
+  const metrics = createMetrics();
+  let database: Database | undefined;
+  let store: LevelTelemetryStore | undefined;
+  let changeLog: EmbeddedChangeLog | undefined;
+  let broker: MqttBroker | undefined;
+  let api: FastifyInstance | undefined;
+  let runtime: FunctionRuntime | undefined;
+  const mappings: EventSourceMapping[] = [];
+  let stopping: Promise<void> | undefined;
+
+  async function start(): Promise<Addresses> {
+    database = await Database.open(config.dataDir);
+    const window = Number(await database.fixedSetting('partitionWindowMs', String(config.partitionWindow)));
+    if (window !== config.partitionWindow) {
+      throw new Error(`this data directory was created with a partition window of ${window} ms; it cannot change (configured: ${config.partitionWindow} ms)`);
+    }
+    changeLog = await EmbeddedChangeLog.open(database, { shards: config.streamShards });
+    const openStore = await LevelTelemetryStore.open({
+      database,
+      changeLog,
+      partitionWindowMs: window,
+      maxBatch: config.commitMaxBatch,
+      maxDelayMs: config.commitMaxDelayMs,
+    });
+    store = openStore;
+    const ingest = new TelemetryIngest({
+      store: openStore,
+      logger: logger.child({ module: 'ingest' }),
+      metrics: { readings: metrics.ingestReadings, rejects: metrics.ingestRejects },
+      maxPayloadBytes: config.maxPayloadBytes,
+    });
+
+    const mqtt = await MqttBroker.start({ host: config.mqttHost, port: config.mqttPort, ingest, logger: logger.child({ module: 'mqtt' }) });
+    broker = mqtt;
+
+    const fnRuntime = new ProcessFunctionRuntime({
+      logger: logger.child({ module: 'functions' }),
+      services: {
+        put: async (deviceId, reading) => {
+          await ingest.ingestBody(deviceId, reading);
+        },
+        publish: async (deviceId, command) => {
+          await mqtt.publish({ topic: commandTopic(deviceId, command.name), payload: Buffer.from(JSON.stringify(command.payload ?? null)), qos: 1, retain: false });
+        },
+      },
+    });
+    runtime = fnRuntime;
+    if (config.functionsDir) {
+      const specs = functionsFromDirectory(config.functionsDir, { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb });
+      for (const fn of specs) {
+        const mapping = new EventSourceMapping(fn, { id: 'functions-dir', ...DEFAULT_TRIGGER }, {
+          log: changeLog,
+          runtime: fnRuntime,
+          checkpoints: new LevelCheckpointStore(database),
+          logger: logger.child({ module: 'functions' }),
+          metrics,
+        });
+        await mapping.start();
+        mappings.push(mapping);
+        logger.info({ function: fn.name, codePath: fn.codePath }, 'function attached to the change stream');
+      }
+    }
+
+    api = buildApi({
+      store: openStore,
+      logger: logger.child({ module: 'api' }),
+      metrics: metrics.registry,
+      ready: () => Boolean(broker?.listening) && !stopping,
+      ingest: async (deviceId, body) => {
+        const result = await ingest.ingestBody(deviceId, body);
+        return { accepted: result.items.length, items: result.items };
+      },
+      maxBodyBytes: config.maxPayloadBytes,
+    });
+    await api.listen({ host: config.httpHost, port: config.httpPort });
+    const httpAddr = api.server.address() as AddressInfo;
+    return {
+      mqtt: `mqtt://${formatHost(mqtt.address.host)}:${mqtt.address.port}`,
+      http: `http://${formatHost(httpAddr.address)}:${httpAddr.port}`,
+      dataDir: config.dataDir,
+    };
+  }
+
+  function stop(): Promise<void> {
+    stopping ??= (async () => {
+      // Ingest first so no new writes arrive; then drain what is in flight.
+      await broker?.close();
+      await Promise.all(mappings.map((m) => m.stop()));
+      await runtime?.close();
+      await store?.close();
+      await api?.close();
+      await database?.close();
+      logger.info('stopped');
+    })();
+    return stopping;
+  }
+
+  return {
+    start,
+    stop,
+    logger,
+    metrics,
+    get store(): TelemetryStore {
+      if (!store) throw new Error('app not started');
+      return store;
+    },
+    get changeLog(): ChangeLog {
+      if (!changeLog) throw new Error('app not started');
+      return changeLog;
+    },
+  };
+}
+
+function formatHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}

@@ -1,0 +1,96 @@
+import { describe, expect, it } from 'vitest';
+import { decodePayload, RejectedPayload, type PayloadLimits } from './payload.js';
+import { routeTopic } from './topics.js';
+
+const LIMITS: PayloadLimits = { maxPayloadBytes: 1024, maxReadings: 3, maxKeys: 4, maxDepth: 3 };
+const decode = (text: string) => decodePayload(Buffer.from(text), LIMITS);
+
+function rejection(text: string): RejectedPayload {
+  try {
+    decode(text);
+  } catch (err) {
+    if (err instanceof RejectedPayload) return err;
+    throw err;
+  }
+  throw new Error(`expected ${text} to be rejected`);
+}
+
+describe('decodePayload', () => {
+  it('accepts a flat object without ts (server-stamped)', () => {
+    expect(decode('{"temp":21.5}')).toEqual([{ values: { temp: 21.5 } }]);
+  });
+
+  it('accepts {ts, values} with epoch ms and with ISO-8601', () => {
+    expect(decode('{"ts":1764150000000,"values":{"temp":21.5}}')).toEqual([{ ts: 1764150000000, values: { temp: 21.5 } }]);
+    expect(decode('{"ts":"2025-11-26T09:40:00.000Z","values":{"temp":1}}')).toEqual([{ ts: Date.parse('2025-11-26T09:40:00.000Z'), values: { temp: 1 } }]);
+  });
+
+  it('takes a top-level ts of a flat object as its time', () => {
+    expect(decode('{"ts":5,"temp":1,"on":true}')).toEqual([{ ts: 5, values: { temp: 1, on: true } }]);
+  });
+
+  it('accepts nested values and arrays of readings', () => {
+    expect(decode('[{"gps":{"lat":1,"lon":2}},{"ts":7,"values":{"s":"x"}}]')).toEqual([
+      { values: { gps: { lat: 1, lon: 2 } } },
+      { ts: 7, values: { s: 'x' } },
+    ]);
+  });
+
+  it.each([
+    ['not json', 'invalid_json'],
+    ['"a string"', 'invalid_shape'],
+    ['42', 'invalid_shape'],
+    ['null', 'invalid_shape'],
+    ['[]', 'invalid_shape'],
+    ['[1]', 'invalid_shape'],
+    ['{}', 'invalid_shape'],
+    ['{"ts":1}', 'invalid_shape'],
+    ['{"ts":-1,"t":1}', 'invalid_timestamp'],
+    ['{"ts":1.5,"t":1}', 'invalid_timestamp'],
+    ['{"ts":"yesterday","t":1}', 'invalid_timestamp'],
+    ['{"ts":1e300,"t":1}', 'invalid_timestamp'],
+    ['{"t":null}', 'invalid_value'],
+    ['{"t":[1,2]}', 'invalid_value'],
+    ['{"a.b":1}', 'invalid_value'],
+    ['{"":1}', 'invalid_value'],
+    ['{"seq":1}', 'invalid_value'],
+    ['{"values":{"deviceId":"x"}}', 'invalid_value'],
+    ['{"g":{}}', 'invalid_value'],
+    ['{"a":{"b":{"c":{"d":1}}}}', 'invalid_value'],
+    ['{"a":1,"b":2,"c":3,"d":4,"e":5}', 'too_many_keys'],
+    ['[{"a":1},{"a":1},{"a":1},{"a":1}]', 'too_many_readings'],
+    ['{"ts":1,"values":{"a":1},"extra":2}', 'invalid_shape'],
+  ])('rejects %s as %s', (text, reason) => {
+    const err = rejection(text);
+    expect(err.reason).toBe(reason);
+    expect(err.code).toBe('ValidationError');
+    expect(err.message.length).toBeGreaterThan(10);
+  });
+
+  it('rejects an oversized payload before parsing it', () => {
+    const err = rejection(`{"a":"${'x'.repeat(2000)}"}`);
+    expect(err.reason).toBe('payload_too_large');
+    expect(err.code).toBe('PayloadTooLarge');
+  });
+
+  it('names the offending field', () => {
+    expect(rejection('[{"a":1},{"ts":"x","a":1}]').field).toBe('[1]ts');
+    expect(rejection('{"gps":{"lat":null}}').field).toBe('gps.lat');
+  });
+});
+
+describe('routeTopic', () => {
+  it.each([
+    ['devices/sensor-1/telemetry', { kind: 'telemetry', deviceId: 'sensor-1' }],
+    ['devices/a:b.c_d-e/telemetry', { kind: 'telemetry', deviceId: 'a:b.c_d-e' }],
+    ['devices/sensor-1/commands/reboot', { kind: 'device-other', deviceId: 'sensor-1' }],
+    ['devices/sensor-1/telemetry/extra', { kind: 'device-other', deviceId: 'sensor-1' }],
+    ['devices/sensor-1', { kind: 'device-other', deviceId: 'sensor-1' }],
+    ['devices//telemetry', { kind: 'invalid-device', segment: '' }],
+    ['devices/bad id/telemetry', { kind: 'invalid-device', segment: 'bad id' }],
+    ['home/kitchen', { kind: 'other' }],
+    ['device/x/telemetry', { kind: 'other' }],
+  ])('%s', (topic, route) => {
+    expect(routeTopic(topic)).toEqual(route);
+  });
+});

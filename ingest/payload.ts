@@ -1,0 +1,146 @@
+import { TributaryError } from '../core/errors.js';
+import { MAX_TIMESTAMP_MS } from '../core/time.js';
+import type { ReadingInput, Value, Values } from '../store/types.js';
+
+/** Why a payload was rejected: the label of the rejects counter and log. */
+export type RejectReason =
+  | 'payload_too_large'
+  | 'invalid_json'
+  | 'invalid_shape'
+  | 'invalid_timestamp'
+  | 'invalid_value'
+  | 'too_many_keys'
+  | 'too_many_readings';
+
+/** A payload that cannot become readings: a ValidationError (or PayloadTooLarge) with a reason label. */
+export class RejectedPayload extends TributaryError {
+  readonly reason: RejectReason;
+  constructor(reason: RejectReason, message: string, field?: string) {
+    super(reason === 'payload_too_large' ? 'PayloadTooLarge' : 'ValidationError', message, field === undefined ? {} : { field });
+    this.reason = reason;
+  }
+}
+
+export interface PayloadLimits {
+  maxPayloadBytes: number;
+  /** Most readings in one payload (an array). */
+  maxReadings: number;
+  /** Most leaf values in one reading. */
+  maxKeys: number;
+  /** Deepest nesting of objects inside a reading's values. */
+  maxDepth: number;
+}
+
+export const DEFAULT_LIMITS: Omit<PayloadLimits, 'maxPayloadBytes'> = { maxReadings: 1000, maxKeys: 256, maxDepth: 8 };
+
+/** Attribute names of the item key; a value may not shadow them in the stream images. */
+const RESERVED = new Set(['deviceId', 'ts', 'seq']);
+
+/** Decodes a raw MQTT payload (JSON bytes) into readings. */
+export function decodePayload(payload: Buffer, limits: PayloadLimits): ReadingInput[] {
+  if (payload.length > limits.maxPayloadBytes) {
+    throw new RejectedPayload('payload_too_large', `payload of ${payload.length} bytes exceeds the limit of ${limits.maxPayloadBytes} bytes`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(payload.toString('utf8'));
+  } catch (err) {
+    throw new RejectedPayload('invalid_json', `payload is not valid JSON: ${(err as Error).message}`);
+  }
+  return decodeReadings(parsed, limits);
+}
+
+/**
+ * Turns a parsed payload into readings. Accepted shapes: a flat or nested object of
+ * values (an optional top-level `ts` is its time), `{ "ts": ..., "values": {...} }`,
+ * or an array of either. `ts` is epoch milliseconds or an ISO-8601 string; without
+ * it the store stamps the reading with its own clock.
+ */
+export function decodeReadings(input: unknown, limits: Omit<PayloadLimits, 'maxPayloadBytes'>): ReadingInput[] {
+  if (Array.isArray(input)) {
+    if (input.length === 0) throw new RejectedPayload('invalid_shape', 'payload is an empty array; send at least one reading');
+    if (input.length > limits.maxReadings) {
+      throw new RejectedPayload('too_many_readings', `payload holds ${input.length} readings; at most ${limits.maxReadings} are accepted in one message`);
+    }
+    return input.map((item, i) => decodeReading(item, limits, `[${i}]`));
+  }
+  return [decodeReading(input, limits, '')];
+}
+
+function decodeReading(item: unknown, limits: Omit<PayloadLimits, 'maxPayloadBytes'>, where: string): ReadingInput {
+  if (!isPlainObject(item)) {
+    throw new RejectedPayload('invalid_shape', `reading${where} must be a JSON object (got ${describe(item)})`, where || undefined);
+  }
+  let rawTs: unknown;
+  let values: Record<string, unknown>;
+  if ('values' in item && isPlainObject(item.values)) {
+    const extra = Object.keys(item).filter((k) => k !== 'ts' && k !== 'values');
+    if (extra.length > 0) {
+      throw new RejectedPayload('invalid_shape', `reading${where} with "values" may only also have "ts" (found ${extra.map((k) => JSON.stringify(k)).join(', ')})`, `${where}${extra[0]}`);
+    }
+    rawTs = item.ts;
+    values = item.values;
+  } else {
+    const { ts, ...rest } = item;
+    rawTs = ts;
+    values = rest;
+  }
+  const reading: ReadingInput = { values: checkValues(values, limits, where) };
+  if (rawTs !== undefined) reading.ts = parseTimestamp(rawTs, where);
+  return reading;
+}
+
+function parseTimestamp(raw: unknown, where: string): number {
+  const field = `${where}ts`;
+  let ms: number;
+  if (typeof raw === 'number') ms = raw;
+  else if (typeof raw === 'string' && /^\d{4}-\d{2}-\d{2}/.test(raw)) ms = Date.parse(raw);
+  else throw new RejectedPayload('invalid_timestamp', `ts must be epoch milliseconds or an ISO-8601 string (got ${describe(raw)})`, field);
+  if (!Number.isSafeInteger(ms) || ms < 0 || ms > MAX_TIMESTAMP_MS) {
+    throw new RejectedPayload('invalid_timestamp', `ts must be whole epoch milliseconds between 1970 and 9999 (got ${JSON.stringify(raw)})`, field);
+  }
+  return ms;
+}
+
+function checkValues(values: Record<string, unknown>, limits: Omit<PayloadLimits, 'maxPayloadBytes'>, where: string): Values {
+  const keys = Object.keys(values);
+  if (keys.length === 0) throw new RejectedPayload('invalid_shape', `reading${where} has no values`, where || undefined);
+  for (const k of keys) {
+    if (RESERVED.has(k)) throw new RejectedPayload('invalid_value', `"${k}" is part of the item key and cannot be a value name`, `${where}${k}`);
+  }
+  let leaves = 0;
+  const visit = (obj: Record<string, unknown>, path: string, depth: number): void => {
+    if (depth > limits.maxDepth) throw new RejectedPayload('invalid_value', `values nest deeper than ${limits.maxDepth} levels at "${path}"`, path);
+    for (const [k, v] of Object.entries(obj)) {
+      const p = path ? `${path}.${k}` : k;
+      if (k.length === 0 || k.includes('.')) {
+        throw new RejectedPayload('invalid_value', `value names must be non-empty and contain no "." (dots address nested keys): ${JSON.stringify(p)}`, `${where}${p}`);
+      }
+      if (isPlainObject(v)) {
+        if (Object.keys(v).length === 0) throw new RejectedPayload('invalid_value', `nested object "${p}" is empty`, `${where}${p}`);
+        visit(v, p, depth + 1);
+        continue;
+      }
+      if (!isScalar(v)) {
+        throw new RejectedPayload('invalid_value', `value "${p}" must be a number, string, boolean or object (got ${describe(v)})`, `${where}${p}`);
+      }
+      if (++leaves > limits.maxKeys) throw new RejectedPayload('too_many_keys', `reading${where} has more than ${limits.maxKeys} values`, where || undefined);
+    }
+  };
+  visit(values, '', 1);
+  return values as Values;
+}
+
+function isScalar(v: unknown): v is Exclude<Value, Values> {
+  return (typeof v === 'number' && Number.isFinite(v)) || typeof v === 'string' || typeof v === 'boolean';
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'string' ? `a string` : `${typeof v} ${JSON.stringify(v)}`.slice(0, 60);
+}

@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
+import type { AttributeValue } from '@aws-sdk/client-dynamodb';
+import { toStreamRecord } from './lambda-event.js';
+import type { ChangeRecord } from './types.js';
+
+const ARN = 'arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/2026-11-26T08:00:00.000Z';
+
+const modify: ChangeRecord = {
+  eventName: 'MODIFY',
+  deviceId: 'sensor-1',
+  ts: 1764150000000,
+  seq: 0,
+  newValues: { temp: 21.5, ok: true, site: 'north', gps: { lat: 52.1, lon: 4.3 } },
+  oldValues: { temp: 20 },
+  shard: 2,
+  sequenceNumber: 17,
+  createdAt: 1764150000123,
+};
+
+describe('toStreamRecord', () => {
+  it('renders the DynamoDB stream record shape with typed images', () => {
+    const r = toStreamRecord(modify, ARN);
+    expect(r).toMatchObject({
+      eventName: 'MODIFY',
+      eventVersion: '1.1',
+      eventSource: 'aws:dynamodb',
+      awsRegion: 'local',
+      eventSourceARN: ARN,
+      dynamodb: {
+        ApproximateCreationDateTime: 1764150000,
+        Keys: { deviceId: { S: 'sensor-1' }, ts: { N: '1764150000000' }, seq: { N: '0' } },
+        SequenceNumber: '17',
+        StreamViewType: 'NEW_AND_OLD_IMAGES',
+      },
+    });
+    expect(r.eventID).toMatch(/^[0-9a-f]{32}$/);
+    expect(r.dynamodb.NewImage?.temp).toEqual({ N: '21.5' });
+    expect(r.dynamodb.NewImage?.gps).toEqual({ M: { lat: { N: '52.1' }, lon: { N: '4.3' } } });
+    expect(r.dynamodb.SizeBytes).toBeGreaterThan(0);
+    expect(r.userIdentity).toBeUndefined();
+  });
+
+  it('round-trips images through unmarshall', () => {
+    const r = toStreamRecord(modify, ARN);
+    expect(unmarshall(r.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', ts: 1764150000000, seq: 0, ...modify.newValues });
+    expect(unmarshall(r.dynamodb.OldImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', ts: 1764150000000, seq: 0, temp: 20 });
+  });
+
+  it('honours the stream view type', () => {
+    expect(toStreamRecord(modify, ARN, 'KEYS_ONLY').dynamodb).not.toHaveProperty('NewImage');
+    expect(toStreamRecord(modify, ARN, 'NEW_IMAGE').dynamodb).not.toHaveProperty('OldImage');
+    expect(toStreamRecord(modify, ARN, 'OLD_IMAGE').dynamodb).not.toHaveProperty('NewImage');
+  });
+
+  it('gives the same record the same event id and different records different ids', () => {
+    expect(toStreamRecord(modify, ARN).eventID).toBe(toStreamRecord({ ...modify }, ARN).eventID);
+    expect(toStreamRecord({ ...modify, sequenceNumber: 18 }, ARN).eventID).not.toBe(toStreamRecord(modify, ARN).eventID);
+  });
+
+  it('marks retention removals with the DynamoDB service identity', () => {
+    const r = toStreamRecord({ ...modify, eventName: 'REMOVE', newValues: undefined, byService: true }, ARN);
+    expect(r.userIdentity).toEqual({ type: 'Service', principalId: 'dynamodb.amazonaws.com' });
+  });
+});

@@ -1,0 +1,29 @@
+import { SequencedLog } from './sequenced-log.js';
+import type { BatchOp, ChangeRecord } from './types.js';
+
+/** A change log in memory, for tests of the logic above the log. */
+export class MemoryChangeLog extends SequencedLog {
+  private readonly records: ChangeRecord[][];
+
+  constructor(opts: { shards: number }) {
+    super(opts.shards, `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${new Date(0).toISOString()}`, new Array<number>(opts.shards).fill(0));
+    this.records = Array.from({ length: opts.shards }, () => []);
+  }
+
+  // Nothing to add to the batch: records join the log only once committed.
+  protected persist(_ops: BatchOp[], _record: ChangeRecord): void {}
+
+  protected override afterCommit(records: ChangeRecord[]): void {
+    for (const r of records) (this.records[r.shard] as ChangeRecord[]).push(r);
+  }
+
+  async read(shard: number, after: number, limit: number): Promise<ChangeRecord[]> {
+    const list = this.records[shard] ?? [];
+    const start = list.findIndex((r) => r.sequenceNumber > after);
+    return start < 0 ? [] : list.slice(start, start + limit);
+  }
+
+  protected async firstSequenceNumber(shard: number): Promise<number | null> {
+    return this.records[shard]?.[0]?.sequenceNumber ?? null;
+  }
+}

@@ -1,0 +1,81 @@
+import type { BatchOp, Change, ChangeLog, ChangeRecord, ShardInfo } from './types.js';
+import { shardIdOf, shardOf } from './shard.js';
+
+/**
+ * What the embedded and in-memory change logs share: per-shard sequence numbering,
+ * the stage → commit | abort protocol and commit listeners. Subclasses decide where
+ * a record lives.
+ *
+ * Numbering is gap-free because the store has at most one batch in flight: `abort`
+ * can hand a failed batch's numbers back by rewinding each shard to just before the
+ * first number it staged.
+ */
+export abstract class SequencedLog implements ChangeLog {
+  readonly shardCount: number;
+  readonly streamArn: string;
+  /** Last sequence number handed out per shard (staged or committed). */
+  protected readonly next: number[];
+  /** Last committed sequence number per shard. */
+  protected readonly committed: number[];
+  private readonly listeners = new Set<(records: readonly ChangeRecord[]) => void>();
+
+  protected constructor(shardCount: number, streamArn: string, lastCommitted: number[]) {
+    this.shardCount = shardCount;
+    this.streamArn = streamArn;
+    this.next = [...lastCommitted];
+    this.committed = [...lastCommitted];
+  }
+
+  shardOf(deviceId: string): number {
+    return shardOf(deviceId, this.shardCount);
+  }
+
+  stage(ops: BatchOp[], changes: Change[], now: number): ChangeRecord[] {
+    const records: ChangeRecord[] = [];
+    for (const change of changes) {
+      const shard = this.shardOf(change.deviceId);
+      const sequenceNumber = (this.next[shard] as number) + 1;
+      this.next[shard] = sequenceNumber;
+      const record: ChangeRecord = { ...change, shard, sequenceNumber, createdAt: now };
+      this.persist(ops, record);
+      records.push(record);
+    }
+    return records;
+  }
+
+  commit(records: ChangeRecord[]): void {
+    for (const r of records) {
+      if (r.sequenceNumber > (this.committed[r.shard] as number)) this.committed[r.shard] = r.sequenceNumber;
+    }
+    this.afterCommit(records);
+    if (records.length === 0) return;
+    for (const listener of this.listeners) listener(records);
+  }
+
+  abort(records: ChangeRecord[]): void {
+    for (const r of records) {
+      if (r.sequenceNumber - 1 < (this.next[r.shard] as number)) this.next[r.shard] = r.sequenceNumber - 1;
+    }
+  }
+
+  onCommit(listener: (records: readonly ChangeRecord[]) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async shards(): Promise<ShardInfo[]> {
+    const out: ShardInfo[] = [];
+    for (let shard = 0; shard < this.shardCount; shard++) {
+      const last = this.committed[shard] as number;
+      const first = last === 0 ? null : await this.firstSequenceNumber(shard);
+      out.push({ shardId: shardIdOf(shard), shard, firstSequenceNumber: first, lastSequenceNumber: last === 0 ? null : last });
+    }
+    return out;
+  }
+
+  abstract read(shard: number, after: number, limit: number): Promise<ChangeRecord[]>;
+  /** Adds the record's write to the caller's batch (or keeps it aside until commit). */
+  protected abstract persist(ops: BatchOp[], record: ChangeRecord): void;
+  protected abstract firstSequenceNumber(shard: number): Promise<number | null>;
+  protected afterCommit(_records: ChangeRecord[]): void {}
+}
