@@ -13,11 +13,13 @@ import type {
   FastifyReply,
   FastifyRequest,
   FastifySchemaValidationError,
-  SchemaErrorDataVar,
 } from 'fastify';
 import { isTributaryError, TributaryError } from '../core/errors.js';
 import { DEVICE_ID_PATTERN } from '../core/ids.js';
 import type { ErrorBody } from './schemas.js';
+
+/** Which part of the request a schema error is about (fastify does not export its name for this). */
+export type SchemaErrorDataVar = NonNullable<FastifyError['validationContext']>;
 
 const WHERE: Record<SchemaErrorDataVar, string> = {
   params: 'path parameter',
@@ -92,7 +94,12 @@ export function toTributaryError(err: unknown, request: FastifyRequest): Tributa
       return new TributaryError('ValidationError', 'request body is empty but Content-Type is application/json');
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
       // The catalog has no 415 code; the body is what the client must change.
-      return new TributaryError('ValidationError', `unsupported Content-Type ${JSON.stringify(request.headers['content-type'] ?? '')}; send application/json`);
+      return new TributaryError(
+        'ValidationError',
+        request.headers['content-type'] === undefined
+          ? 'the request has a body but no Content-Type; send application/json'
+          : `unsupported Content-Type ${JSON.stringify(request.headers['content-type'])}; send application/json`,
+      );
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return new TributaryError('ValidationError', 'request body size does not match Content-Length');
     case 'FST_ERR_BAD_URL':

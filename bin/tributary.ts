@@ -16,8 +16,9 @@ const start = program
   .command('start')
   .description('start the broker, the store, the change stream, functions and the HTTP API in one process')
   .option('-c, --config <file>', 'JSON config file (keys as in docs/configuration.md)', process.env.TRIBUTARY_CONFIG);
-for (const [key, def] of Object.entries(SETTINGS)) {
-  start.addOption(new Option(`${def.flag} <value>`, `${def.description} [env ${def.env}, default ${JSON.stringify(def.default)}]`).argParser((v) => v).attributeName(key));
+for (const def of Object.values(SETTINGS)) {
+  // Commander camel-cases `--data-dir` into `dataDir`: flags are named after their setting keys (a test checks).
+  start.addOption(new Option(`${def.flag} <value>`, `${def.description} [env ${def.env}, default ${JSON.stringify(def.default)}]`));
 }
 
 start.action(async (options: Record<string, unknown>) => {

@@ -1,0 +1,7 @@
+/**
+ * Public surface of the HTTP API module.
+ *
+ * @module
+ */
+export { buildApi, type ApiDeps } from './server.js';
+export type { IngestFn, IngestOutcome } from './routes/telemetry.js';

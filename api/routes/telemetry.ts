@@ -1,0 +1,108 @@
+/**
+ * Telemetry routes of one device (`/v1/devices/:id/...`): range query, latest
+ * reading, and HTTP ingest.
+ *
+ * @module
+ */
+import type { FastifyPluginAsync, FastifySchemaValidationError } from 'fastify';
+import { invalidParameter, TributaryError } from '../../core/errors.js';
+import { parseTime } from '../../core/time.js';
+import type { RangeQuery, TelemetryStore } from '../../store/types.js';
+import { formatSchemaErrors, type SchemaErrorDataVar } from '../errors.js';
+import {
+  DEFAULT_LIMIT,
+  DeviceIdParams,
+  errorResponses,
+  INGEST_BODY_MESSAGE,
+  IngestBody,
+  IngestResult,
+  NoQuery,
+  Reading,
+  ReadingPage,
+  TelemetryQuery,
+} from '../schemas.js';
+import { deviceNotFound } from './devices.js';
+
+/** What ingest reports for an accepted request (see `IngestResult` in schemas.ts). */
+export interface IngestOutcome {
+  accepted: number;
+  items: Array<{ ts: number; seq: number; change: string }>;
+}
+
+/**
+ * Decodes a request body into readings and writes them; shared with MQTT ingest so
+ * that both transports accept and reject the same payloads. Throws TributaryErrors.
+ */
+export type IngestFn = (deviceId: string, body: unknown) => Promise<IngestOutcome>;
+
+/** Options of {@link telemetryRoutes}. */
+export interface TelemetryRoutesOptions {
+  store: TelemetryStore;
+  ingest: IngestFn;
+  /** Largest accepted request body for ingest, in bytes (`maxPayloadBytes`, as for MQTT). */
+  maxBodyBytes: number;
+}
+
+/**
+ * Splits `?keys=temp,gps.lat` into a projection. An empty segment (`a,,b`, a trailing
+ * comma) is rejected rather than dropped: it is more likely a client bug than intent.
+ */
+export function parseKeys(text: string): string[] {
+  const keys = text.split(',').map((k) => k.trim());
+  if (keys.some((k) => k === '')) throw invalidParameter('keys', 'keys must be a comma-separated list of non-empty value keys (e.g. temp,gps.lat)');
+  return keys;
+}
+
+/** The ingest body's `anyOf` error names no shape; say which shapes are accepted instead. */
+function ingestSchemaErrors(errors: FastifySchemaValidationError[], dataVar: SchemaErrorDataVar): Error {
+  if (dataVar === 'body' && errors[errors.length - 1]?.keyword === 'anyOf') return new Error(INGEST_BODY_MESSAGE);
+  return formatSchemaErrors(errors, dataVar);
+}
+
+export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
+  app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
+    '/devices/:id/telemetry',
+    { schema: { params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
+    async (request) => {
+      const { id } = request.params;
+      const q = request.query;
+      // One clock reading for both bounds, so `from=-1h&to=now` spans exactly an hour.
+      const now = Date.now();
+      const from = parseTime(q.from ?? '-24h', 'from', now);
+      const to = parseTime(q.to ?? 'now', 'to', now);
+      if (from > to) throw invalidParameter('from', `from (${from}) is after to (${to})`);
+      const range: RangeQuery = { deviceId: id, from, to, order: q.order ?? 'asc', limit: q.limit ?? DEFAULT_LIMIT };
+      if (q.cursor !== undefined) range.cursor = q.cursor;
+      if (q.keys !== undefined) range.keys = parseKeys(q.keys);
+      // An unknown device is a 404, not an empty page: a typo in the id should be visible.
+      if ((await store.getDevice(id)) === undefined) throw deviceNotFound(id);
+      return store.query(range);
+    },
+  );
+
+  app.get<{ Params: DeviceIdParams }>(
+    '/devices/:id/latest',
+    { schema: { params: DeviceIdParams, querystring: NoQuery, response: { 200: Reading, ...errorResponses } } },
+    async (request) => {
+      const { id } = request.params;
+      const reading = await store.latest(id);
+      if (reading !== undefined) return reading;
+      // Only on a miss: is the device unknown, or known without readings (provisioned)?
+      if ((await store.getDevice(id)) === undefined) throw deviceNotFound(id);
+      throw new TributaryError('NotFound', `device ${JSON.stringify(id)} has no readings yet`);
+    },
+  );
+
+  app.post<{ Params: DeviceIdParams; Body: unknown }>(
+    '/devices/:id/telemetry',
+    {
+      bodyLimit: maxBodyBytes,
+      schemaErrorFormatter: ingestSchemaErrors,
+      schema: { params: DeviceIdParams, querystring: NoQuery, body: IngestBody, response: { 201: IngestResult, ...errorResponses } },
+    },
+    async (request, reply) => {
+      const result = await ingest(request.params.id, request.body);
+      return reply.code(201).send(result);
+    },
+  );
+};

@@ -1,0 +1,70 @@
+/** An MQTT load generator: C connections, each keeping W QoS 1 publishes in flight. */
+import mqtt, { type MqttClient } from 'mqtt';
+import { percentile } from './harness.js';
+
+export interface LoadResult {
+  rate: number;
+  p50: number;
+  p99: number;
+  count: number;
+}
+
+export interface LoadOptions {
+  url: string;
+  connections: number;
+  /** Publishes in flight per connection (closed loop) — or a fixed total rate (open loop). */
+  window?: number;
+  ratePerSecond?: number;
+  durationMs: number;
+  qos: 0 | 1;
+  topic: (device: number) => string;
+  payload: (i: number) => string;
+}
+
+async function connect(url: string, clientId: string): Promise<MqttClient> {
+  const client = mqtt.connect(url, { clientId, reconnectPeriod: 0, clean: true });
+  await new Promise<void>((resolve, reject) => {
+    client.once('connect', () => resolve());
+    client.once('error', reject);
+  });
+  return client;
+}
+
+export async function runLoad(o: LoadOptions): Promise<LoadResult> {
+  const clients = await Promise.all(Array.from({ length: o.connections }, (_, i) => connect(o.url, `bench-${i}-${process.pid}`)));
+  const latencies: number[] = [];
+  let count = 0;
+  let seq = 0;
+  const deadline = performance.now() + o.durationMs;
+  const publishOne = async (c: number) => {
+    const t0 = performance.now();
+    const i = seq++;
+    await (clients[c] as MqttClient).publishAsync(o.topic(c), o.payload(i), { qos: o.qos });
+    latencies.push(performance.now() - t0);
+    count++;
+  };
+  const t0 = performance.now();
+  if (o.ratePerSecond) {
+    // Open loop: a fixed offered rate, spread over the connections, so latency is not hidden by queueing in the client.
+    const interval = 1000 / o.ratePerSecond;
+    const pending: Array<Promise<void>> = [];
+    let n = 0;
+    while (performance.now() < deadline) {
+      const due = Math.floor((performance.now() - t0) / interval);
+      while (n < due) pending.push(publishOne(n++ % o.connections));
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await Promise.all(pending);
+  } else {
+    await Promise.all(
+      clients.flatMap((_, c) =>
+        Array.from({ length: o.window ?? 10 }, async () => {
+          while (performance.now() < deadline) await publishOne(c);
+        }),
+      ),
+    );
+  }
+  const elapsed = (performance.now() - t0) / 1000;
+  await Promise.all(clients.map((c) => c.endAsync(true)));
+  return { rate: count / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), count };
+}

@@ -1,0 +1,7 @@
+/**
+ * Functions: Lambda-style handlers run out of the server's process. The runtime contract
+ * is in `types.ts`; `ProcessFunctionRuntime` is the implementation (one child process per
+ * function).
+ */
+export type { FunctionRuntime, FunctionSpec, HostServices, InvokeLog, InvokeOutcome, InvokeResult } from './types.js';
+export { ProcessFunctionRuntime, type ProcessFunctionRuntimeOptions } from './process-runtime.js';

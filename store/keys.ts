@@ -1,0 +1,151 @@
+/**
+ * Pure key encoding for the tables of `keyspace.ts`. Every key is a Buffer whose
+ * byte order is the order LevelDB sorts in, so the layout below is what makes range
+ * scans work:
+ *
+ * - telemetry `T · partition u32 · deviceId · 0x00 · ts u64 · seq u32` — within a
+ *   partition, keys sort by device, then ts, then seq. The 0x00 separator sorts below
+ *   every device-id character, so a device's keys never interleave with those of a
+ *   device whose id it prefixes (`a` vs `a1`).
+ * - partition index `P · u32`, latest `L · deviceId`, registry `D · deviceId`,
+ *   delivery `Q · clientId · 0x00 · packetId u16`.
+ *
+ * Device ids are validated elsewhere (`core/ids.ts`) and never contain 0x00.
+ */
+import { Prefix } from './keyspace.js';
+
+/** Largest value of an unsigned 32-bit field (partition, seq). */
+export const MAX_U32 = 0xffff_ffff;
+
+const TWO_32 = 0x1_0000_0000;
+/** Bytes after the device id in a telemetry key: separator, ts, seq. */
+const TELEMETRY_TAIL = 1 + 8 + 4;
+
+/** The time partition of `ts`: windows of `windowMs` counted from the epoch. */
+export function partitionOf(ts: number, windowMs: number): number {
+  return Math.floor(ts / windowMs);
+}
+
+/** A decoded telemetry key. */
+export interface TelemetryKey {
+  partition: number;
+  deviceId: string;
+  ts: number;
+  seq: number;
+}
+
+function writeU64(buf: Buffer, value: number, offset: number): void {
+  // Two u32 halves instead of BigInt: timestamps stay far below 2^53, and this is the hot path.
+  if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`u64 field out of range: ${value}`);
+  buf.writeUInt32BE(Math.floor(value / TWO_32), offset);
+  buf.writeUInt32BE(value % TWO_32, offset + 4);
+}
+
+function readU64(buf: Buffer, offset: number): number {
+  return buf.readUInt32BE(offset) * TWO_32 + buf.readUInt32BE(offset + 4);
+}
+
+/** `T · partition · deviceId · 0x00 · ts · seq` */
+export function telemetryKey(partition: number, deviceId: string, ts: number, seq: number): Buffer {
+  const idLen = Buffer.byteLength(deviceId, 'utf8');
+  const buf = Buffer.allocUnsafe(1 + 4 + idLen + TELEMETRY_TAIL);
+  buf[0] = Prefix.telemetry;
+  buf.writeUInt32BE(partition, 1);
+  buf.write(deviceId, 5, 'utf8');
+  const tail = 5 + idLen;
+  buf[tail] = 0x00;
+  writeU64(buf, ts, tail + 1);
+  buf.writeUInt32BE(seq, tail + 9);
+  return buf;
+}
+
+/** Inverse of {@link telemetryKey}; throws on a key that is not a telemetry key. */
+export function decodeTelemetryKey(key: Buffer): TelemetryKey {
+  if (key[0] !== Prefix.telemetry || key.length < 1 + 4 + 1 + TELEMETRY_TAIL) throw new RangeError('not a telemetry key');
+  const sep = key.length - TELEMETRY_TAIL;
+  if (key[sep] !== 0x00) throw new RangeError('malformed telemetry key');
+  return {
+    partition: key.readUInt32BE(1),
+    deviceId: key.toString('utf8', 5, sep),
+    ts: readU64(key, sep + 1),
+    seq: key.readUInt32BE(sep + 9),
+  };
+}
+
+/** The ts of a telemetry key, read from its fixed-size tail without decoding the rest. */
+export function telemetryKeyTs(key: Buffer): number {
+  return readU64(key, key.length - 12);
+}
+
+/** The seq of a telemetry key, read from its fixed-size tail. */
+export function telemetryKeySeq(key: Buffer): number {
+  return key.readUInt32BE(key.length - 4);
+}
+
+/** Inclusive iterator bounds for one device's readings with `fromTs <= ts <= toTs` in one partition. */
+export function telemetryBounds(partition: number, deviceId: string, fromTs: number, toTs: number): { gte: Buffer; lte: Buffer } {
+  return { gte: telemetryKey(partition, deviceId, fromTs, 0), lte: telemetryKey(partition, deviceId, toTs, MAX_U32) };
+}
+
+/** `P · partition` */
+export function partitionKey(partition: number): Buffer {
+  const buf = Buffer.allocUnsafe(5);
+  buf[0] = Prefix.partition;
+  buf.writeUInt32BE(partition, 1);
+  return buf;
+}
+
+export function decodePartitionKey(key: Buffer): number {
+  if (key[0] !== Prefix.partition || key.length !== 5) throw new RangeError('not a partition key');
+  return key.readUInt32BE(1);
+}
+
+/** Bounds covering the whole partition index. */
+export function partitionIndexBounds(): { gte: Buffer; lt: Buffer } {
+  return { gte: Buffer.of(Prefix.partition), lt: Buffer.of(Prefix.partition + 1) };
+}
+
+function prefixed(prefix: number, text: string): Buffer {
+  const len = Buffer.byteLength(text, 'utf8');
+  const buf = Buffer.allocUnsafe(1 + len);
+  buf[0] = prefix;
+  buf.write(text, 1, 'utf8');
+  return buf;
+}
+
+/** `L · deviceId` */
+export function latestKey(deviceId: string): Buffer {
+  return prefixed(Prefix.latest, deviceId);
+}
+
+/** `D · deviceId` */
+export function deviceKey(deviceId: string): Buffer {
+  return prefixed(Prefix.device, deviceId);
+}
+
+export function decodeDeviceKey(key: Buffer): string {
+  if (key[0] !== Prefix.device) throw new RangeError('not a device key');
+  return key.toString('utf8', 1);
+}
+
+/** Bounds over the device registry, starting strictly after `afterId` when given. */
+export function deviceBounds(afterId?: string): { gt?: Buffer; gte?: Buffer; lt: Buffer } {
+  const lt = Buffer.of(Prefix.device + 1);
+  return afterId === undefined ? { gte: Buffer.of(Prefix.device), lt } : { gt: deviceKey(afterId), lt };
+}
+
+/** `Q · clientId · 0x00 · packetId u16` (MQTT strings may not contain U+0000 [MQTT-1.5.3-2]). */
+export function deliveryKey(clientId: string, packetId: number): Buffer {
+  const len = Buffer.byteLength(clientId, 'utf8');
+  const buf = Buffer.allocUnsafe(1 + len + 1 + 2);
+  buf[0] = Prefix.delivery;
+  buf.write(clientId, 1, 'utf8');
+  buf[1 + len] = 0x00;
+  buf.writeUInt16BE(packetId, 2 + len);
+  return buf;
+}
+
+export function decodeDeliveryKey(key: Buffer): { clientId: string; packetId: number } {
+  if (key[0] !== Prefix.delivery || key.length < 4 || key[key.length - 3] !== 0x00) throw new RangeError('not a delivery key');
+  return { clientId: key.toString('utf8', 1, key.length - 3), packetId: key.readUInt16BE(key.length - 2) };
+}

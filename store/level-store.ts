@@ -1,0 +1,223 @@
+/**
+ * The product's TelemetryStore: the shared engine over LevelDB. One synced batch per
+ * group commit carries the readings (`T`), new partition index entries (`P`), the
+ * latest index (`L`), registry entries (`D`), delivery ids (`Q`) and the change
+ * records the change log staged (`C`), so none of them is ever durable without the
+ * others.
+ */
+import { TributaryError } from '../core/errors.js';
+import { MAX_TIMESTAMP_MS } from '../core/time.js';
+import type { BatchOp, ChangeLog } from '../streams/types.js';
+import type { Database } from './database.js';
+import {
+  TelemetryStoreEngine,
+  type BatchReadResult,
+  type BatchReads,
+  type DeviceRecord,
+  type DeviceState,
+  type ScanQuery,
+  type StoreBackend,
+  type StoredItem,
+  type WritePlan,
+} from './engine.js';
+import {
+  MAX_U32,
+  decodeDeviceKey,
+  decodePartitionKey,
+  deliveryKey,
+  deviceBounds,
+  deviceKey,
+  latestKey,
+  partitionIndexBounds,
+  partitionKey,
+  partitionOf,
+  telemetryKey,
+  telemetryKeySeq,
+  telemetryKeyTs,
+} from './keys.js';
+import type { Values } from './types.js';
+
+export interface LevelTelemetryStoreOptions {
+  /** Owner of the LevelDB handle; the store never closes it. */
+  database: Database;
+  changeLog: ChangeLog;
+  /** Width of a time partition. Recorded when the data directory is created; it cannot change afterwards. */
+  partitionWindowMs: number;
+  /** Most readings per group commit. */
+  maxBatch: number;
+  /** Extra wait to gather writes when idle (0: commit on the next event-loop turn). */
+  maxDelayMs: number;
+  now?: () => number;
+}
+
+/** Entries fetched per native iterator call: large enough to amortise the crossing, small enough to bound memory. */
+const SCAN_CHUNK = 1000;
+const EMPTY = Buffer.alloc(0);
+const CLOSE_BRACE = Buffer.from('}', 'utf8');
+
+/** The LevelDB-backed TelemetryStore. Open with {@link LevelTelemetryStore.open}. */
+export class LevelTelemetryStore extends TelemetryStoreEngine {
+  /** Partition width in effect (fixed per data directory). */
+  readonly partitionWindowMs: number;
+
+  private constructor(backend: LevelBackend, opts: LevelTelemetryStoreOptions) {
+    super(backend, opts);
+    this.partitionWindowMs = opts.partitionWindowMs;
+  }
+
+  /**
+   * Opens the store on an open database: checks the partition width against the one
+   * the data directory was created with and loads the partition index.
+   * @throws TributaryError `Conflict` when the partition width differs from the recorded one.
+   */
+  static async open(opts: LevelTelemetryStoreOptions): Promise<LevelTelemetryStore> {
+    const windowMs = opts.partitionWindowMs;
+    // Partition numbers are u32: the window must be wide enough for the year 9999 to fit.
+    if (!Number.isSafeInteger(windowMs) || windowMs < 1 || partitionOf(MAX_TIMESTAMP_MS, windowMs) > MAX_U32) {
+      throw new RangeError(`partitionWindowMs must be an integer of at least ${Math.ceil(MAX_TIMESTAMP_MS / (MAX_U32 + 1))} ms (got ${windowMs})`);
+    }
+    const fixed = Number(await opts.database.fixedSetting('partitionWindowMs', String(windowMs)));
+    if (fixed !== windowMs) {
+      throw new TributaryError('Conflict', `this data directory was created with a partition window of ${fixed} ms; it cannot change (configured: ${windowMs} ms)`);
+    }
+    const keys = await opts.database.db.keys(partitionIndexBounds()).all();
+    const backend = new LevelBackend(opts.database, windowMs, new Set(keys.map(decodePartitionKey)));
+    return new LevelTelemetryStore(backend, opts);
+  }
+}
+
+class LevelBackend implements StoreBackend {
+  /** Sorted view of `partitions`, rebuilt only after a batch adds one. */
+  private sorted: number[] | undefined;
+
+  constructor(
+    private readonly database: Database,
+    private readonly windowMs: number,
+    /** The committed partition index, mirrored in memory so writes need not read it. */
+    private readonly partitions: Set<number>,
+  ) {}
+
+  private itemKey(deviceId: string, ts: number, seq: number): Buffer {
+    return telemetryKey(partitionOf(ts, this.windowMs), deviceId, ts, seq);
+  }
+
+  async read(reads: BatchReads): Promise<BatchReadResult> {
+    const nDev = reads.devices.length;
+    const nDel = reads.deliveries.length;
+    const keys: Buffer[] = new Array<Buffer>(2 * nDev + nDel + reads.items.length);
+    let k = 0;
+    for (const id of reads.devices) keys[k++] = latestKey(id);
+    for (const id of reads.devices) keys[k++] = deviceKey(id);
+    for (const d of reads.deliveries) keys[k++] = deliveryKey(d.clientId, d.packetId);
+    for (const r of reads.items) keys[k++] = this.itemKey(r.deviceId, r.ts, r.seq);
+    // One native call for everything the batch needs to know.
+    const values = await this.database.db.getMany(keys);
+    const devices: DeviceState[] = new Array<DeviceState>(nDev);
+    for (let i = 0; i < nDev; i++) {
+      const l = values[i];
+      const d = values[nDev + i];
+      devices[i] = { latest: l === undefined ? undefined : decodeLatest(l), info: d === undefined ? undefined : (JSON.parse(d.toString('utf8')) as DeviceRecord) };
+    }
+    const deliveries = values.slice(2 * nDev, 2 * nDev + nDel).map((v) => v?.toString('utf8'));
+    return { devices, deliveries, items: values.slice(2 * nDev + nDel) };
+  }
+
+  async maxSeqAt(deviceId: string, ts: number): Promise<number | undefined> {
+    const p = partitionOf(ts, this.windowMs);
+    const keys = await this.database.db.keys({ gte: telemetryKey(p, deviceId, ts, 0), lte: telemetryKey(p, deviceId, ts, MAX_U32), reverse: true, limit: 1 }).all();
+    const key = keys[0];
+    return key === undefined ? undefined : telemetryKeySeq(key);
+  }
+
+  async commit(plan: WritePlan, ops: BatchOp[]): Promise<void> {
+    const added: number[] = [];
+    let lastPartition = -1;
+    for (const item of plan.items) {
+      const p = partitionOf(item.ts, this.windowMs);
+      if (p !== lastPartition) {
+        lastPartition = p;
+        if (!this.partitions.has(p) && !added.includes(p)) {
+          added.push(p);
+          ops.push({ type: 'put', key: partitionKey(p), value: EMPTY });
+        }
+      }
+      ops.push({ type: 'put', key: telemetryKey(p, item.deviceId, item.ts, item.seq), value: item.json });
+    }
+    for (const { deviceId, item } of plan.latest) ops.push({ type: 'put', key: latestKey(deviceId), value: encodeLatest(item) });
+    for (const { deviceId, info } of plan.devices) ops.push({ type: 'put', key: deviceKey(deviceId), value: Buffer.from(JSON.stringify(info), 'utf8') });
+    for (const d of plan.deliveries) ops.push({ type: 'put', key: deliveryKey(d.clientId, d.packetId), value: Buffer.from(d.payloadHash, 'utf8') });
+    await this.database.commit(ops);
+    if (added.length > 0) {
+      for (const p of added) this.partitions.add(p);
+      this.sorted = undefined;
+    }
+  }
+
+  async scan(q: ScanQuery): Promise<StoredItem[]> {
+    const asc = q.order === 'asc';
+    const { deviceId, from, to, after } = q;
+    // Only partitions that exist and overlap the range (and lie past the cursor).
+    let first = partitionOf(from, this.windowMs);
+    let last = partitionOf(to, this.windowMs);
+    if (after !== undefined) {
+      const p = partitionOf(after.ts, this.windowMs);
+      if (asc) first = Math.max(first, p);
+      else last = Math.min(last, p);
+    }
+    const parts = this.partitionsBetween(first, last);
+    if (!asc) parts.reverse();
+
+    const out: StoredItem[] = [];
+    for (const p of parts) {
+      const remaining = q.limit - out.length;
+      if (remaining <= 0) break;
+      const range: { gt?: Buffer; gte?: Buffer; lt?: Buffer; lte?: Buffer } = {};
+      // The cursor bound is used where it is tighter than the range bound.
+      if (asc && after !== undefined && after.ts >= from) range.gt = telemetryKey(p, deviceId, after.ts, after.seq);
+      else range.gte = telemetryKey(p, deviceId, from, 0);
+      if (!asc && after !== undefined && after.ts <= to) range.lt = telemetryKey(p, deviceId, after.ts, after.seq);
+      else range.lte = telemetryKey(p, deviceId, to, MAX_U32);
+      const it = this.database.db.iterator({ ...range, reverse: !asc, limit: remaining });
+      try {
+        while (true) {
+          const entries = await it.nextv(Math.min(remaining, SCAN_CHUNK));
+          if (entries.length === 0) break;
+          for (const [key, value] of entries) out.push({ ts: telemetryKeyTs(key), seq: telemetryKeySeq(key), json: value });
+        }
+      } finally {
+        await it.close();
+      }
+    }
+    return out;
+  }
+
+  async listDevices(after: string | undefined, limit: number): Promise<Array<{ deviceId: string; info: DeviceRecord }>> {
+    const entries = await this.database.db.iterator({ ...deviceBounds(after), limit }).all();
+    return entries.map(([key, value]) => ({ deviceId: decodeDeviceKey(key), info: JSON.parse(value.toString('utf8')) as DeviceRecord }));
+  }
+
+  private partitionsBetween(first: number, last: number): number[] {
+    this.sorted ??= [...this.partitions].sort((a, b) => a - b);
+    const all = this.sorted;
+    // Binary search for the first partition >= first.
+    let lo = 0;
+    let hi = all.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((all[mid] as number) < first) lo = mid + 1;
+      else hi = mid;
+    }
+    const out: number[] = [];
+    for (let i = lo; i < all.length && (all[i] as number) <= last; i++) out.push(all[i] as number);
+    return out;
+  }
+}
+
+/** `L` value: `{"ts":…,"seq":…,"values":{…}}`, spliced from the stored values' bytes rather than re-encoded. */
+function encodeLatest(item: StoredItem): Buffer {
+  return Buffer.concat([Buffer.from(`{"ts":${item.ts},"seq":${item.seq},"values":`, 'utf8'), item.json, CLOSE_BRACE]);
+}
+function decodeLatest(value: Buffer): StoredItem {
+  const parsed = JSON.parse(value.toString('utf8')) as { ts: number; seq: number; values: Values };
+  return { ts: parsed.ts, seq: parsed.seq, json: Buffer.from(JSON.stringify(parsed.values), 'utf8') };
+}

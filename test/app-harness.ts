@@ -1,0 +1,50 @@
+import mqtt, { type MqttClient, type IClientOptions } from 'mqtt';
+import { createApp, type Addresses, type App } from '../app.js';
+import { configWith, type SettingKey } from '../core/config.js';
+import { createLogger } from '../core/logger.js';
+import { tempDir } from './helpers.js';
+
+export interface RunningApp {
+  app: App;
+  addresses: Addresses;
+  dataDir: string;
+  /** Stops the app (idempotent). */
+  stop: () => Promise<void>;
+  /** Stops the app and removes its data directory. */
+  destroy: () => Promise<void>;
+}
+
+/** Starts the whole system on ephemeral ports with a temporary (or given) data directory. */
+export async function startApp(overrides: Partial<Record<SettingKey, unknown>> = {}): Promise<RunningApp> {
+  const dir = overrides.dataDir ? undefined : tempDir();
+  const dataDir = (overrides.dataDir as string | undefined) ?? (dir as { path: string }).path;
+  const config = configWith({ mqttPort: 0, httpPort: 0, logLevel: 'silent', ...overrides, dataDir });
+  const app = createApp(config, { logger: createLogger(config.logLevel as 'silent') });
+  const addresses = await app.start();
+  const stop = () => app.stop();
+  return {
+    app,
+    addresses,
+    dataDir,
+    stop,
+    destroy: async () => {
+      await stop();
+      dir?.cleanup();
+    },
+  };
+}
+
+/** A connected mqtt.js client. */
+export async function connectClient(url: string, opts: IClientOptions = {}): Promise<MqttClient> {
+  const client = mqtt.connect(url, { reconnectPeriod: 0, connectTimeout: 5000, ...opts });
+  await new Promise<void>((resolve, reject) => {
+    client.once('connect', () => resolve());
+    client.once('error', reject);
+  });
+  return client;
+}
+
+export async function getJson(url: string): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(url);
+  return { status: res.status, body: await res.json() };
+}

@@ -1,0 +1,53 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { waitFor } from './helpers.js';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+/** The built CLI: `npm test` builds first (pretest), so tests run what users run. */
+export const CLI = `${ROOT}dist/bin/tributary.js`;
+
+export interface ServerProcess {
+  child: ChildProcess;
+  mqttUrl: string;
+  httpUrl: string;
+  mqttPort: number;
+  output: () => string;
+  /** Sends a signal and resolves with the exit code. */
+  signal: (sig: NodeJS.Signals) => Promise<number | null>;
+}
+
+/** Starts `tributary start` in a child process on ephemeral ports and waits for its addresses. */
+export async function startServerProcess(args: string[]): Promise<ServerProcess> {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` (npm test does it first)`);
+  const child = spawn(process.execPath, [CLI, 'start', '--mqtt-port', '0', '--http-port', '0', '--log-level', 'warn', ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const match = await waitFor(() => {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}: ${out}`);
+    return /MQTT {2}mqtt:\/\/([^\s]+):(\d+)\n {2}HTTP {2}(http:\/\/[^\s]+)/.exec(out);
+  }, 15_000, 'the server to print its addresses');
+  return {
+    child,
+    mqttUrl: `mqtt://${match[1]}:${match[2]}`,
+    mqttPort: Number(match[2]),
+    httpUrl: match[3] as string,
+    output: () => out,
+    signal: async (sig) => {
+      if (child.exitCode === null) child.kill(sig);
+      return exited;
+    },
+  };
+}
+
+/** Whether a Debian tool is installed; under CI its absence is a failure, not a skip. */
+export function hasTool(name: string): boolean {
+  const found = spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
+  if (!found && process.env.CI === 'true') throw new Error(`${name} is not installed; .ci/run installs it (apt-get install mosquitto-clients)`);
+  return found;
+}

@@ -1,0 +1,219 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { MAX_TIMESTAMP_MS } from '../core/time.js';
+import { Database, LevelTelemetryStore } from '../store/index.js';
+import { Prefix } from '../store/keyspace.js';
+import { EmbeddedChangeLog } from '../streams/embedded-log.js';
+import type { ChangeRecord } from '../streams/types.js';
+import { tempDir } from './helpers.js';
+import { runTelemetryStoreSuite, type StoreFactoryOptions } from './suites/telemetry-store.suite.js';
+
+const DAY = 86_400_000;
+
+interface Opened {
+  database: Database;
+  changeLog: EmbeddedChangeLog;
+  store: LevelTelemetryStore;
+  changes: () => Promise<ChangeRecord[]>;
+  /** Closes the store and the database, keeping the directory. */
+  shut: () => Promise<void>;
+}
+
+async function openAt(dir: string, opts: StoreFactoryOptions & { maxBatch?: number; maxDelayMs?: number } = {}): Promise<Opened> {
+  const database = await Database.open(dir);
+  const changeLog = await EmbeddedChangeLog.open(database, { shards: 2 });
+  const store = await LevelTelemetryStore.open({
+    database,
+    changeLog,
+    partitionWindowMs: opts.partitionWindowMs ?? DAY,
+    maxBatch: opts.maxBatch ?? 2000,
+    maxDelayMs: opts.maxDelayMs ?? 0,
+    ...(opts.now ? { now: opts.now } : {}),
+  });
+  return {
+    database,
+    changeLog,
+    store,
+    changes: async () => {
+      const out: ChangeRecord[] = [];
+      for (let shard = 0; shard < changeLog.shardCount; shard++) out.push(...(await changeLog.read(shard, 0, Number.MAX_SAFE_INTEGER)));
+      return out;
+    },
+    shut: async () => {
+      await store.close();
+      await database.close();
+    },
+  };
+}
+
+runTelemetryStoreSuite({
+  name: 'LevelDB',
+  factory: async (opts) => {
+    const dir = tempDir('tributary-store-');
+    const o = await openAt(dir.path, opts);
+    return {
+      store: o.store,
+      changes: o.changes,
+      close: async () => {
+        await o.shut();
+        dir.cleanup();
+      },
+    };
+  },
+});
+
+describe('LevelTelemetryStore (LevelDB only)', () => {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+  async function fresh(opts: Parameters<typeof openAt>[1] = {}): Promise<Opened & { dir: string }> {
+    const dir = tempDir('tributary-store-');
+    cleanups.push(dir.cleanup);
+    const o = await openAt(dir.path, opts);
+    cleanups.push(o.shut);
+    return { ...o, dir: dir.path };
+  }
+
+  it('keeps readings, latest, registry, delivery ids and change records across close and reopen', async () => {
+    let t = 1_700_000_000_000;
+    const now = (): number => t;
+    const a = await fresh({ now });
+    const delivery = { clientId: 'c1', packetId: 1, payloadHash: 'h1' };
+    await a.store.write({ deviceId: 'd1', readings: [{ ts: 5, values: { v: 1 } }, { values: { v: 2 } }], delivery });
+    await a.store.write({ deviceId: 'd2', readings: [{ ts: 6, values: { w: true } }] });
+    await a.shut();
+
+    const b = await openAt(a.dir, { now });
+    cleanups.push(b.shut);
+    expect((await b.store.query({ deviceId: 'd1', from: 0, to: MAX_TIMESTAMP_MS, order: 'asc', limit: 10 })).items).toEqual([
+      { deviceId: 'd1', ts: 5, seq: 0, values: { v: 1 } },
+      { deviceId: 'd1', ts: t, seq: 0, values: { v: 2 } },
+    ]);
+    expect(await b.store.latest('d1')).toEqual({ deviceId: 'd1', ts: t, seq: 0, values: { v: 2 } });
+    expect(await b.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: t, lastSeen: t, readings: 2, tags: {} });
+    expect((await b.store.listDevices({ limit: 10 })).items.map((d) => d.deviceId)).toEqual(['d1', 'd2']);
+    expect((await b.changes()).map((r) => [r.deviceId, r.eventName, r.ts])).toEqual(
+      expect.arrayContaining([
+        ['d1', 'INSERT', 5],
+        ['d1', 'INSERT', t],
+        ['d2', 'INSERT', 6],
+      ]),
+    );
+    // The redelivery guard survives the restart: that is what it is for.
+    expect(await b.store.write({ deviceId: 'd1', readings: [{ ts: 5, values: { v: 1 } }, { values: { v: 2 } }], delivery })).toEqual({ status: 'duplicate', items: [] });
+    // A server stamp in the same millisecond as before the restart does not overwrite.
+    const stamped = await b.store.write({ deviceId: 'd1', readings: [{ values: { v: 3 } }] });
+    expect(stamped.items[0]).toEqual({ ts: t, seq: 1, change: 'INSERT' });
+    // Nor after the clock stepped back across the restart (the store has to look).
+    t -= 1;
+    await b.store.write({ deviceId: 'd1', readings: [{ ts: t, values: { pre: 0 } }, { ts: t, values: { pre: 1 } }] });
+    await b.shut();
+    const c = await openAt(a.dir, { now });
+    cleanups.push(c.shut);
+    expect((await c.store.write({ deviceId: 'd1', readings: [{ values: { v: 4 } }] })).items[0]).toEqual({ ts: t, seq: 2, change: 'INSERT' });
+    expect((await c.store.getDevice('d1'))?.readings).toBe(6);
+  });
+
+  it('commits every write batch with sync: true', async () => {
+    const o = await fresh();
+    const batch = vi.spyOn(o.database.db, 'batch');
+    await Promise.all(Array.from({ length: 20 }, (_, i) => o.store.write({ deviceId: `d${i % 4}`, readings: [{ ts: i, values: { i } }] })));
+    await o.store.write({ deviceId: 'd0', readings: [{ values: { server: true } }], delivery: { clientId: 'c', packetId: 9, payloadHash: 'x' } });
+    // batch() is overloaded (array form and chained form); the spy's types only see the last.
+    const calls = batch.mock.calls as unknown as Array<[unknown, unknown]>;
+    expect(calls.length).toBeGreaterThan(0);
+    for (const call of calls) {
+      expect(Array.isArray(call[0])).toBe(true);
+      expect(call[1]).toMatchObject({ sync: true });
+    }
+  });
+
+  it('group-commits concurrent writes from many devices into fewer batches', async () => {
+    const o = await fresh();
+    const commit = vi.spyOn(o.database, 'commit');
+    const writes = Array.from({ length: 200 }, (_, i) => o.store.write({ deviceId: `dev-${i}`, readings: [{ values: { i } }] }));
+    const results = await Promise.all(writes);
+    expect(results.every((r) => r.status === 'committed')).toBe(true);
+    expect(commit.mock.calls.length).toBeGreaterThan(0);
+    expect(commit.mock.calls.length).toBeLessThan(writes.length / 10);
+    expect((await o.store.listDevices({ limit: 1000 })).items).toHaveLength(200);
+  });
+
+  it('queues writes behind the batch in flight and caps batches at maxBatch readings', async () => {
+    const o = await fresh({ maxBatch: 10 });
+    const commit = vi.spyOn(o.database, 'commit');
+    const writes = Array.from({ length: 55 }, (_, i) => o.store.write({ deviceId: `d${i % 7}`, readings: [{ ts: i, values: { i } }] }));
+    // One request larger than maxBatch still commits whole (requests are atomic).
+    writes.push(o.store.write({ deviceId: 'big', readings: Array.from({ length: 25 }, (_, i) => ({ ts: i, values: { i } })) }));
+    await Promise.all(writes);
+    const perBatch = commit.mock.calls.map(([ops]) => ops.filter((op) => op.key[0] === Prefix.telemetry).length);
+    expect(perBatch.reduce((a, b) => a + b, 0)).toBe(80);
+    expect(perBatch.filter((n) => n > 10)).toEqual([25]);
+    expect(perBatch.length).toBeGreaterThanOrEqual(7);
+  });
+
+  it('waits up to maxDelayMs to gather writes when idle', async () => {
+    const o = await fresh({ maxDelayMs: 200 });
+    const commit = vi.spyOn(o.database, 'commit');
+    const first = o.store.write({ deviceId: 'a', readings: [{ values: { n: 1 } }] });
+    await new Promise((resolve) => setImmediate(resolve));
+    const second = o.store.write({ deviceId: 'b', readings: [{ values: { n: 2 } }] });
+    await Promise.all([first, second]);
+    expect(commit).toHaveBeenCalledTimes(1);
+  });
+
+  it('rejects every caller of a failed batch, aborts its change records and keeps serving', async () => {
+    const o = await fresh();
+    await o.store.write({ deviceId: 'd1', readings: [{ ts: 100, values: { v: 'kept' } }] });
+    const diskFull = new Error('IO error: No space left on device');
+    vi.spyOn(o.database, 'commit').mockRejectedValueOnce(diskFull);
+    const failed = await Promise.allSettled([
+      o.store.write({ deviceId: 'd1', readings: [{ ts: 200, values: { v: 'lost' } }] }),
+      o.store.write({ deviceId: 'd2', readings: [{ values: { v: 'lost' } }], delivery: { clientId: 'c', packetId: 1, payloadHash: 'h' } }),
+    ]);
+    for (const r of failed) {
+      expect(r.status).toBe('rejected');
+      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'StoreUnavailable', retriable: true, cause: diskFull });
+    }
+    // Nothing of the failed batch is visible, in the data or in the caches.
+    expect(await o.store.latest('d1')).toMatchObject({ ts: 100, values: { v: 'kept' } });
+    expect(await o.store.getDevice('d2')).toBeUndefined();
+    // The retry is not mistaken for a duplicate, and sequence numbers carry on without a gap.
+    const retry = await o.store.write({ deviceId: 'd2', readings: [{ values: { v: 'again' } }], delivery: { clientId: 'c', packetId: 1, payloadHash: 'h' } });
+    expect(retry.status).toBe('committed');
+    await o.store.write({ deviceId: 'd1', readings: [{ ts: 200, values: { v: 'again' } }] });
+    const d1 = (await o.changes()).filter((r) => r.deviceId === 'd1');
+    expect(d1.map((r) => r.sequenceNumber)).toEqual([d1[0]?.sequenceNumber, (d1[0]?.sequenceNumber ?? 0) + 1]);
+    expect((await o.store.latest('d1'))?.values).toEqual({ v: 'again' });
+  });
+
+  it('indexes partitions and scans only those that exist and overlap the range', async () => {
+    const W = 3_600_000;
+    const o = await fresh({ partitionWindowMs: W });
+    await o.store.write({ deviceId: 'd1', readings: [0, 5, 10, 11].map((p) => ({ ts: p * W + 1, values: { p } })) });
+    await o.store.write({ deviceId: 'd1', readings: [{ ts: 5 * W + 2, values: { p: 5 } }] });
+    const index = await o.database.db.keys({ gte: Buffer.of(Prefix.partition), lt: Buffer.of(Prefix.partition + 1) }).all();
+    expect(index.map((k) => k.readUInt32BE(1))).toEqual([0, 5, 10, 11]);
+
+    const iterator = vi.spyOn(o.database.db, 'iterator');
+    const page = await o.store.query({ deviceId: 'd1', from: 2 * W, to: 10 * W + 5, order: 'desc', limit: 10 });
+    expect(page.items.map((r) => r.values.p)).toEqual([10, 5, 5]);
+    expect(iterator).toHaveBeenCalledTimes(2);
+    iterator.mockClear();
+    expect((await o.store.query({ deviceId: 'd1', from: W, to: 4 * W, order: 'asc', limit: 10 })).items).toEqual([]);
+    expect(iterator).not.toHaveBeenCalled();
+  });
+
+  it('refuses to reopen a data directory with a different partition window', async () => {
+    const o = await fresh({ partitionWindowMs: DAY });
+    await expect(LevelTelemetryStore.open({ database: o.database, changeLog: o.changeLog, partitionWindowMs: 3_600_000, maxBatch: 10, maxDelayMs: 0 })).rejects.toMatchObject({ code: 'Conflict' });
+    await expect(LevelTelemetryStore.open({ database: o.database, changeLog: o.changeLog, partitionWindowMs: 1000, maxBatch: 10, maxDelayMs: 0 })).rejects.toThrow(RangeError);
+  });
+
+  it('does not close the database it was given', async () => {
+    const o = await fresh();
+    await o.store.close();
+    expect(o.database.db.status).toBe('open');
+  });
+});
