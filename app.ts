@@ -54,15 +54,11 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
 
   async function start(): Promise<Addresses> {
     database = await Database.open(config.dataDir);
-    const window = Number(await database.fixedSetting('partitionWindowMs', String(config.partitionWindow)));
-    if (window !== config.partitionWindow) {
-      throw new Error(`this data directory was created with a partition window of ${window} ms; it cannot change (configured: ${config.partitionWindow} ms)`);
-    }
     changeLog = await EmbeddedChangeLog.open(database, { shards: config.streamShards });
     const openStore = await LevelTelemetryStore.open({
       database,
       changeLog,
-      partitionWindowMs: window,
+      partitionWindowMs: config.partitionWindow,
       maxBatch: config.commitMaxBatch,
       maxDelayMs: config.commitMaxDelayMs,
     });

@@ -23,6 +23,7 @@ const DESC = 0x64; // 'd'
 const CURSOR_BYTES = 1 + 8 + 4;
 const TWO_32 = 0x1_0000_0000;
 
+/** The cursor of a page whose last item is at `c`. */
 export function encodeReadingCursor(c: ReadingCursor): string {
   const buf = Buffer.allocUnsafe(CURSOR_BYTES);
   buf[0] = c.order === 'asc' ? ASC : DESC;
@@ -51,6 +52,7 @@ export function decodeReadingCursor(text: string, order: Order): ReadingCursor {
   return { order, ts, seq: buf.readUInt32BE(9) };
 }
 
+/** The cursor of a device page ending at `lastDeviceId`. */
 export function encodeDeviceCursor(lastDeviceId: string): string {
   return Buffer.from(lastDeviceId, 'utf8').toString('base64url');
 }

@@ -79,8 +79,10 @@ export interface BatchReadResult {
 /** The outcome of planning one batch: what to write. Change records travel as `ops`. */
 export interface WritePlan {
   now: number;
-  /** Items to put (INSERT or MODIFY), in write order. */
-  items: Array<ItemRef & { json: Buffer }>;
+  /** The batch's INSERTs and MODIFYs in write order: each is one item put. */
+  changes: Change[];
+  /** Stored bytes of each change's new values, parallel to `changes` (no per-item wrapper objects). */
+  json: Buffer[];
   /** New latest item per device whose latest changed. */
   latest: Array<{ deviceId: string; item: StoredItem }>;
   /** New registry entry per device seen in the batch. */
@@ -157,7 +159,8 @@ function checkPositiveInt(value: unknown, name: string): number {
 
 /** The shared TelemetryStore implementation; see the module comment. */
 export class TelemetryStoreEngine implements TelemetryStore {
-  protected readonly changeLog: ChangeLog;
+  /** The change log this store stages its records in. */
+  readonly changeLog: ChangeLog;
   private readonly backend: StoreBackend;
   private readonly maxBatch: number;
   private readonly maxDelayMs: number;
@@ -297,10 +300,36 @@ export class TelemetryStoreEngine implements TelemetryStore {
     for (const w of work.values()) w.latest = w.state.latest;
 
     await this.prepareStamps(work, now);
+    const { plan, results, next } = this.planBatch(batch, work, found, now);
+    for (const id of loaded.keys()) if (!next.has(id)) next.set(id, loaded.get(id) as DeviceState);
 
-    // Pass 2: plan. Synchronous, against committed state plus this batch's own earlier writes.
-    const plan: WritePlan = { now, items: [], latest: [], devices: [], deliveries: [] };
-    const changes: Change[] = [];
+    if (plan.devices.length > 0 || plan.deliveries.length > 0) {
+      const ops: BatchOp[] = [];
+      const records = plan.changes.length > 0 ? this.changeLog.stage(ops, plan.changes, now) : [];
+      try {
+        await this.backend.commit(plan, ops);
+      } catch (err) {
+        this.changeLog.abort(records);
+        throw new TributaryError('StoreUnavailable', `the write batch could not be committed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+      }
+      // Only now, with the batch durable, does the cache move on (before the log wakes
+      // readers, so that anyone reacting to a record sees the store past it).
+      for (const [deviceId, state] of next) this.devices.set(deviceId, state);
+      this.changeLog.commit(records);
+    } else {
+      for (const [deviceId, state] of next) this.devices.set(deviceId, state);
+    }
+    return results;
+  }
+
+  /**
+   * Pass 2: decides every reading's item key and change, synchronously, against
+   * committed state plus this batch's own earlier writes. Returns what to write, each
+   * caller's result, and the device states to cache once the batch is durable.
+   */
+  private planBatch(batch: Pending[], work: Map<string, Work>, found: BatchReadResult | undefined, now: number): { plan: WritePlan; results: WriteResult[]; next: Map<string, DeviceState> } {
+    const plan: WritePlan = { now, changes: [], json: [], latest: [], devices: [], deliveries: [] };
+    const changes = plan.changes;
     const results: WriteResult[] = new Array<WriteResult>(batch.length);
     const batchDeliveries = new Map<string, string>();
     let deliveryIndex = 0;
@@ -315,6 +344,10 @@ export class TelemetryStoreEngine implements TelemetryStore {
         deliveryIndex++;
         if (stored === d.payloadHash) {
           // A redelivery of a committed (or same-batch) publish: acknowledge, write nothing.
+          // Residual ambiguity (API.md): a client that deliberately re-sends an identical
+          // payload under the same packet id, without using that id for another message
+          // in between, is indistinguishable from a redelivery and is dropped too.
+          // Device-stamped readings would be NONE anyway; server-stamped ones are lost.
           itemIndex += req.readings.reduce((n, r) => (r.ts === undefined ? n : n + 1), 0);
           results[b] = { status: 'duplicate', items: [] };
           continue;
@@ -323,7 +356,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
         plan.deliveries.push(d);
       }
       w.seen = true;
-      const stamp = w.hasServerStamped ? this.stamps.get(req.deviceId) : undefined;
+      const stamp = this.stamps.get(req.deviceId);
       const items: WriteResult['items'] = new Array<WriteResult['items'][number]>(req.readings.length);
       for (let i = 0; i < req.readings.length; i++) {
         const r = req.readings[i] as PreparedWrite['readings'][number];
@@ -343,13 +376,12 @@ export class TelemetryStoreEngine implements TelemetryStore {
           existing = w.written?.has(key) ? w.written.get(key) : found?.items[itemIndex];
           itemIndex++;
           // Keep later server stamps at this ts clear of the device's own seq.
-          const s = this.stamps.get(req.deviceId);
-          if (s !== undefined && s.ts === ts && seq >= s.next) s.next = seq + 1;
+          if (stamp !== undefined && stamp.ts === ts && seq >= stamp.next) stamp.next = seq + 1;
         }
         const c = classify(existing, r.json, r.values);
         items[i] = { ts, seq, change: c.change as ItemChange };
         if (c.change === 'NONE') continue;
-        plan.items.push({ deviceId: req.deviceId, ts, seq, json: r.json });
+        plan.json.push(r.json);
         w.written?.set(`${ts}:${seq}`, r.json);
         if (c.change === 'INSERT') {
           w.inserts++;
@@ -366,7 +398,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
       results[b] = { status: 'committed', items };
     }
 
-    const next = new Map<string, DeviceState>(loaded);
+    const next = new Map<string, DeviceState>();
     for (const [deviceId, w] of work) {
       if (!w.seen) continue;
       const old = w.state.info;
@@ -380,21 +412,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
       if (w.latestChanged && w.latest !== undefined) plan.latest.push({ deviceId, item: w.latest });
       next.set(deviceId, { latest: w.latest, info });
     }
-
-    if (plan.devices.length > 0 || plan.deliveries.length > 0) {
-      const ops: BatchOp[] = [];
-      const records = changes.length > 0 ? this.changeLog.stage(ops, changes, now) : [];
-      try {
-        await this.backend.commit(plan, ops);
-      } catch (err) {
-        this.changeLog.abort(records);
-        throw new TributaryError('StoreUnavailable', `the write batch could not be committed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
-      }
-      this.changeLog.commit(records);
-    }
-    // Only now, with the batch durable, does the cache move on.
-    for (const [deviceId, state] of next) this.devices.set(deviceId, state);
-    return results;
+    return { plan, results, next };
   }
 
   /**

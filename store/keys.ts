@@ -95,6 +95,7 @@ export function partitionKey(partition: number): Buffer {
   return buf;
 }
 
+/** Inverse of {@link partitionKey}. */
 export function decodePartitionKey(key: Buffer): number {
   if (key[0] !== Prefix.partition || key.length !== 5) throw new RangeError('not a partition key');
   return key.readUInt32BE(1);
@@ -123,6 +124,7 @@ export function deviceKey(deviceId: string): Buffer {
   return prefixed(Prefix.device, deviceId);
 }
 
+/** Inverse of {@link deviceKey}. */
 export function decodeDeviceKey(key: Buffer): string {
   if (key[0] !== Prefix.device) throw new RangeError('not a device key');
   return key.toString('utf8', 1);
@@ -145,6 +147,7 @@ export function deliveryKey(clientId: string, packetId: number): Buffer {
   return buf;
 }
 
+/** Inverse of {@link deliveryKey}. */
 export function decodeDeliveryKey(key: Buffer): { clientId: string; packetId: number } {
   if (key[0] !== Prefix.delivery || key.length < 4 || key[key.length - 3] !== 0x00) throw new RangeError('not a delivery key');
   return { clientId: key.toString('utf8', 1, key.length - 3), packetId: key.readUInt16BE(key.length - 2) };

@@ -132,7 +132,8 @@ class LevelBackend implements StoreBackend {
   async commit(plan: WritePlan, ops: BatchOp[]): Promise<void> {
     const added: number[] = [];
     let lastPartition = -1;
-    for (const item of plan.items) {
+    for (let i = 0; i < plan.changes.length; i++) {
+      const item = plan.changes[i] as WritePlan['changes'][number];
       const p = partitionOf(item.ts, this.windowMs);
       if (p !== lastPartition) {
         lastPartition = p;
@@ -141,7 +142,7 @@ class LevelBackend implements StoreBackend {
           ops.push({ type: 'put', key: partitionKey(p), value: EMPTY });
         }
       }
-      ops.push({ type: 'put', key: telemetryKey(p, item.deviceId, item.ts, item.seq), value: item.json });
+      ops.push({ type: 'put', key: telemetryKey(p, item.deviceId, item.ts, item.seq), value: plan.json[i] as Buffer });
     }
     for (const { deviceId, item } of plan.latest) ops.push({ type: 'put', key: latestKey(deviceId), value: encodeLatest(item) });
     for (const { deviceId, info } of plan.devices) ops.push({ type: 'put', key: deviceKey(deviceId), value: Buffer.from(JSON.stringify(info), 'utf8') });

@@ -33,11 +33,6 @@ export class MemoryTelemetryStore extends TelemetryStoreEngine {
     const changeLog = opts.changeLog ?? new MemoryChangeLog({ shards: 4 });
     super(new MemoryBackend(), { changeLog, maxBatch: opts.maxBatch ?? 2000, maxDelayMs: opts.maxDelayMs ?? 0, ...(opts.now ? { now: opts.now } : {}) });
   }
-
-  /** The change log this store stages its records in. */
-  get changes(): ChangeLog {
-    return this.changeLog;
-  }
 }
 
 /** First index in `items` (sorted by ts, seq) whose key is >= (ts, seq). */
@@ -81,7 +76,9 @@ class MemoryBackend implements StoreBackend {
 
   // `ops` holds nothing for a memory change log: its records live in the log itself.
   async commit(plan: WritePlan, _ops: BatchOp[]): Promise<void> {
-    for (const { deviceId, ts, seq, json } of plan.items) {
+    for (let c = 0; c < plan.changes.length; c++) {
+      const { deviceId, ts, seq } = plan.changes[c] as WritePlan['changes'][number];
+      const json = plan.json[c] as Buffer;
       let list = this.items.get(deviceId);
       if (list === undefined) {
         list = [];

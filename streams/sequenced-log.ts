@@ -36,7 +36,11 @@ export abstract class SequencedLog implements ChangeLog {
       const shard = this.shardOf(change.deviceId);
       const sequenceNumber = (this.next[shard] as number) + 1;
       this.next[shard] = sequenceNumber;
-      const record: ChangeRecord = { ...change, shard, sequenceNumber, createdAt: now };
+      // Built field by field: spreading each change was a measurable share of the write path.
+      const record: ChangeRecord = { eventName: change.eventName, deviceId: change.deviceId, ts: change.ts, seq: change.seq, shard, sequenceNumber, createdAt: now };
+      if (change.newValues) record.newValues = change.newValues;
+      if (change.oldValues) record.oldValues = change.oldValues;
+      if (change.byService) record.byService = true;
       this.persist(ops, record);
       records.push(record);
     }
@@ -49,7 +53,14 @@ export abstract class SequencedLog implements ChangeLog {
     }
     this.afterCommit(records);
     if (records.length === 0) return;
-    for (const listener of this.listeners) listener(records);
+    // The batch is already durable: a failing listener must not turn that into an error for writers.
+    for (const listener of this.listeners) {
+      try {
+        listener(records);
+      } catch (err) {
+        this.onListenerError(err);
+      }
+    }
   }
 
   abort(records: ChangeRecord[]): void {
@@ -78,4 +89,8 @@ export abstract class SequencedLog implements ChangeLog {
   protected abstract persist(ops: BatchOp[], record: ChangeRecord): void;
   protected abstract firstSequenceNumber(shard: number): Promise<number | null>;
   protected afterCommit(_records: ChangeRecord[]): void {}
+
+  protected onListenerError(err: unknown): void {
+    process.emitWarning(`a change-log listener failed: ${(err as Error)?.stack ?? String(err)}`);
+  }
 }

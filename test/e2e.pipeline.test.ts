@@ -39,7 +39,7 @@ describe('end to end: MQTT → store → change stream → handler → HTTP', ()
     await device.publishAsync('devices/sensor-1/telemetry', '{"temp":21.5}', { qos: 1 });
     const after = Date.now();
     await device.publishAsync('devices/sensor-1/telemetry', '{"ts": 1764150000000, "values": {"temp": 30.5, "gps": {"lat": 52.1}}}', { qos: 1 });
-    await device.publishAsync('devices/sensor-1/telemetry', '{"ts": "2025-11-26T09:40:00.000Z", "values": {"door": true, "mode": "eco"}}', { qos: 1 });
+    await device.publishAsync('devices/sensor-1/telemetry', '{"ts": "2025-11-26T09:41:00.000Z", "values": {"door": true, "mode": "eco"}}', { qos: 1 });
 
     // The handler saw exactly the DynamoDB stream records.
     await waitFor(() => seen.length >= 3, 5000, 'three stream records at the handler');
@@ -62,14 +62,14 @@ describe('end to end: MQTT → store → change stream → handler → HTTP', ()
     expect(liveImage.ts).toBeLessThanOrEqual(after);
     expect(unmarshall(stamped.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', ts: 1764150000000, seq: 0, temp: 30.5, gps: { lat: 52.1 } });
     expect(stamped.dynamodb.NewImage?.temp).toEqual({ N: '30.5' });
-    expect(unmarshall(iso.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', ts: Date.parse('2025-11-26T09:40:00.000Z'), seq: 0, door: true, mode: 'eco' });
+    expect(unmarshall(iso.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', ts: Date.parse('2025-11-26T09:41:00.000Z'), seq: 0, door: true, mode: 'eco' });
 
     // The REST API returns the readings.
     const recent = await getJson(`${running.addresses.http}/v1/devices/sensor-1/telemetry?from=-1h`);
     expect(recent.status).toBe(200);
     expect((recent.body as TelemetryPage).items).toEqual([{ deviceId: 'sensor-1', ts: liveImage.ts, seq: 0, values: { temp: 21.5 } }]);
     const all = await getJson(`${running.addresses.http}/v1/devices/sensor-1/telemetry?from=0&to=now&limit=10`);
-    expect((all.body as TelemetryPage).items.map((i) => i.ts)).toEqual([Date.parse('2025-11-26T09:40:00.000Z'), 1764150000000, liveImage.ts]);
+    expect((all.body as TelemetryPage).items.map((i) => i.ts)).toEqual([1764150000000, Date.parse('2025-11-26T09:41:00.000Z'), liveImage.ts]);
 
     // A clean stop and a second start reopen the same data.
     device.end(true);
