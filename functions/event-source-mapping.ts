@@ -75,6 +75,8 @@ class ShardPoller {
   private running = true;
   private wakeUp: (() => void) | undefined;
   private pending = false;
+  /** Ends a retry backoff early, so that stop() need not wait it out. */
+  private cutBackoff: (() => void) | undefined;
   private done: Promise<void> = Promise.resolve();
 
   constructor(
@@ -98,21 +100,43 @@ class ShardPoller {
   async stop(): Promise<void> {
     this.running = false;
     this.wakeUp?.();
+    this.cutBackoff?.();
     await this.done;
   }
 
   private async loop(): Promise<void> {
     const { log } = this.deps;
-    while (this.running) {
-      this.pending = false;
-      const records = await log.read(this.shard, this.position, this.mapping.trigger.batchSize);
-      if (records.length === 0) {
-        if (!this.pending) await new Promise<void>((resolve) => (this.wakeUp = resolve));
-        this.wakeUp = undefined;
-        continue;
+    for (let failures = 0; this.running; ) {
+      try {
+        this.pending = false;
+        const records = await log.read(this.shard, this.position, this.mapping.trigger.batchSize);
+        if (records.length === 0) {
+          // Re-check `running`: stop() may have come while the read was in flight, when there was no wakeUp to call.
+          if (!this.pending && this.running) await new Promise<void>((resolve) => (this.wakeUp = resolve));
+          this.wakeUp = undefined;
+          continue;
+        }
+        await this.deliver(records);
+        failures = 0;
+      } catch (err) {
+        // A read, invoke or checkpoint that fails (a full disk, a closing runtime) must not
+        // silence the shard for good: log, back off, try again.
+        this.deps.logger.error({ err, function: this.mapping.fn.name, shard: this.shard }, 'stream poller error; retrying');
+        await this.pause(Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** failures++));
       }
-      await this.deliver(records);
     }
+  }
+
+  /** Waits `ms`, or less if stop() comes first. */
+  private async pause(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.cutBackoff = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.cutBackoff = undefined;
   }
 
   private async deliver(records: ChangeRecord[]): Promise<void> {
@@ -120,22 +144,30 @@ class ShardPoller {
     const { runtime, checkpoints, logger, metrics, log } = this.deps;
     const event = { Records: records.map((r) => toStreamRecord(r, log.streamArn)) };
     const last = records[records.length - 1] as ChangeRecord;
+    // Finished with the batch: the function succeeded, or it failed too often and the batch is skipped.
+    let finished = false;
     for (let attempt = 0; this.running; attempt++) {
       metrics.functionIteratorAge.observe({ function: fn.name }, (Date.now() - last.createdAt) / 1000);
       const result = await runtime.invoke(fn, event);
       this.record(result);
-      if (result.outcome.status === 'ok') break;
+      if (result.outcome.status === 'ok') {
+        finished = true;
+        break;
+      }
       if (attempt >= trigger.maximumRetryAttempts) {
         logger.error(
           { function: fn.name, shard: this.shard, firstSequenceNumber: records[0]?.sequenceNumber, lastSequenceNumber: last.sequenceNumber, outcome: result.outcome },
           `function failed ${attempt + 1} times; skipping the batch`,
         );
+        finished = true;
         break;
       }
-      const delay = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt);
-      await new Promise((r) => setTimeout(r, delay));
+      await this.pause(Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt));
     }
-    if (!this.running) return;
+    // Stopped before the batch was finished: leave the checkpoint, the next start delivers it again.
+    // A finished batch is checkpointed even while stopping, or every graceful stop would
+    // redeliver the batch in flight.
+    if (!finished) return;
     this.position = last.sequenceNumber;
     await checkpoints.set(fn.name, trigger.id, this.shard, this.position);
   }

@@ -1,0 +1,422 @@
+/**
+ * EventSourceMapping on its own: the in-memory change log and checkpoint store, and a
+ * fake function runtime that records every invocation and answers as each test
+ * programs it. Writes are simulated by staging and committing records on the log
+ * directly, as the store's write path does.
+ */
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createLogger } from '../core/logger.js';
+import { createMetrics } from '../core/metrics.js';
+import { MemoryCheckpointStore, type CheckpointStore } from '../functions/checkpoints.js';
+import { EventSourceMapping, type TriggerConfig } from '../functions/event-source-mapping.js';
+import type { FunctionRuntime, FunctionSpec, InvokeOutcome, InvokeResult } from '../functions/types.js';
+import { toStreamRecord, type DynamoDBStreamEvent, type DynamoDBStreamRecord } from '../streams/lambda-event.js';
+import { MemoryChangeLog } from '../streams/memory-log.js';
+import type { BatchOp, Change, ChangeLog, ChangeRecord } from '../streams/types.js';
+import { waitFor } from './helpers.js';
+
+const FN: FunctionSpec = { name: 'on-change', version: 1, codePath: '/nowhere/handler.mjs', timeoutMs: 1000, memoryMb: 128, environment: {} };
+const OK: InvokeOutcome = { status: 'ok', result: null };
+const FAILED: InvokeOutcome = { status: 'error', errorType: 'Error', errorMessage: 'boom' };
+
+type Behaviour = (event: DynamoDBStreamEvent, call: number) => InvokeOutcome | Promise<InvokeOutcome>;
+
+/** A FunctionRuntime that records each event and answers with what `behaviour` says (ok by default). */
+class FakeRuntime implements FunctionRuntime {
+  readonly events: DynamoDBStreamEvent[] = [];
+  behaviour: Behaviour = () => OK;
+
+  async invoke(_fn: FunctionSpec, event: unknown): Promise<InvokeResult> {
+    const e = event as DynamoDBStreamEvent;
+    this.events.push(e);
+    const outcome = await this.behaviour(e, this.events.length);
+    return { requestId: `req-${this.events.length}`, outcome, durationMs: 1, logs: [{ ts: Date.now(), level: 'info', message: 'handled' }] };
+  }
+
+  async close(): Promise<void> {}
+
+  /** Every delivered record, in delivery order (redeliveries included). */
+  records(): DynamoDBStreamRecord[] {
+    return this.events.flatMap((e) => e.Records);
+  }
+}
+
+/** A promise the test settles by hand. */
+function gate<T = void>(): { promise: Promise<T>; open: (v: T) => void } {
+  let open!: (v: T) => void;
+  const promise = new Promise<T>((resolve) => (open = resolve));
+  return { promise, open };
+}
+
+function seqs(event: DynamoDBStreamEvent | DynamoDBStreamRecord[] | undefined): number[] {
+  const records = Array.isArray(event) ? event : (event?.Records ?? []);
+  return records.map((r) => Number(r.dynamodb.SequenceNumber));
+}
+
+function deviceOf(r: DynamoDBStreamRecord): string {
+  return r.dynamodb.Keys['deviceId']?.S as string;
+}
+
+function tsOf(r: DynamoDBStreamRecord): number {
+  return Number(r.dynamodb.Keys['ts']?.N);
+}
+
+/** Simulates one committed write: stage, (nothing to make durable in memory), commit. */
+function commit(log: ChangeLog, changes: Change[]): ChangeRecord[] {
+  const ops: BatchOp[] = [];
+  const records = log.stage(ops, changes, Date.now());
+  log.commit(records);
+  return records;
+}
+
+function insert(deviceId: string, ts: number): Change {
+  return { eventName: 'INSERT', deviceId, ts, seq: 0, newValues: { ts } };
+}
+
+/** One device id per shard of `log`. */
+function devicePerShard(log: ChangeLog): string[] {
+  const out = new Array<string | undefined>(log.shardCount).fill(undefined);
+  for (let i = 0; out.includes(undefined); i++) {
+    const id = `dev-${i}`;
+    out[log.shardOf(id)] ??= id;
+  }
+  return out as string[];
+}
+
+/** Settles with `what` or fails after `ms` (a bound on a promise, not a sleep). */
+async function within<T>(what: Promise<T>, ms: number, label: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${label} did not settle within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([what, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+interface Setup {
+  log: MemoryChangeLog;
+  runtime: FakeRuntime;
+  checkpoints: CheckpointStore;
+  mapping: EventSourceMapping;
+  checkpoint: (shard: number) => Promise<number | undefined>;
+}
+
+describe('EventSourceMapping', () => {
+  const started: EventSourceMapping[] = [];
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    for (const m of started.splice(0)) await within(m.stop(), 2000, 'stop() in cleanup');
+  });
+
+  function setup(opts: { shards?: number; trigger?: Partial<TriggerConfig>; log?: MemoryChangeLog; checkpoints?: CheckpointStore; runtime?: FakeRuntime } = {}): Setup {
+    const log = opts.log ?? new MemoryChangeLog({ shards: opts.shards ?? 2 });
+    const checkpoints = opts.checkpoints ?? new MemoryCheckpointStore();
+    const runtime = opts.runtime ?? new FakeRuntime();
+    const trigger: TriggerConfig = { id: 'trigger-1', batchSize: 100, startingPosition: 'TRIM_HORIZON', maximumRetryAttempts: 2, ...opts.trigger };
+    const mapping = new EventSourceMapping(FN, trigger, { log, runtime, checkpoints, logger: createLogger('silent'), metrics: createMetrics() });
+    started.push(mapping);
+    return { log, runtime, checkpoints, mapping, checkpoint: (shard) => checkpoints.get(FN.name, trigger.id, shard) };
+  }
+
+  it('keeps a shard alive when an invocation or a checkpoint write throws', async () => {
+    const s = setup({ shards: 1 });
+    let calls = 0;
+    const realInvoke = s.runtime.invoke.bind(s.runtime);
+    s.runtime.invoke = async (fn, event) => {
+      if (++calls === 1) throw new Error('runtime closing');
+      return realInvoke(fn, event);
+    };
+    const realSet = s.checkpoints.set.bind(s.checkpoints);
+    let failedSets = 0;
+    s.checkpoints.set = async (...args) => {
+      if (args[3] > 0 && failedSets++ === 0) throw new Error('disk full');
+      return realSet(...args);
+    };
+    await s.mapping.start();
+    commit(s.log, [insert('d', 1)]);
+    await waitFor(() => s.runtime.records().length >= 1, 3000, 'the record after the thrown invocation');
+    commit(s.log, [insert('d', 2)]);
+    await waitFor(async () => (await s.checkpoint(0)) === 2, 3000, 'the checkpoint after the failed write');
+    expect(s.runtime.records().map(tsOf)).toEqual([1, 2]);
+    expect(failedSets).toBeGreaterThan(1);
+  });
+
+  describe('starting position', () => {
+    it('LATEST starts after the records already in the log', async () => {
+      const s = setup({ trigger: { startingPosition: 'LATEST' } });
+      const [d0, d1] = devicePerShard(s.log) as [string, string];
+      commit(s.log, [insert(d0, 1), insert(d0, 2), insert(d1, 3)]);
+      commit(s.log, [insert(d0, 4)]);
+      await s.mapping.start();
+      expect([await s.checkpoint(0), await s.checkpoint(1)]).toEqual([3, 1]);
+      commit(s.log, [insert(d0, 5), insert(d1, 6)]);
+      await waitFor(() => s.runtime.records().length >= 2, 2000, 'the new records');
+      expect(s.runtime.records().map(tsOf).sort()).toEqual([5, 6]);
+      await waitFor(async () => (await s.checkpoint(0)) === 4 && (await s.checkpoint(1)) === 2, 2000, 'checkpoints');
+    });
+
+    it('TRIM_HORIZON starts from the oldest record', async () => {
+      const s = setup({ trigger: { startingPosition: 'TRIM_HORIZON' } });
+      const [d0, d1] = devicePerShard(s.log) as [string, string];
+      commit(s.log, [insert(d0, 1), insert(d0, 2), insert(d1, 3)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 2 && (await s.checkpoint(1)) === 1, 2000, 'checkpoints');
+      const mine = (d: string): number[] => s.runtime.records().filter((r) => deviceOf(r) === d).map(tsOf);
+      expect(mine(d0)).toEqual([1, 2]);
+      expect(mine(d1)).toEqual([3]);
+    });
+
+    it('an empty log starts at the beginning either way', async () => {
+      const s = setup({ shards: 1, trigger: { startingPosition: 'LATEST' } });
+      await s.mapping.start();
+      expect(await s.checkpoint(0)).toBe(0);
+      commit(s.log, [insert('d', 1)]);
+      await waitFor(() => s.runtime.records().length === 1, 2000, 'the first record');
+      expect(seqs(s.runtime.events[0])).toEqual([1]);
+    });
+  });
+
+  describe('delivery', () => {
+    it('invokes the function with the DynamoDB stream event shape', async () => {
+      const s = setup({ shards: 1 });
+      const records = commit(s.log, [
+        { eventName: 'INSERT', deviceId: 'd1', ts: 1000, seq: 0, newValues: { temp: 21.5, ok: true } },
+        { eventName: 'MODIFY', deviceId: 'd1', ts: 1000, seq: 0, newValues: { temp: 22 }, oldValues: { temp: 21.5, ok: true } },
+        { eventName: 'REMOVE', deviceId: 'd1', ts: 1000, seq: 0, oldValues: { temp: 22 }, byService: true },
+      ]);
+      await s.mapping.start();
+      await waitFor(() => s.runtime.events.length === 1, 2000, 'an invocation');
+      const event = s.runtime.events[0] as DynamoDBStreamEvent;
+      expect(Object.keys(event)).toEqual(['Records']);
+      expect(event.Records).toEqual(records.map((r) => toStreamRecord(r, s.log.streamArn)));
+      const [ins, mod, rem] = event.Records as [DynamoDBStreamRecord, DynamoDBStreamRecord, DynamoDBStreamRecord];
+      expect(ins).toMatchObject({
+        eventName: 'INSERT',
+        eventVersion: '1.1',
+        eventSource: 'aws:dynamodb',
+        awsRegion: 'local',
+        eventSourceARN: s.log.streamArn,
+        dynamodb: {
+          SequenceNumber: '1',
+          StreamViewType: 'NEW_AND_OLD_IMAGES',
+          Keys: { deviceId: { S: 'd1' }, ts: { N: '1000' }, seq: { N: '0' } },
+          NewImage: { deviceId: { S: 'd1' }, temp: { N: '21.5' }, ok: { BOOL: true } },
+        },
+      });
+      expect(typeof ins.eventID).toBe('string');
+      expect(typeof ins.dynamodb.ApproximateCreationDateTime).toBe('number');
+      expect(ins.dynamodb.OldImage).toBeUndefined();
+      expect(mod).toMatchObject({ eventName: 'MODIFY', dynamodb: { SequenceNumber: '2', OldImage: { temp: { N: '21.5' } }, NewImage: { temp: { N: '22' } } } });
+      expect(rem).toMatchObject({ eventName: 'REMOVE', dynamodb: { SequenceNumber: '3' }, userIdentity: { type: 'Service', principalId: 'dynamodb.amazonaws.com' } });
+      expect(new Set(event.Records.map((r) => r.eventID)).size).toBe(3);
+    });
+
+    it('respects batchSize', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 3 } });
+      commit(s.log, Array.from({ length: 7 }, (_, i) => insert('d', i)));
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 7, 2000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2, 3], [4, 5, 6], [7]]);
+    });
+
+    it('keeps per-shard order: each event holds one shard, and a shard is delivered in sequence without gaps', async () => {
+      const s = setup({ shards: 4, trigger: { batchSize: 5 } });
+      const devices = Array.from({ length: 9 }, (_, i) => `sensor-${i}`);
+      commit(s.log, devices.map((d) => insert(d, 0)));
+      await s.mapping.start();
+      let committed = devices.length;
+      for (let round = 1; round <= 20; round++) {
+        commit(s.log, devices.filter((_, i) => (i + round) % 3 !== 0).map((d) => insert(d, round)));
+        committed += devices.filter((_, i) => (i + round) % 3 !== 0).length;
+        // Let the pollers run between some of the writes, so batches mix old and new records.
+        if (round % 4 === 0) await new Promise((r) => setImmediate(r));
+      }
+      await waitFor(() => s.runtime.records().length === committed, 3000, 'every record');
+      const perShard = new Map<number, number[]>();
+      for (const event of s.runtime.events) {
+        expect(event.Records.length).toBeLessThanOrEqual(5);
+        const shards = new Set(event.Records.map((r) => s.log.shardOf(deviceOf(r))));
+        expect(shards.size).toBe(1);
+        const shard = [...shards][0] as number;
+        perShard.set(shard, [...(perShard.get(shard) ?? []), ...seqs(event)]);
+      }
+      for (const [, numbers] of perShard) expect(numbers).toEqual(numbers.map((_, i) => i + 1));
+      for (const d of devices) {
+        const ts = s.runtime.records().filter((r) => deviceOf(r) === d).map(tsOf);
+        expect(ts).toEqual([...ts].sort((a, b) => a - b));
+      }
+    });
+
+    it('wakes on records committed while it runs, including during an invocation', async () => {
+      const s = setup({ shards: 1 });
+      const held = gate<InvokeOutcome>();
+      s.runtime.behaviour = (_e, call) => (call === 1 ? held.promise : OK);
+      await s.mapping.start();
+      commit(s.log, [insert('d', 1)]);
+      await waitFor(() => s.runtime.events.length === 1, 2000, 'the first invocation');
+      // Committed while the first batch is still with the function.
+      commit(s.log, [insert('d', 2)]);
+      commit(s.log, [insert('d', 3)]);
+      held.open(OK);
+      await waitFor(() => s.runtime.events.length === 2, 2000, 'the second invocation');
+      expect(s.runtime.events.map(seqs)).toEqual([[1], [2, 3]]);
+      // And after it went idle again.
+      commit(s.log, [insert('d', 4)]);
+      await waitFor(() => s.runtime.events.length === 3, 2000, 'the third invocation');
+      expect(seqs(s.runtime.events[2])).toEqual([4]);
+    });
+  });
+
+  describe('checkpoints and failures', () => {
+    it('moves the checkpoint only after the function succeeded', async () => {
+      const s = setup({ shards: 1 });
+      const held = gate<InvokeOutcome>();
+      s.runtime.behaviour = () => held.promise;
+      commit(s.log, [insert('d', 1), insert('d', 2)]);
+      await s.mapping.start();
+      await waitFor(() => s.runtime.events.length === 1, 2000, 'the invocation');
+      expect(await s.checkpoint(0)).toBe(0);
+      held.open(OK);
+      await waitFor(async () => (await s.checkpoint(0)) === 2, 2000, 'the checkpoint');
+    });
+
+    it('retries a failing batch maximumRetryAttempts times, then skips it', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 1, maximumRetryAttempts: 2 } });
+      const checkpointDuringRetries: Array<number | undefined> = [];
+      s.runtime.behaviour = async (event) => {
+        if (seqs(event)[0] !== 1) return OK;
+        checkpointDuringRetries.push(await s.checkpoint(0));
+        return FAILED;
+      };
+      commit(s.log, [insert('poison', 1), insert('poison', 2)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 2, 3000, 'the checkpoint past the poison batch');
+      expect(s.runtime.events.map(seqs)).toEqual([[1], [1], [1], [2]]);
+      // Every retry carries the same event (same event ids), and the checkpoint waited for the give-up.
+      expect(s.runtime.events[1]).toEqual(s.runtime.events[0]);
+      expect(checkpointDuringRetries).toEqual([0, 0, 0]);
+    });
+
+    it.each<InvokeOutcome>([FAILED, { status: 'timeout' }, { status: 'crashed', reason: 'exit code 1' }])('counts a $status outcome as a failure', async (outcome) => {
+      // maximumRetryAttempts 0: no retry, so no backoff to wait for.
+      const s = setup({ shards: 1, trigger: { batchSize: 1, maximumRetryAttempts: 0 } });
+      s.runtime.behaviour = (event) => (seqs(event)[0] === 1 ? outcome : OK);
+      commit(s.log, [insert('d', 1), insert('d', 2)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 2, 2000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1], [2]]);
+    });
+
+    it('a batch that succeeds on retry is checkpointed, and later batches follow', async () => {
+      const s = setup({ shards: 1, trigger: { maximumRetryAttempts: 1 } });
+      s.runtime.behaviour = (_e, call) => (call === 1 ? FAILED : OK);
+      commit(s.log, [insert('d', 1), insert('d', 2)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 2, 2000, 'the checkpoint');
+      commit(s.log, [insert('d', 3)]);
+      await waitFor(async () => (await s.checkpoint(0)) === 3, 2000, 'the next checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2], [1, 2], [3]]);
+    });
+
+    it('a new mapping with the same trigger id resumes from the stored checkpoint', async () => {
+      const checkpoints = new MemoryCheckpointStore();
+      const log = new MemoryChangeLog({ shards: 2 });
+      const [d0, d1] = devicePerShard(log) as [string, string];
+      const first = setup({ log, checkpoints });
+      commit(log, [insert(d0, 1), insert(d0, 2), insert(d1, 3)]);
+      await first.mapping.start();
+      await waitFor(async () => (await first.checkpoint(0)) === 2 && (await first.checkpoint(1)) === 1, 2000, 'checkpoints');
+      await first.mapping.stop();
+      commit(log, [insert(d0, 4), insert(d1, 5)]);
+
+      // TRIM_HORIZON would start from the oldest record: the checkpoint wins.
+      const again = setup({ log, checkpoints, trigger: { startingPosition: 'TRIM_HORIZON' } });
+      await again.mapping.start();
+      commit(log, [insert(d0, 6)]);
+      await waitFor(() => again.runtime.records().length >= 3, 2000, 'the records after the checkpoint');
+      expect(again.runtime.records().map(tsOf).sort()).toEqual([4, 5, 6]);
+      await again.mapping.stop();
+
+      // LATEST would skip what arrived while it was stopped: the checkpoint wins again.
+      commit(log, [insert(d1, 7)]);
+      const latest = setup({ log, checkpoints, trigger: { startingPosition: 'LATEST' } });
+      await latest.mapping.start();
+      await waitFor(() => latest.runtime.records().length >= 1, 2000, 'the record committed while stopped');
+      expect(latest.runtime.records().map(tsOf)).toEqual([7]);
+
+      // Another trigger of the same function keeps its own checkpoints.
+      const other = setup({ log, checkpoints, trigger: { id: 'trigger-2', startingPosition: 'TRIM_HORIZON' } });
+      await other.mapping.start();
+      await waitFor(() => other.runtime.records().length === 7, 2000, 'every record for the other trigger');
+    });
+  });
+
+  describe('stop', () => {
+    it('returns promptly while the pollers wait for records, and delivers nothing after', async () => {
+      const s = setup({ shards: 3 });
+      const read = vi.spyOn(s.log, 'read');
+      await s.mapping.start();
+      await waitFor(() => read.mock.calls.length >= 3, 2000, 'every poller to read');
+      await Promise.all(read.mock.results.map((r) => r.value));
+      await new Promise((r) => setImmediate(r));
+      await within(s.mapping.stop(), 500, 'stop()');
+      const reads = read.mock.calls.length;
+      commit(s.log, [insert('d', 1)]);
+      await new Promise((r) => setImmediate(r));
+      expect(read.mock.calls.length).toBe(reads);
+      expect(s.runtime.events).toEqual([]);
+    });
+
+    it('returns when stopped while a read is in flight', async () => {
+      const log = new MemoryChangeLog({ shards: 1 });
+      const s = setup({ log });
+      const readDone = gate();
+      const realRead = log.read.bind(log);
+      const read = vi.spyOn(log, 'read').mockImplementation(async (...args) => {
+        await readDone.promise;
+        return realRead(...args);
+      });
+      await s.mapping.start();
+      await waitFor(() => read.mock.calls.length === 1, 2000, 'the first read');
+      const stopping = s.mapping.stop();
+      readDone.open();
+      await within(stopping, 500, 'stop() during a read');
+    });
+
+    it('during a retry backoff returns without waiting it out, and leaves the checkpoint', async () => {
+      const s = setup({ shards: 1, trigger: { maximumRetryAttempts: 5 } });
+      s.runtime.behaviour = () => FAILED;
+      commit(s.log, [insert('d', 1)]);
+      await s.mapping.start();
+      // After the third failure the poller waits 400 ms before trying again.
+      await waitFor(() => s.runtime.events.length === 3, 2000, 'three attempts');
+      const t0 = Date.now();
+      await within(s.mapping.stop(), 1000, 'stop() during a backoff');
+      expect(Date.now() - t0).toBeLessThan(200);
+      expect(s.runtime.events).toHaveLength(3);
+      expect(await s.checkpoint(0)).toBe(0);
+    });
+
+    it('waits for the invocation in flight and checkpoints it when it succeeded', async () => {
+      const checkpoints = new MemoryCheckpointStore();
+      const log = new MemoryChangeLog({ shards: 1 });
+      const s = setup({ log, checkpoints });
+      const held = gate<InvokeOutcome>();
+      s.runtime.behaviour = () => held.promise;
+      commit(log, [insert('d', 1), insert('d', 2)]);
+      await s.mapping.start();
+      await waitFor(() => s.runtime.events.length === 1, 2000, 'the invocation');
+      const stopping = s.mapping.stop();
+      held.open(OK);
+      await within(stopping, 500, 'stop() during an invocation');
+      expect(await s.checkpoint(0)).toBe(2);
+      // So a restart does not hand the batch to the function again.
+      const next = setup({ log, checkpoints });
+      await next.mapping.start();
+      commit(log, [insert('d', 3)]);
+      await waitFor(() => next.runtime.events.length === 1, 2000, 'the next batch');
+      expect(seqs(next.runtime.events[0])).toEqual([3]);
+    });
+  });
+});
