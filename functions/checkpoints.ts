@@ -19,7 +19,7 @@ export class LevelCheckpointStore implements CheckpointStore {
   constructor(private readonly database: Database) {}
 
   async get(functionName: string, triggerId: string, shard: number): Promise<number | undefined> {
-    const v = await this.database.db.get(checkpointKey(functionName, triggerId, shard));
+    const v = await this.database.read((db) => db.get(checkpointKey(functionName, triggerId, shard)));
     return v === undefined ? undefined : Number(v.readBigUInt64BE(0));
   }
 

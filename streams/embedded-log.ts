@@ -40,7 +40,7 @@ export class EmbeddedChangeLog extends SequencedLog {
     const createdAt = await database.fixedSetting('streamCreatedAt', new Date().toISOString());
     const last: number[] = [];
     for (let shard = 0; shard < fixed; shard++) {
-      const keys = await database.db.keys({ gte: changeKey(shard, 0), lt: changeKey(shard + 1, 0), reverse: true, limit: 1 }).all();
+      const keys = await database.read((db) => db.keys({ gte: changeKey(shard, 0), lt: changeKey(shard + 1, 0), reverse: true, limit: 1 }).all());
       last.push(keys[0] ? sequenceOfKey(keys[0]) : 0);
     }
     return new EmbeddedChangeLog(database, fixed, `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${createdAt}`, last);
@@ -54,14 +54,12 @@ export class EmbeddedChangeLog extends SequencedLog {
     // Only committed records are visible: a staged batch may still fail.
     const upTo = this.committed[shard] ?? 0;
     if (after >= upTo || limit <= 0) return [];
-    const entries = await this.database.db
-      .iterator({ gt: changeKey(shard, after), lte: changeKey(shard, upTo), limit })
-      .all();
+    const entries = await this.database.read((db) => db.iterator({ gt: changeKey(shard, after), lte: changeKey(shard, upTo), limit }).all());
     return entries.map(([key, value]) => decodeRecord(shard, sequenceOfKey(key), value));
   }
 
   protected async firstSequenceNumber(shard: number): Promise<number | null> {
-    const keys = await this.database.db.keys({ gte: changeKey(shard, 0), lt: changeKey(shard + 1, 0), limit: 1 }).all();
+    const keys = await this.database.read((db) => db.keys({ gte: changeKey(shard, 0), lt: changeKey(shard + 1, 0), limit: 1 }).all());
     return keys[0] ? sequenceOfKey(keys[0]) : null;
   }
 }
