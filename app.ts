@@ -61,6 +61,9 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       partitionWindowMs: config.partitionWindow,
       maxBatch: config.commitMaxBatch,
       maxDelayMs: config.commitMaxDelayMs,
+      retentionMs: config.retention,
+      retentionRemoveRecords: config.retentionRemoveRecords,
+      logger: logger.child({ module: 'store' }),
     });
     store = openStore;
     const ingest = new TelemetryIngest({

@@ -12,6 +12,7 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { DEVICE_ID_PATTERN } from '../core/ids.js';
+import { AGGREGATES } from '../store/types.js';
 
 /** Largest page a list route returns (`API.md`: default 100, max 10,000). */
 export const MAX_LIMIT = 10_000;
@@ -38,6 +39,11 @@ function StringEnum<const T extends readonly string[]>(values: T, options: { def
  */
 function NullableString(options: { description?: string } = {}) {
   return Type.Unsafe<string | null>({ type: ['string', 'null'], ...options });
+}
+
+/** `number | null` as a type array (see {@link NullableString}). */
+function Nullable(type: 'number' | 'integer', options: { description?: string } = {}) {
+  return Type.Unsafe<number | null>({ type: [type, 'null'], ...options });
 }
 
 /** A list response: `{ items, nextCursor }` (the contract's list shape). */
@@ -75,7 +81,18 @@ export type DeviceIdParams = Static<typeof DeviceIdParams>;
 
 /** `GET /v1/devices` */
 export const ListDevicesQuery = Type.Object(
-  { limit: Type.Optional(Limit), cursor: Type.Optional(Cursor) },
+  {
+    limit: Type.Optional(Limit),
+    cursor: Type.Optional(Cursor),
+    tag: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 400,
+        description:
+          'Only devices with this tag: `key` (any value) or `key:value`. A filtered page examines at most 10,000 registry entries, so it may hold fewer than `limit` devices with a non-null `nextCursor`.',
+      }),
+    ),
+  },
   { additionalProperties: false },
 );
 export type ListDevicesQuery = Static<typeof ListDevicesQuery>;
@@ -83,11 +100,24 @@ export type ListDevicesQuery = Static<typeof ListDevicesQuery>;
 /** A device registry entry (`DeviceInfo` of the store). */
 export const DeviceInfo = Type.Object({
   deviceId: Type.String(),
-  firstSeen: Type.Integer({ description: 'Epoch ms of the first reading written.' }),
-  lastSeen: Type.Integer({ description: 'Epoch ms of the last write.' }),
-  readings: Type.Integer({ description: 'Number of stored readings.' }),
+  firstSeen: Nullable('integer', { description: 'Epoch ms of the first write; null for a registered device that has not written yet.' }),
+  lastSeen: Nullable('integer', { description: 'Epoch ms of the last write; null until the device writes.' }),
+  readings: Type.Integer({ description: 'Readings written (inserted) since the device was registered; retention drops do not lower it.' }),
   tags: Type.Record(Type.String(), Type.String()),
 });
+
+/** `PUT /v1/devices/:id`: creates the device or replaces its tags. */
+export const PutDeviceBody = Type.Object(
+  {
+    tags: Type.Optional(
+      Type.Record(Type.String(), Type.String(), {
+        description: 'The device\'s tags, replacing any it had (absent: none). At most 50; keys 1-64 characters of A-Z a-z 0-9 . _ -; values at most 256 characters.',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type PutDeviceBody = Static<typeof PutDeviceBody>;
 
 export const DevicePage = PageOf(DeviceInfo);
 
@@ -107,6 +137,83 @@ export const Reading = Type.Object({
 });
 
 export const ReadingPage = PageOf(Reading);
+
+/** Any leaf value of a reading (number, string or boolean), serialized as is. */
+const LeafValue = Type.Unknown({ description: 'A number, string or boolean.' });
+
+/** `GET /v1/devices/:id/latest` */
+export const LatestQuery = Type.Object(
+  {
+    keys: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 4096,
+        description:
+          'Comma-separated value keys: answer with the latest value of each key instead of the latest reading. Dots address nested keys; a key naming an object covers its leaves (`gps` → `gps.lat`, `gps.lon`).',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type LatestQuery = Static<typeof LatestQuery>;
+
+/** Per-key latest values (`?keys=`): each key's value in the reading with the highest (ts, seq) that carried it. */
+export const LatestValues = Type.Object({
+  deviceId: Type.String(),
+  values: Type.Record(
+    Type.String(),
+    Type.Object({ ts: Type.Integer(), seq: Type.Integer(), value: LeafValue }),
+    { description: 'By leaf path (`temp`, `gps.lat`); keys the device never sent are absent.' },
+  ),
+});
+
+/** `GET /v1/devices/:id/telemetry/aggregate` */
+export const AggregateQuery = Type.Object(
+  {
+    from: Type.Optional(Type.String({ minLength: 1, maxLength: 64, default: '-24h', description: 'Inclusive lower bound, as for the range query.' })),
+    to: Type.Optional(Type.String({ minLength: 1, maxLength: 64, default: 'now', description: 'Inclusive upper bound, as for the range query.' })),
+    interval: Type.String({
+      minLength: 1,
+      maxLength: 32,
+      description: 'Bucket width: a duration (`1m`, `15m`, `1h`, `1d`) or milliseconds. Buckets start at multiples of it counted from the epoch; at most 100,000 buckets per request.',
+    }),
+    agg: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 128, default: 'avg', description: `Comma-separated aggregates: ${AGGREGATES.join(', ')}.` }),
+    ),
+    keys: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, description: 'Comma-separated value keys to aggregate (default: every key); dots address nested keys.' })),
+  },
+  { additionalProperties: false },
+);
+export type AggregateQuery = Static<typeof AggregateQuery>;
+
+const NumericAggregate = Nullable('number', { description: 'Over the numbers among the values; null when there are none.' });
+
+export const AggregateResult = Type.Object({
+  deviceId: Type.String(),
+  from: Type.Integer(),
+  to: Type.Integer(),
+  intervalMs: Type.Integer(),
+  buckets: Type.Array(
+    Type.Object({
+      start: Type.Integer({ description: 'Inclusive, epoch ms (a multiple of the interval).' }),
+      end: Type.Integer({ description: 'Exclusive, epoch ms.' }),
+      values: Type.Record(
+        Type.String(),
+        Type.Object({
+          avg: Type.Optional(NumericAggregate),
+          min: Type.Optional(NumericAggregate),
+          max: Type.Optional(NumericAggregate),
+          sum: Type.Optional(NumericAggregate),
+          count: Type.Optional(Type.Integer({ description: 'Values of any type.' })),
+          first: Type.Optional(LeafValue),
+          last: Type.Optional(LeafValue),
+        }),
+        { description: 'By leaf path (`temp`, `gps.lat`).' },
+      ),
+    }),
+    { description: 'Buckets in time order; buckets without readings of the selected keys are left out.' },
+  ),
+});
 
 /** `GET /v1/devices/:id/telemetry` */
 export const TelemetryQuery = Type.Object(

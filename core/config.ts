@@ -12,7 +12,8 @@ type Kind =
   | { type: 'path' }
   | { type: 'port' }
   | { type: 'int'; min: number; max: number }
-  | { type: 'duration' }
+  /** `allowZero`: `0` is accepted too and means "off". */
+  | { type: 'duration'; allowZero?: boolean }
   | { type: 'bool' }
   | { type: 'enum'; values: readonly string[] };
 
@@ -37,6 +38,20 @@ export const SETTINGS = {
   logLevel: setting<string>({ type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] }, 'info', 'TRIBUTARY_LOG_LEVEL', '--log-level', 'Minimum level written to the log (pino levels).'),
   functionsDir: setting<string>({ type: 'path' }, '', 'TRIBUTARY_FUNCTIONS_DIR', '--functions-dir', 'Directory of handler modules (*.js, *.mjs, *.cjs); each file is deployed as a function named after it and attached to the change stream. Empty: none.'),
   partitionWindow: setting<number>({ type: 'duration' }, 86_400_000, 'TRIBUTARY_PARTITION_WINDOW', '--partition-window', 'Width of a time partition. Fixed when the data directory is created.'),
+  retention: setting<number>(
+    { type: 'duration', allowZero: true },
+    0,
+    'TRIBUTARY_RETENTION',
+    '--retention',
+    'How long readings are kept, e.g. 30d; 0 keeps them forever. Enforced a whole time partition at a time: a partition is dropped once it is wholly older than now minus the retention (checked every minute and at start), so a reading lives between the retention and the retention plus one partition window. Writes with a ts older than the retention are rejected (ValidationError).',
+  ),
+  retentionRemoveRecords: setting<boolean>(
+    { type: 'bool' },
+    false,
+    'TRIBUTARY_RETENTION_REMOVE_RECORDS',
+    '--retention-remove-records',
+    "Put a REMOVE record on the change stream for every reading retention drops, marked like DynamoDB TTL deletions (userIdentity type Service, principal dynamodb.amazonaws.com). Off by default: a drop is then silent on the stream, because dropping a partition of a million readings would otherwise put a million records on it.",
+  ),
   streamShards: setting<number>({ type: 'int', min: 1, max: 1024 }, 4, 'TRIBUTARY_STREAM_SHARDS', '--stream-shards', 'Number of change-stream shards; a device always maps to one shard. Fixed when the data directory is created.'),
   maxPayloadBytes: setting<number>({ type: 'int', min: 64, max: 16 * 1024 * 1024 }, 128 * 1024, 'TRIBUTARY_MAX_PAYLOAD_BYTES', '--max-payload-bytes', 'Largest telemetry payload accepted over MQTT or HTTP, in bytes.'),
   commitMaxBatch: setting<number>({ type: 'int', min: 1, max: 100_000 }, 2000, 'TRIBUTARY_COMMIT_MAX_BATCH', '--commit-max-batch', 'Most readings in one group commit (one synced LevelDB batch).'),
@@ -75,6 +90,7 @@ function parseValue(key: SettingKey, raw: unknown, source: string): unknown {
       return n;
     }
     case 'duration':
+      if (kind.allowZero && (raw === 0 || (typeof raw === 'string' && raw.trim() === '0'))) return 0;
       if (typeof raw === 'number' && Number.isSafeInteger(raw) && raw > 0) return raw;
       if (typeof raw !== 'string') return fail('expected a duration such as 1h or 30d');
       try {

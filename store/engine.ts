@@ -1,34 +1,66 @@
 /**
  * The write path and query logic every TelemetryStore shares, over a small
- * {@link StoreBackend} that only knows how to read and apply a batch. The LevelDB and
- * in-memory stores are this engine with different backends, so they cannot drift apart.
+ * {@link StoreBackend} that only knows how to read, scan and apply a batch. The LevelDB
+ * and in-memory stores are this engine with different backends, so they cannot drift
+ * apart.
  *
- * Write path (group commit): `write()` validates and encodes at once, then queues.
- * With no batch in flight the queue is flushed on the next turn of the event loop (or
- * after `maxDelayMs`); while a batch is being written, new writes wait and go out
- * together as the next batch the moment it completes. Exactly one batch is in flight,
- * which keeps the per-device caches and the change log's sequence numbers simple: a
- * batch is planned against committed state only.
+ * Commit pipeline: `write()` validates and encodes at once, then queues. With nothing
+ * in flight the queue is flushed on the next turn of the event loop (or after
+ * `maxDelayMs`); while a batch is being written, new writes wait and go out together as
+ * the next batch the moment it completes. Maintenance work that changes committed state
+ * (retention REMOVE batches, device deletion, registry updates) runs as *turns* of the
+ * same pipeline, alternating with write batches: exactly one batch or turn is in flight,
+ * which keeps the per-device caches and the change log's sequence numbers simple (every
+ * batch is planned against committed state only), and a long deletion never starves
+ * writers: it goes one bounded batch at a time.
  */
 import { TributaryError, invalidParameter } from '../core/errors.js';
 import { assertDeviceId } from '../core/ids.js';
+import type { Logger } from '../core/logger.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
 import type { BatchOp, Change, ChangeLog } from '../streams/types.js';
 import { decodeDeviceCursor, decodeReadingCursor, encodeDeviceCursor, encodeReadingCursor, type Order } from './cursor.js';
-import { classify, compareItemKeys, compileProjection, prepareWrite, type PreparedWrite } from './items.js';
+import {
+  KeyAccumulator,
+  checkKeys,
+  checkTags,
+  classify,
+  compareItemKeys,
+  compileLeafWalker,
+  compileProjection,
+  coversPaths,
+  flattenValues,
+  formatDuration,
+  pathMatchesKey,
+  prepareWrite,
+  type Leaf,
+  type PreparedWrite,
+} from './items.js';
 import { MAX_U32 } from './keys.js';
-import type {
-  DeliveryId,
-  DeviceInfo,
-  ItemChange,
-  ListDevicesQuery,
-  Page,
-  RangeQuery,
-  Reading,
-  TelemetryStore,
-  Values,
-  WriteRequest,
-  WriteResult,
+import {
+  AGGREGATES,
+  type Aggregate,
+  type AggregateBucket,
+  type AggregateQuery,
+  type AggregateResult,
+  type DeleteDeviceResult,
+  type DeliveryId,
+  type DeviceInfo,
+  type DropResult,
+  type ItemChange,
+  type KeyValue,
+  type LatestOptions,
+  type LatestValues,
+  type ListDevicesQuery,
+  type Page,
+  type PutDeviceRequest,
+  type PutDeviceResult,
+  type RangeQuery,
+  type Reading,
+  type TelemetryStore,
+  type Values,
+  type WriteRequest,
+  type WriteResult,
 } from './types.js';
 
 /** A stored reading as a backend returns it: key and encoded values. */
@@ -39,17 +71,29 @@ export interface StoredItem {
   json: Buffer;
 }
 
+/**
+ * A device's latest item plus the per-key latest of the value keys that item lacks.
+ * Keys the latest item carries are answered from it, so while a device sends the same
+ * keys every time `older` stays empty and per-key latest costs nothing on the write path.
+ */
+export interface LatestItem extends StoredItem {
+  /** Leaf path → newest (ts, seq, value) seen, for paths absent from this item. Absent when empty. */
+  older?: Record<string, KeyValue>;
+  /** The parsed values, once at hand: a cache of the engine's, never stored and never handed out. */
+  values?: Values;
+}
+
 /** The device registry entry as stored (the device id is the key). */
 export interface DeviceRecord {
-  firstSeen: number;
-  lastSeen: number;
+  firstSeen: number | null;
+  lastSeen: number | null;
   readings: number;
   tags: Record<string, string>;
 }
 
 /** What the store keeps per device: the latest item and the registry entry, either absent. */
 export interface DeviceState {
-  latest: StoredItem | undefined;
+  latest: LatestItem | undefined;
   info: DeviceRecord | undefined;
 }
 
@@ -57,6 +101,17 @@ export interface ItemRef {
   deviceId: string;
   ts: number;
   seq: number;
+}
+
+/** A reading as an aggregation streams it: its ts and its values' JSON text. */
+export interface StreamItem {
+  ts: number;
+  text: string;
+}
+
+/** A stored reading of any device, as a partition scan returns it. */
+export interface PartitionItem extends ItemRef {
+  json: Buffer;
 }
 
 /** Everything one batch needs to read before it can be planned; answered in one round trip. */
@@ -79,15 +134,19 @@ export interface BatchReadResult {
 /** The outcome of planning one batch: what to write. Change records travel as `ops`. */
 export interface WritePlan {
   now: number;
-  /** The batch's INSERTs and MODIFYs in write order: each is one item put. */
+  /** Item changes in write order: an INSERT or MODIFY is one item put, a REMOVE one item delete. */
   changes: Change[];
-  /** Stored bytes of each change's new values, parallel to `changes` (no per-item wrapper objects). */
+  /** Stored bytes of each change's new values, parallel to `changes` (empty for a REMOVE). */
   json: Buffer[];
   /** New latest item per device whose latest changed. */
-  latest: Array<{ deviceId: string; item: StoredItem }>;
+  latest: Array<{ deviceId: string; item: LatestItem }>;
   /** New registry entry per device seen in the batch. */
   devices: Array<{ deviceId: string; info: DeviceRecord }>;
   deliveries: DeliveryId[];
+  /** Devices whose latest and registry entries are deleted. */
+  removedDevices: string[];
+  /** Delivery ids deleted. */
+  removedDeliveries: Array<{ clientId: string; packetId: number }>;
 }
 
 export interface ScanQuery {
@@ -110,9 +169,29 @@ export interface StoreBackend {
   commit(plan: WritePlan, ops: BatchOp[]): Promise<void>;
   /** Up to `limit` items of the device in the range, in the requested order. */
   scan(q: ScanQuery): Promise<StoredItem[]>;
+  /**
+   * The device's items with `from <= ts <= to` in ascending (ts, seq) order, in chunks
+   * of at most `chunk` items, without holding more than a chunk in memory. Values come
+   * as text: decoding straight to a string is about twice as fast as a Buffer.
+   */
+  stream(deviceId: string, from: number, to: number, chunk: number): AsyncIterable<StreamItem[]>;
   /** Up to `limit` registry entries ordered by id, strictly after `after`. */
   listDevices(after: string | undefined, limit: number): Promise<Array<{ deviceId: string; info: DeviceRecord }>>;
+  /** The partition index, ascending. */
+  partitions(): number[];
+  /** Up to `limit` items of one partition in key order (device id, ts, seq), strictly after `after`. */
+  scanPartition(partition: number, after: ItemRef | undefined, limit: number): Promise<PartitionItem[]>;
+  /**
+   * Removes a partition: its items and its index entry, and reclaims their space.
+   * Idempotent, so an interrupted drop is finished by the next one.
+   */
+  dropPartition(partition: number): Promise<void>;
+  /** Up to `limit` packet ids (ascending) of the client's delivery ids. */
+  deliveriesOf(clientId: string, limit: number): Promise<number[]>;
 }
+
+/** The slice of a pino logger the store reports background work to. */
+export type StoreLogger = Pick<Logger, 'info' | 'error'>;
 
 export interface EngineOptions {
   changeLog: ChangeLog;
@@ -120,6 +199,16 @@ export interface EngineOptions {
   maxBatch: number;
   /** Extra wait to gather writes when idle; 0 flushes on the next event-loop turn. */
   maxDelayMs: number;
+  /** Width of a time partition (the unit retention drops). */
+  partitionWindowMs: number;
+  /** Readings older than this are dropped, a whole partition at a time; 0 (default) keeps everything. */
+  retentionMs?: number;
+  /** Emit a REMOVE record (with the service identity) for every reading retention drops. Default false. */
+  retentionRemoveRecords?: boolean;
+  /** How often the background retention pass runs (it also runs at open); 0 disables it. Default 60 s. */
+  retentionCheckMs?: number;
+  /** Where background work reports; without one, failures become process warnings. */
+  logger?: StoreLogger;
   /** Clock for server stamps and registry times (tests inject a fixed one). */
   now?: () => number;
 }
@@ -139,7 +228,7 @@ interface Stamp {
 /** Per-device working state while one batch is planned. */
 interface Work {
   state: DeviceState;
-  latest: StoredItem | undefined;
+  latest: LatestItem | undefined;
   latestChanged: boolean;
   inserts: number;
   seen: boolean;
@@ -147,6 +236,18 @@ interface Work {
   /** Items written earlier in this batch by key `ts:seq`; only kept for devices with device-stamped readings. */
   written: Map<string, Buffer> | undefined;
 }
+
+/** Items per REMOVE batch (retention with records, device deletion): bounds memory and the time writers wait. */
+const REMOVE_BATCH = 1000;
+/** Items per chunk an aggregation streams. */
+const AGGREGATE_CHUNK = 4096;
+/** Most buckets one aggregation may produce. */
+export const MAX_BUCKETS = 100_000;
+/** Registry entries a filtered device listing examines per page. */
+const LIST_SCAN_BUDGET = 10_000;
+/** Most per-key entries kept for keys the latest reading lacks; the oldest go first. */
+export const MAX_OLDER_KEYS = 1000;
+const DEFAULT_RETENTION_CHECK_MS = 60_000;
 
 function storeClosed(): TributaryError {
   return new TributaryError('StoreUnavailable', 'the telemetry store is closed');
@@ -157,33 +258,72 @@ function checkPositiveInt(value: unknown, name: string): number {
   return value;
 }
 
+function checkNonNegativeInt(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer (got ${String(value)})`);
+  return value;
+}
+
+function emptyPlan(now: number): WritePlan {
+  return { now, changes: [], json: [], latest: [], devices: [], deliveries: [], removedDevices: [], removedDeliveries: [] };
+}
+
 /** The shared TelemetryStore implementation; see the module comment. */
 export class TelemetryStoreEngine implements TelemetryStore {
   /** The change log this store stages its records in. */
   readonly changeLog: ChangeLog;
+  /** Retention in effect (0: keep forever). */
+  readonly retentionMs: number;
   private readonly backend: StoreBackend;
   private readonly maxBatch: number;
   private readonly maxDelayMs: number;
+  private readonly windowMs: number;
+  private readonly removeRecords: boolean;
+  private readonly logger: StoreLogger | undefined;
   private readonly now: () => number;
 
   private queue: Pending[] = [];
   private queuedReadings = 0;
+  /** Maintenance turns waiting for the pipeline. */
+  private steps: Array<() => Promise<void>> = [];
   private inFlight = false;
+  private lastTurnWasStep = false;
   private cancelTimer: (() => void) | undefined;
   private idleWaiters: Array<() => void> = [];
   private closing: Promise<void> | undefined;
+  /** Running maintenance (retention passes, deletions): close waits for them. */
+  private readonly tasks = new Set<Promise<unknown>>();
 
   /** Committed state of devices the write path has touched (never filled by reads, which could race a commit). */
   private readonly devices = new Map<string, DeviceState>();
   private readonly stamps = new Map<string, Stamp>();
 
+  /** Readings with ts below this are refused; only ever rises (see {@link dropExpired}). */
+  private horizonFloor = 0;
+  private retentionTimer: ReturnType<typeof setInterval> | undefined;
+  private dropping: Promise<DropResult> | undefined;
+  private dropRunning = false;
+  /** Deletions in progress; writes to these devices wait for them. */
+  private readonly deleting = new Map<string, Promise<DeleteDeviceResult | undefined>>();
+  /** Devices written to while their deletion ran (their readings may sit behind its cursor). */
+  private readonly writtenWhileDeleting = new Set<string>();
+
   protected constructor(backend: StoreBackend, opts: EngineOptions) {
     this.backend = backend;
     this.changeLog = opts.changeLog;
     this.maxBatch = checkPositiveInt(opts.maxBatch, 'maxBatch');
-    if (!Number.isSafeInteger(opts.maxDelayMs) || opts.maxDelayMs < 0) throw new RangeError(`maxDelayMs must be a non-negative integer (got ${opts.maxDelayMs})`);
-    this.maxDelayMs = opts.maxDelayMs;
+    this.maxDelayMs = checkNonNegativeInt(opts.maxDelayMs, 'maxDelayMs');
+    this.windowMs = checkPositiveInt(opts.partitionWindowMs, 'partitionWindowMs');
+    this.retentionMs = checkNonNegativeInt(opts.retentionMs ?? 0, 'retentionMs');
+    this.removeRecords = opts.retentionRemoveRecords ?? false;
+    this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
+    const every = checkNonNegativeInt(opts.retentionCheckMs ?? DEFAULT_RETENTION_CHECK_MS, 'retentionCheckMs');
+    if (this.retentionMs > 0 && every > 0) {
+      // At open (on a later tick, so opening is not held up), then periodically.
+      setImmediate(() => this.backgroundDrop());
+      this.retentionTimer = setInterval(() => this.backgroundDrop(), every);
+      this.retentionTimer.unref();
+    }
   }
 
   // ---------------------------------------------------------------- write path
@@ -191,6 +331,16 @@ export class TelemetryStoreEngine implements TelemetryStore {
   async write(req: WriteRequest): Promise<WriteResult> {
     if (this.closing !== undefined) throw storeClosed();
     const prepared = prepareWrite(req);
+    if (this.retentionMs > 0) {
+      const error = this.tooOld(prepared, this.raiseHorizon(this.now()));
+      if (error !== undefined) throw error;
+    }
+    const deletion = this.deleting.get(prepared.deviceId);
+    if (deletion !== undefined) {
+      // Written after the delete was asked for: it belongs to the device that comes after.
+      await deletion.catch(() => undefined);
+      if (this.closing !== undefined) throw storeClosed();
+    }
     return new Promise<WriteResult>((resolve, reject) => {
       this.queue.push({ req: prepared, resolve, reject });
       this.queuedReadings += prepared.readings.length;
@@ -198,8 +348,25 @@ export class TelemetryStoreEngine implements TelemetryStore {
     });
   }
 
+  /** The horizon for `now`: readings with ts below it have expired. Monotonic, so a clock stepping back never reopens a dropped partition. */
+  private raiseHorizon(now: number): number {
+    if (now - this.retentionMs > this.horizonFloor) this.horizonFloor = now - this.retentionMs;
+    return this.horizonFloor;
+  }
+
+  private tooOld(req: PreparedWrite, horizon: number): TributaryError | undefined {
+    const i = req.readings.findIndex((r) => r.ts !== undefined && r.ts < horizon);
+    if (i < 0) return undefined;
+    const ts = req.readings[i]?.ts as number;
+    return new TributaryError(
+      'ValidationError',
+      `reading ${i}: ts ${ts} (${new Date(ts).toISOString()}) is older than the retention of ${formatDuration(this.retentionMs)} (readings before ${new Date(horizon).toISOString()} are not accepted)`,
+      { field: 'ts' },
+    );
+  }
+
   private schedule(): void {
-    if (this.inFlight) return; // the running batch picks the queue up when it completes
+    if (this.inFlight) return; // the running batch or turn picks the queue up when it completes
     if (this.queuedReadings >= this.maxBatch) {
       this.clearTimer();
       this.startBatch();
@@ -238,24 +405,59 @@ export class TelemetryStoreEngine implements TelemetryStore {
     const batch = this.queue.splice(0, n);
     this.queuedReadings -= readings;
     this.inFlight = true;
-    void this.runBatch(batch).then(() => {
-      this.inFlight = false;
-      if (this.queue.length > 0) {
-        this.clearTimer();
-        this.startBatch();
-      } else {
-        const waiters = this.idleWaiters;
-        this.idleWaiters = [];
-        for (const w of waiters) w();
-      }
+    this.lastTurnWasStep = false;
+    void this.runBatch(batch).then(() => this.afterTurn());
+  }
+
+  /**
+   * Runs `fn` as one turn of the commit pipeline: no batch is in flight while it runs,
+   * so it sees committed state and may commit a plan of its own.
+   */
+  private turn<T>(fn: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.steps.push(() => fn().then(resolve, reject));
+      if (!this.inFlight) this.startStep();
     });
+  }
+
+  private startStep(): void {
+    const step = this.steps.shift() as () => Promise<void>;
+    this.inFlight = true;
+    this.lastTurnWasStep = true;
+    void step().then(() => this.afterTurn());
+  }
+
+  /** Picks what goes next: turns and write batches alternate while both wait. */
+  private afterTurn(): void {
+    this.inFlight = false;
+    if (this.steps.length > 0 && (this.queue.length === 0 || !this.lastTurnWasStep)) {
+      this.startStep();
+    } else if (this.queue.length > 0) {
+      this.clearTimer();
+      this.startBatch();
+    } else {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
   }
 
   /** Plans, commits and settles one batch; never rejects (callers are rejected instead). */
   private async runBatch(batch: Pending[]): Promise<void> {
+    const now = this.now();
+    if (this.retentionMs > 0) {
+      // Checked again at commit: a retention pass may have moved the horizon since write().
+      const horizon = this.raiseHorizon(now);
+      batch = batch.filter((p) => {
+        const error = this.tooOld(p.req, horizon);
+        if (error !== undefined) p.reject(error);
+        return error === undefined;
+      });
+      if (batch.length === 0) return;
+    }
     let results: WriteResult[];
     try {
-      results = await this.commitBatch(batch);
+      results = await this.commitBatch(batch, now);
     } catch (err) {
       const wrapped = err instanceof TributaryError ? err : new TributaryError('StoreUnavailable', `the write could not be committed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
       for (const p of batch) p.reject(wrapped);
@@ -264,8 +466,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
     for (let i = 0; i < batch.length; i++) (batch[i] as Pending).resolve(results[i] as WriteResult);
   }
 
-  private async commitBatch(batch: Pending[]): Promise<WriteResult[]> {
-    const now = this.now();
+  private async commitBatch(batch: Pending[], now: number): Promise<WriteResult[]> {
     const work = new Map<string, Work>();
     const reads: BatchReads = { devices: [], deliveries: [], items: [] };
 
@@ -302,24 +503,36 @@ export class TelemetryStoreEngine implements TelemetryStore {
     await this.prepareStamps(work, now);
     const { plan, results, next } = this.planBatch(batch, work, found, now);
     for (const id of loaded.keys()) if (!next.has(id)) next.set(id, loaded.get(id) as DeviceState);
+    if (this.deleting.size > 0) for (const id of next.keys()) if (this.deleting.has(id)) this.writtenWhileDeleting.add(id);
 
     if (plan.devices.length > 0 || plan.deliveries.length > 0) {
-      const ops: BatchOp[] = [];
-      const records = plan.changes.length > 0 ? this.changeLog.stage(ops, plan.changes, now) : [];
-      try {
-        await this.backend.commit(plan, ops);
-      } catch (err) {
-        this.changeLog.abort(records);
-        throw new TributaryError('StoreUnavailable', `the write batch could not be committed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
-      }
-      // Only now, with the batch durable, does the cache move on (before the log wakes
+      // Only once the batch is durable does the cache move on (before the log wakes
       // readers, so that anyone reacting to a record sees the store past it).
-      for (const [deviceId, state] of next) this.devices.set(deviceId, state);
-      this.changeLog.commit(records);
+      await this.commitPlan(plan, () => {
+        for (const [deviceId, state] of next) this.devices.set(deviceId, state);
+      });
     } else {
       for (const [deviceId, state] of next) this.devices.set(deviceId, state);
     }
     return results;
+  }
+
+  /**
+   * Stages the plan's change records, commits plan and records in one batch, and only
+   * then runs `onDurable` and releases the records to readers. On failure the records'
+   * sequence numbers are handed back.
+   */
+  private async commitPlan(plan: WritePlan, onDurable?: () => void): Promise<void> {
+    const ops: BatchOp[] = [];
+    const records = plan.changes.length > 0 ? this.changeLog.stage(ops, plan.changes, plan.now) : [];
+    try {
+      await this.backend.commit(plan, ops);
+    } catch (err) {
+      this.changeLog.abort(records);
+      throw new TributaryError('StoreUnavailable', `the write batch could not be committed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+    onDurable?.();
+    this.changeLog.commit(records);
   }
 
   /**
@@ -328,7 +541,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
    * caller's result, and the device states to cache once the batch is durable.
    */
   private planBatch(batch: Pending[], work: Map<string, Work>, found: BatchReadResult | undefined, now: number): { plan: WritePlan; results: WriteResult[]; next: Map<string, DeviceState> } {
-    const plan: WritePlan = { now, changes: [], json: [], latest: [], devices: [], deliveries: [] };
+    const plan = emptyPlan(now);
     const changes = plan.changes;
     const results: WriteResult[] = new Array<WriteResult>(batch.length);
     const batchDeliveries = new Map<string, string>();
@@ -389,11 +602,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
         } else {
           changes.push({ eventName: 'MODIFY', deviceId: req.deviceId, ts, seq, newValues: r.values, oldValues: c.oldValues });
         }
-        // >= so that a MODIFY of the latest item refreshes its values.
-        if (w.latest === undefined || compareItemKeys(ts, seq, w.latest.ts, w.latest.seq) >= 0) {
-          w.latest = { ts, seq, json: r.json };
-          w.latestChanged = true;
-        }
+        this.updateLatest(w, ts, seq, r.json, r.values);
       }
       results[b] = { status: 'committed', items };
     }
@@ -413,6 +622,35 @@ export class TelemetryStoreEngine implements TelemetryStore {
       next.set(deviceId, { latest: w.latest, info });
     }
     return { plan, results, next };
+  }
+
+  /**
+   * Moves the device's latest item and per-key latest on for one written reading.
+   * "Latest" is the highest (ts, seq); `>=` so that a MODIFY of the latest item
+   * refreshes its values. A reading that becomes the latest hands the keys of the
+   * previous latest that it lacks over to `older`; an older reading can still be the
+   * newest carrier of a key the latest item lacks.
+   */
+  private updateLatest(w: Work, ts: number, seq: number, json: Buffer, values: Values): void {
+    const prev = w.latest;
+    if (prev === undefined || compareItemKeys(ts, seq, prev.ts, prev.seq) >= 0) {
+      const older = prev === undefined ? undefined : olderAfter(prev, values);
+      w.latest = older === undefined ? { ts, seq, json, values } : { ts, seq, json, values, older };
+      w.latestChanged = true;
+      return;
+    }
+    const latestPaths = flattenValues(valuesOf(prev));
+    let older: Record<string, KeyValue> | undefined;
+    compileLeafWalker()(values, (path, value) => {
+      if (latestPaths.has(path)) return;
+      const cur = (older ?? prev.older)?.[path];
+      if (cur !== undefined && compareItemKeys(ts, seq, cur.ts, cur.seq) < 0) return;
+      older ??= { ...prev.older };
+      older[path] = { ts, seq, value };
+    });
+    if (older === undefined) return;
+    w.latest = { ts: prev.ts, seq: prev.seq, json: prev.json, values: valuesOf(prev), older: capOlder(older) };
+    w.latestChanged = true;
   }
 
   /**
@@ -447,15 +685,43 @@ export class TelemetryStoreEngine implements TelemetryStore {
     if (probes.length > 0) await Promise.all(probes);
   }
 
+  /** Commits REMOVE records and deletes for `items` (one bounded batch). */
+  private async commitRemoves(items: PartitionItem[], byService: boolean, plan: WritePlan = emptyPlan(this.now()), onDurable?: () => void): Promise<void> {
+    for (const item of items) {
+      const change: Change = { eventName: 'REMOVE', deviceId: item.deviceId, ts: item.ts, seq: item.seq, oldValues: JSON.parse(item.json.toString('utf8')) as Values };
+      if (byService) change.byService = true;
+      plan.changes.push(change);
+      plan.json.push(EMPTY);
+    }
+    await this.commitPlan(plan, onDurable);
+  }
+
+  private checkOpen(): void {
+    if (this.closing !== undefined) throw storeClosed();
+  }
+
+  /** Keeps a maintenance promise where close() can wait for it. */
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.tasks.add(p);
+    const forget = (): void => {
+      this.tasks.delete(p);
+    };
+    p.then(forget, forget);
+    return p;
+  }
+
   /**
-   * Stops accepting writes, commits what is queued and waits for the batch in flight.
-   * Later writes reject with `StoreUnavailable`. The storage itself is not closed: its
+   * Stops accepting writes and background work, commits what is queued, and waits for
+   * the batch in flight and for running maintenance (which stops at its next batch).
+   * Later calls reject with `StoreUnavailable`. The storage itself is not closed: its
    * owner does that.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      if (this.retentionTimer !== undefined) clearInterval(this.retentionTimer);
       this.clearTimer();
       if (!this.inFlight && this.queue.length > 0) this.startBatch();
+      while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
       if (this.inFlight) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     })();
     return this.closing;
@@ -491,9 +757,80 @@ export class TelemetryStoreEngine implements TelemetryStore {
     return { items, nextCursor: more && last !== undefined ? encodeReadingCursor({ order, ts: last.ts, seq: last.seq }) : null };
   }
 
-  async latest(deviceId: string): Promise<Reading | undefined> {
-    const item = (await this.deviceState(deviceId)).latest;
-    return item === undefined ? undefined : { deviceId, ts: item.ts, seq: item.seq, values: JSON.parse(item.json.toString('utf8')) as Values };
+  /**
+   * Streams the range in chunks and folds each reading into the bucket of its ts, so
+   * memory holds one chunk plus the result. Readings arrive in (ts, seq) order, so a
+   * bucket is complete as soon as a reading of a later bucket shows up.
+   */
+  async aggregate(q: AggregateQuery): Promise<AggregateResult> {
+    const deviceId = assertDeviceId(q.deviceId);
+    const from = checkTimeParam(q.from, 'from');
+    const to = checkTimeParam(q.to, 'to');
+    const interval = q.intervalMs;
+    if (typeof interval !== 'number' || !Number.isSafeInteger(interval) || interval < 1) {
+      throw invalidParameter('interval', `interval must be a positive whole number of milliseconds (got ${String(interval)})`);
+    }
+    const aggs = checkAggregates(q.aggs);
+    const walk = compileLeafWalker(q.keys);
+    const lo = Math.max(0, from);
+    const hi = Math.min(MAX_TIMESTAMP_MS, to);
+    const buckets: AggregateBucket[] = [];
+    if (lo > hi) return { deviceId, intervalMs: interval, buckets };
+    const count = Math.floor(hi / interval) - Math.floor(lo / interval) + 1;
+    if (count > MAX_BUCKETS) {
+      throw invalidParameter('interval', `an interval of ${formatDuration(interval)} over this range makes ${count} buckets; at most ${MAX_BUCKETS} are allowed (use a longer interval or a shorter range)`);
+    }
+
+    let bucket = -1;
+    let accs = new Map<string, KeyAccumulator>();
+    const visit = (path: string, value: Leaf): void => {
+      let acc = accs.get(path);
+      if (acc === undefined) {
+        acc = new KeyAccumulator();
+        accs.set(path, acc);
+      }
+      acc.add(value);
+    };
+    const emit = (): void => {
+      if (accs.size === 0) return;
+      const values: AggregateBucket['values'] = {};
+      for (const [path, acc] of accs) values[path] = acc.result(aggs);
+      const start = bucket * interval;
+      buckets.push({ start, end: start + interval, values });
+      accs = new Map();
+    };
+    for await (const chunk of this.backend.stream(deviceId, lo, hi, AGGREGATE_CHUNK)) {
+      for (const item of chunk) {
+        const b = Math.floor(item.ts / interval);
+        if (b !== bucket) {
+          emit();
+          bucket = b;
+        }
+        walk(JSON.parse(item.text) as Values, visit);
+      }
+    }
+    emit();
+    return { deviceId, intervalMs: interval, buckets };
+  }
+
+  latest(deviceId: string): Promise<Reading | undefined>;
+  latest(deviceId: string, opts: LatestOptions): Promise<LatestValues | undefined>;
+  async latest(deviceId: string, opts?: LatestOptions): Promise<Reading | LatestValues | undefined> {
+    if (opts !== undefined) checkKeys(opts.keys);
+    const state = await this.deviceState(deviceId);
+    const item = state.latest;
+    if (opts === undefined) {
+      return item === undefined ? undefined : { deviceId, ts: item.ts, seq: item.seq, values: JSON.parse(item.json.toString('utf8')) as Values };
+    }
+    if (item === undefined && state.info === undefined) return undefined;
+    const values: LatestValues['values'] = {};
+    if (item !== undefined) {
+      const keys = opts.keys;
+      const wanted = (path: string): boolean => keys.some((k) => pathMatchesKey(path, k));
+      for (const [path, value] of flattenValues(valuesOf(item))) if (wanted(path)) values[path] = { ts: item.ts, seq: item.seq, value };
+      if (item.older !== undefined) for (const [path, kv] of Object.entries(item.older)) if (wanted(path)) values[path] = { ts: kv.ts, seq: kv.seq, value: kv.value };
+    }
+    return { deviceId, values };
   }
 
   async getDevice(deviceId: string): Promise<DeviceInfo | undefined> {
@@ -505,11 +842,37 @@ export class TelemetryStoreEngine implements TelemetryStore {
     const limit = q.limit;
     if (!Number.isSafeInteger(limit) || limit < 1) throw invalidParameter('limit', `limit must be a positive integer (got ${String(limit)})`);
     const after = q.cursor === undefined ? undefined : decodeDeviceCursor(q.cursor);
-    const rows = await this.backend.listDevices(after, limit + 1);
-    const more = rows.length > limit;
-    const page = more ? rows.slice(0, limit) : rows;
-    const last = page[page.length - 1];
-    return { items: page.map((r) => toDeviceInfo(r.deviceId, r.info)), nextCursor: more && last !== undefined ? encodeDeviceCursor(last.deviceId) : null };
+    const filter = q.tags === undefined ? undefined : Object.entries(q.tags);
+    if (filter === undefined || filter.length === 0) {
+      const rows = await this.backend.listDevices(after, limit + 1);
+      const more = rows.length > limit;
+      const page = more ? rows.slice(0, limit) : rows;
+      const last = page[page.length - 1];
+      return { items: page.map((r) => toDeviceInfo(r.deviceId, r.info)), nextCursor: more && last !== undefined ? encodeDeviceCursor(last.deviceId) : null };
+    }
+    // Filtered: examine a bounded number of entries per page; the cursor says where to go on.
+    const matches = (tags: Record<string, string>): boolean => filter.every(([k, v]) => Object.hasOwn(tags, k) && (v === undefined || tags[k] === v));
+    const found: DeviceInfo[] = [];
+    let position = after;
+    let examined = 0;
+    let exhausted = false;
+    // One match more than the page tells whether another page exists.
+    while (found.length <= limit && !exhausted && examined < LIST_SCAN_BUDGET) {
+      const want = Math.min(1000, LIST_SCAN_BUDGET - examined);
+      const rows = await this.backend.listDevices(position, want);
+      if (rows.length < want) exhausted = true;
+      for (const row of rows) {
+        examined++;
+        if (matches(row.info.tags)) found.push(toDeviceInfo(row.deviceId, row.info));
+        if (found.length > limit) break;
+        position = row.deviceId;
+      }
+    }
+    if (found.length > limit) {
+      const items = found.slice(0, limit);
+      return { items, nextCursor: encodeDeviceCursor((items[limit - 1] as DeviceInfo).deviceId) };
+    }
+    return { items: found, nextCursor: exhausted || position === undefined ? null : encodeDeviceCursor(position) };
   }
 
   private async deviceState(deviceId: string): Promise<DeviceState> {
@@ -519,6 +882,238 @@ export class TelemetryStoreEngine implements TelemetryStore {
     const found = await this.backend.read({ devices: [deviceId], deliveries: [], items: [] });
     return found.devices[0] as DeviceState;
   }
+
+  // ---------------------------------------------------------------- registry
+
+  async putDevice(req: PutDeviceRequest): Promise<PutDeviceResult> {
+    this.checkOpen();
+    const deviceId = assertDeviceId(req.deviceId);
+    const tags = checkTags(req.tags);
+    const deletion = this.deleting.get(deviceId);
+    if (deletion !== undefined) await deletion.catch(() => undefined);
+    this.checkOpen();
+    return this.track(
+      this.turn(async () => {
+        // In a turn nothing is in flight, so what is read here is committed and may be cached.
+        const state = this.devices.get(deviceId) ?? ((await this.backend.read({ devices: [deviceId], deliveries: [], items: [] })).devices[0] as DeviceState);
+        const old = state.info;
+        const info: DeviceRecord = { firstSeen: old?.firstSeen ?? null, lastSeen: old?.lastSeen ?? null, readings: old?.readings ?? 0, tags };
+        const plan = emptyPlan(this.now());
+        plan.devices.push({ deviceId, info });
+        await this.commitPlan(plan, () => this.devices.set(deviceId, { latest: state.latest, info }));
+        return { created: old === undefined, device: toDeviceInfo(deviceId, info) };
+      }),
+    );
+  }
+
+  deleteDevice(deviceId: string): Promise<DeleteDeviceResult | undefined> {
+    try {
+      assertDeviceId(deviceId);
+      this.checkOpen();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const running = this.deleting.get(deviceId);
+    if (running !== undefined) return running;
+    const run = this.runDelete(deviceId).finally(() => {
+      this.deleting.delete(deviceId);
+      this.writtenWhileDeleting.delete(deviceId);
+    });
+    this.deleting.set(deviceId, run);
+    return this.track(run);
+  }
+
+  /**
+   * Deletes a device in bounded batches through the commit pipeline, each an atomic
+   * batch of item deletes and their REMOVE records: first its readings, then the
+   * delivery ids of the MQTT client of the same id, and last, once nothing of it is
+   * left, its latest and registry entries. Writes asked for after the delete wait for
+   * it; writes queued before it may commit between its batches, possibly behind its
+   * cursor, so the last turn looks again from the start. Interrupted (close, failure),
+   * the device is still registered and a second delete finishes the job.
+   */
+  private async runDelete(deviceId: string): Promise<DeleteDeviceResult | undefined> {
+    const exists = await this.turn(async () => {
+      const state = this.devices.get(deviceId) ?? ((await this.backend.read({ devices: [deviceId], deliveries: [], items: [] })).devices[0] as DeviceState);
+      return state.info !== undefined || state.latest !== undefined;
+    });
+    if (!exists) return undefined;
+    let removed = 0;
+    let cursor: { ts: number; seq: number } | undefined;
+    const all = (after: { ts: number; seq: number } | undefined): Promise<StoredItem[]> =>
+      this.backend.scan({ deviceId, from: 0, to: MAX_TIMESTAMP_MS, order: 'asc', after, limit: REMOVE_BATCH });
+    const withId = (items: StoredItem[]): PartitionItem[] => items.map((i) => ({ deviceId, ts: i.ts, seq: i.seq, json: i.json }));
+    for (;;) {
+      this.checkOpen();
+      const n = await this.turn(async () => {
+        const items = await all(cursor);
+        if (items.length > 0) {
+          await this.commitRemoves(withId(items), false);
+          const last = items[items.length - 1] as StoredItem;
+          cursor = { ts: last.ts, seq: last.seq };
+        }
+        return items.length;
+      });
+      removed += n;
+      if (n < REMOVE_BATCH) break;
+    }
+    for (;;) {
+      this.checkOpen();
+      const done = await this.turn(async () => {
+        // Readings that slipped in behind the cursor (see above), if any batch wrote to the device.
+        const items = this.writtenWhileDeleting.has(deviceId) ? await all(undefined) : [];
+        const packets = await this.backend.deliveriesOf(deviceId, REMOVE_BATCH);
+        // Writes queued before the delete still go first: it ends only when none is left.
+        const queued = this.queue.some((p) => p.req.deviceId === deviceId);
+        const last = items.length < REMOVE_BATCH && packets.length < REMOVE_BATCH && !queued;
+        const plan = emptyPlan(this.now());
+        for (const packetId of packets) plan.removedDeliveries.push({ clientId: deviceId, packetId });
+        if (last) plan.removedDevices.push(deviceId);
+        if (items.length === 0) this.writtenWhileDeleting.delete(deviceId);
+        await this.commitRemoves(withId(items), false, plan, () => {
+          if (!last) return;
+          this.devices.delete(deviceId);
+          this.stamps.delete(deviceId);
+        });
+        removed += items.length;
+        return last;
+      });
+      if (done) break;
+    }
+    return { readings: removed };
+  }
+
+  // ---------------------------------------------------------------- retention
+
+  /**
+   * One retention pass: drops every partition wholly older than `now - retention`.
+   * The expired partitions are chosen in a turn of the pipeline that also raises the
+   * write horizon, so from then on no batch can put a reading into them. Without REMOVE
+   * records a partition goes with one range delete and a compaction of its key range;
+   * with them, its readings are first removed in bounded batches through the commit
+   * pipeline, each with its REMOVE record (service identity), then the range is
+   * dropped. Passes run one at a time.
+   */
+  dropExpired(now?: number): Promise<DropResult> {
+    if (this.closing !== undefined) return Promise.reject(storeClosed());
+    if (now !== undefined && !Number.isSafeInteger(now)) return Promise.reject(new RangeError(`now must be epoch milliseconds (got ${String(now)})`));
+    const at = now ?? this.now();
+    const previous = this.dropping;
+    const run = (async () => {
+      if (previous !== undefined) await previous.catch(() => undefined);
+      this.dropRunning = true;
+      try {
+        return await this.runDrop(at);
+      } finally {
+        this.dropRunning = false;
+      }
+    })();
+    this.dropping = run;
+    return this.track(run);
+  }
+
+  private backgroundDrop(): void {
+    if (this.closing !== undefined || this.dropRunning) return;
+    this.dropExpired().then(
+      (result) => {
+        if (result.partitions > 0) this.logger?.info({ ...result }, 'retention dropped expired partitions');
+      },
+      (err: unknown) => {
+        if (this.closing !== undefined) return;
+        if (this.logger !== undefined) this.logger.error({ err }, 'retention pass failed; it is retried at the next interval');
+        else process.emitWarning(`retention pass failed: ${(err as Error)?.stack ?? String(err)}`);
+      },
+    );
+  }
+
+  private async runDrop(now: number): Promise<DropResult> {
+    const started = performance.now();
+    if (this.retentionMs === 0) return { partitions: 0, ms: 0 };
+    this.checkOpen();
+    const expired = await this.turn(async () => {
+      const horizon = this.raiseHorizon(now);
+      return this.backend.partitions().filter((p) => (p + 1) * this.windowMs <= horizon);
+    });
+    let readings = 0;
+    for (const p of expired) {
+      if (this.removeRecords) readings += await this.removePartitionItems(p);
+      this.checkOpen();
+      await this.backend.dropPartition(p);
+    }
+    const result: DropResult = { partitions: expired.length, ms: performance.now() - started };
+    if (this.removeRecords) result.readings = readings;
+    return result;
+  }
+
+  /** REMOVE records for every reading of an expired partition, a bounded batch per turn. */
+  private async removePartitionItems(partition: number): Promise<number> {
+    let after: ItemRef | undefined;
+    let removed = 0;
+    for (;;) {
+      this.checkOpen();
+      const n = await this.turn(async () => {
+        const items = await this.backend.scanPartition(partition, after, REMOVE_BATCH);
+        if (items.length > 0) {
+          await this.commitRemoves(items, true);
+          after = items[items.length - 1];
+        }
+        return items.length;
+      });
+      removed += n;
+      if (n < REMOVE_BATCH) return removed;
+    }
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** The item's parsed values, parsed once and kept on the item. */
+function valuesOf(item: LatestItem): Values {
+  item.values ??= JSON.parse(item.json.toString('utf8')) as Values;
+  return item.values;
+}
+
+/**
+ * `older` of a new latest item with `values`, succeeding `prev`: the leaves of `prev`
+ * the new item lacks move in, the leaves it carries move out. The common case — the
+ * same keys as last time and nothing in `older` — is one allocation-free walk.
+ */
+function olderAfter(prev: LatestItem, values: Values): Record<string, KeyValue> | undefined {
+  const base = prev.older;
+  const prevValues = valuesOf(prev);
+  if (base === undefined && coversPaths(prevValues, values)) return undefined;
+  const paths = flattenValues(values);
+  let older: Record<string, KeyValue> | undefined;
+  for (const [path, value] of flattenValues(prevValues)) {
+    if (paths.has(path)) continue;
+    older ??= { ...base };
+    older[path] = { ts: prev.ts, seq: prev.seq, value };
+  }
+  if (base !== undefined) {
+    for (const path in base) {
+      if (!paths.has(path)) continue;
+      older ??= { ...base };
+      delete older[path];
+    }
+  }
+  if (older === undefined) return base;
+  return Object.keys(older).length > 0 ? capOlder(older) : undefined;
+}
+
+/** Keeps the newest MAX_OLDER_KEYS entries, so a device with ever-new key names cannot grow its latest entry without bound. */
+function capOlder(older: Record<string, KeyValue>): Record<string, KeyValue> {
+  const entries = Object.entries(older);
+  if (entries.length <= MAX_OLDER_KEYS) return older;
+  entries.sort(([, a], [, b]) => compareItemKeys(b.ts, b.seq, a.ts, a.seq));
+  return Object.fromEntries(entries.slice(0, MAX_OLDER_KEYS));
+}
+
+function checkAggregates(aggs: unknown): Aggregate[] {
+  if (!Array.isArray(aggs) || aggs.length === 0) throw invalidParameter('agg', `agg must list at least one of ${AGGREGATES.join(', ')}`);
+  for (const a of aggs) {
+    if (!(AGGREGATES as readonly unknown[]).includes(a)) throw invalidParameter('agg', `agg must be a list of ${AGGREGATES.join(', ')} (got ${JSON.stringify(a)})`);
+  }
+  return [...new Set(aggs as Aggregate[])];
 }
 
 function checkTimeParam(value: unknown, field: string): number {

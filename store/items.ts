@@ -6,7 +6,7 @@
 import { TributaryError, invalidParameter } from '../core/errors.js';
 import { assertDeviceId } from '../core/ids.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
-import type { DeliveryId, Value, Values, WriteRequest } from './types.js';
+import type { Aggregate, DeliveryId, KeyAggregates, Value, Values, WriteRequest } from './types.js';
 
 /** A reading after validation, with its values encoded once for storage and comparison. */
 export interface PreparedReading {
@@ -133,12 +133,11 @@ interface ProjectionNode {
 export type Projection = (values: Values) => Values;
 
 /**
- * Compiles a `keys` projection once per query. `gps.lat` keeps `{ gps: { lat } }`;
- * `gps` keeps the whole `gps` object; paths that are absent are skipped, so a reading
- * with none of the keys projects to `{}`.
+ * Builds the tree of dotted value paths shared by projections, aggregation and per-key
+ * latest (`gps.lat` → gps → lat).
  * @throws TributaryError `InvalidParameter` (field `keys`) on an empty path segment.
  */
-export function compileProjection(keys: readonly string[]): Projection {
+function keyTree(keys: readonly string[]): ProjectionNode {
   const root: ProjectionNode = { all: false, children: new Map() };
   for (const key of keys) {
     const parts = typeof key === 'string' ? key.split('.') : [''];
@@ -154,6 +153,23 @@ export function compileProjection(keys: readonly string[]): Projection {
     }
     node.all = true;
   }
+  return root;
+}
+
+/** Validates dotted value paths as every `keys` parameter takes them. */
+export function checkKeys(keys: readonly string[]): void {
+  if (!Array.isArray(keys) || keys.length === 0) throw invalidParameter('keys', 'keys must list at least one value key');
+  keyTree(keys);
+}
+
+/**
+ * Compiles a `keys` projection once per query. `gps.lat` keeps `{ gps: { lat } }`;
+ * `gps` keeps the whole `gps` object; paths that are absent are skipped, so a reading
+ * with none of the keys projects to `{}`.
+ * @throws TributaryError `InvalidParameter` (field `keys`) on an empty path segment.
+ */
+export function compileProjection(keys: readonly string[]): Projection {
+  const root = keyTree(keys);
   return (values) => projectNode(values, root);
 }
 
@@ -170,4 +186,177 @@ function projectNode(values: Values, node: ProjectionNode): Values {
     }
   }
   return out;
+}
+
+// ------------------------------------------------------------------ leaves
+
+/** A leaf value of a reading. */
+export type Leaf = string | number | boolean;
+export type LeafVisitor = (path: string, value: Leaf) => void;
+/** Visits leaves of a reading's values by their dotted path (`gps.lat`). */
+export type LeafWalker = (values: Values, visit: LeafVisitor) => void;
+
+function walkAll(v: Value, path: string, visit: LeafVisitor): void {
+  if (typeof v === 'object') {
+    // null and arrays never pass validation at ingest; they are skipped rather than trusted.
+    if (v === null || Array.isArray(v)) return;
+    for (const k in v) if (Object.hasOwn(v, k)) walkAll(v[k] as Value, `${path}.${k}`, visit);
+    return;
+  }
+  if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean') visit(path, v);
+}
+
+function walkRoot(values: Values, visit: LeafVisitor): void {
+  for (const k in values) if (Object.hasOwn(values, k)) walkAll(values[k] as Value, k, visit);
+}
+
+function walkSelected(values: Values, node: ProjectionNode, prefix: string, visit: LeafVisitor): void {
+  for (const [name, child] of node.children) {
+    if (!Object.hasOwn(values, name)) continue;
+    const v = values[name] as Value;
+    const path = prefix === '' ? name : `${prefix}.${name}`;
+    if (child.all) walkAll(v, path, visit);
+    else if (typeof v === 'object' && v !== null && !Array.isArray(v)) walkSelected(v, child, path, visit);
+  }
+}
+
+/**
+ * Compiles a walker over the leaves of a reading: every leaf, or with `keys` only the
+ * leaves at or under those dotted paths. Nested keys are flattened with dots.
+ * @throws TributaryError `InvalidParameter` (field `keys`) on an empty path segment.
+ */
+export function compileLeafWalker(keys?: readonly string[]): LeafWalker {
+  if (keys === undefined || keys.length === 0) return walkRoot;
+  const root = keyTree(keys);
+  return (values, visit) => walkSelected(values, root, '', visit);
+}
+
+/** Every leaf of `values` by dotted path. */
+export function flattenValues(values: Values): Map<string, Leaf> {
+  const out = new Map<string, Leaf>();
+  walkRoot(values, (path, value) => out.set(path, value));
+  return out;
+}
+
+/**
+ * Whether `next` has every leaf path `prev` has (as a leaf where `prev` has a leaf, as
+ * an object where it has an object). Walks `prev` without allocating.
+ */
+export function coversPaths(prev: Values, next: Values): boolean {
+  for (const k in prev) {
+    if (!Object.hasOwn(prev, k)) continue;
+    if (!Object.hasOwn(next, k)) return false;
+    const a = prev[k];
+    const b = next[k];
+    const aObject = typeof a === 'object' && a !== null;
+    if (aObject !== (typeof b === 'object' && b !== null)) return false;
+    if (aObject && !coversPaths(a as Values, b as Values)) return false;
+  }
+  return true;
+}
+
+/** Whether the leaf path is selected by `key` (itself, or a leaf under it). */
+export function pathMatchesKey(path: string, key: string): boolean {
+  return path === key || (path.length > key.length && path.startsWith(key) && path.charCodeAt(key.length) === 0x2e);
+}
+
+// ------------------------------------------------------------------ aggregation
+
+/**
+ * Running aggregates of one key in one bucket, fed in (ts, seq) order. `count`,
+ * `first` and `last` take any value; `sum`, `min`, `max` and `avg` numbers only.
+ */
+export class KeyAccumulator {
+  count = 0;
+  /** How many of the values were numbers. */
+  numbers = 0;
+  sum = 0;
+  min = Number.POSITIVE_INFINITY;
+  max = Number.NEGATIVE_INFINITY;
+  first: Leaf = 0;
+  last: Leaf = 0;
+
+  add(v: Leaf): void {
+    if (this.count === 0) this.first = v;
+    this.last = v;
+    this.count++;
+    if (typeof v === 'number') {
+      this.numbers++;
+      this.sum += v;
+      if (v < this.min) this.min = v;
+      if (v > this.max) this.max = v;
+    }
+  }
+
+  result(aggs: readonly Aggregate[]): KeyAggregates {
+    const out: KeyAggregates = {};
+    const any = this.numbers > 0;
+    for (const a of aggs) {
+      switch (a) {
+        case 'avg':
+          out.avg = any ? this.sum / this.numbers : null;
+          break;
+        case 'min':
+          out.min = any ? this.min : null;
+          break;
+        case 'max':
+          out.max = any ? this.max : null;
+          break;
+        case 'sum':
+          out.sum = any ? this.sum : null;
+          break;
+        case 'count':
+          out.count = this.count;
+          break;
+        case 'first':
+          out.first = this.first;
+          break;
+        case 'last':
+          out.last = this.last;
+          break;
+      }
+    }
+    return out;
+  }
+}
+
+// ------------------------------------------------------------------ registry
+
+/** Tag keys: short names without `:`, which separates key and value in `?tag=key:value` filters. */
+export const TAG_KEY_PATTERN = '^[A-Za-z0-9._-]{1,64}$';
+const TAG_KEY_RE = new RegExp(TAG_KEY_PATTERN);
+export const MAX_TAGS = 50;
+export const MAX_TAG_VALUE_LENGTH = 256;
+
+/**
+ * Validates a device's tags: at most 50, keys of 1-64 characters of A-Z a-z 0-9 . _ -,
+ * string values of at most 256 characters. Returns a copy.
+ * @throws TributaryError `ValidationError` (field `tags`).
+ */
+export function checkTags(tags: unknown): Record<string, string> {
+  if (typeof tags !== 'object' || tags === null || Array.isArray(tags)) throw validation('tags', 'tags must be an object of string values');
+  const entries = Object.entries(tags);
+  if (entries.length > MAX_TAGS) throw validation('tags', `a device has at most ${MAX_TAGS} tags (got ${entries.length})`);
+  const out: Record<string, string> = {};
+  for (const [k, v] of entries) {
+    if (!TAG_KEY_RE.test(k)) throw validation('tags', `tag key ${JSON.stringify(k.slice(0, 80))} must be 1-64 characters of A-Z a-z 0-9 . _ -`);
+    if (typeof v !== 'string' || v.length > MAX_TAG_VALUE_LENGTH) throw validation('tags', `tag ${k} must be a string of at most ${MAX_TAG_VALUE_LENGTH} characters`);
+    out[k] = v;
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------ retention
+
+const DURATION_UNITS: ReadonlyArray<[string, number]> = [
+  ['d', 86_400_000],
+  ['h', 3_600_000],
+  ['m', 60_000],
+  ['s', 1000],
+];
+
+/** A duration as people write it: the largest unit that divides it (`30d`, `36h`, `1500ms`). */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of DURATION_UNITS) if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  return `${ms}ms`;
 }

@@ -87,6 +87,38 @@ export function telemetryBounds(partition: number, deviceId: string, fromTs: num
   return { gte: telemetryKey(partition, deviceId, fromTs, 0), lte: telemetryKey(partition, deviceId, toTs, MAX_U32) };
 }
 
+/**
+ * The whole key range of one partition, `[T·p, T·(p+1))`: every device's readings in
+ * that time window, and nothing else (partition-first keys, ADR 0001).
+ */
+export function partitionRange(partition: number): { gte: Buffer; lt: Buffer } {
+  const gte = Buffer.allocUnsafe(5);
+  gte[0] = Prefix.telemetry;
+  gte.writeUInt32BE(partition, 1);
+  let lt: Buffer;
+  if (partition < MAX_U32) {
+    lt = Buffer.allocUnsafe(5);
+    lt[0] = Prefix.telemetry;
+    lt.writeUInt32BE(partition + 1, 1);
+  } else {
+    lt = Buffer.of(Prefix.telemetry + 1);
+  }
+  return { gte, lt };
+}
+
+/**
+ * An inclusive upper bound for compacting one partition: `T·p·0xff` sorts after every
+ * key of the partition (device ids are ASCII) and before the first key of the next, so
+ * a compaction up to it never reaches the next partition's files.
+ */
+export function partitionLastKey(partition: number): Buffer {
+  const buf = Buffer.allocUnsafe(6);
+  buf[0] = Prefix.telemetry;
+  buf.writeUInt32BE(partition, 1);
+  buf[5] = 0xff;
+  return buf;
+}
+
 /** `P · partition` */
 export function partitionKey(partition: number): Buffer {
   const buf = Buffer.allocUnsafe(5);
@@ -151,4 +183,9 @@ export function deliveryKey(clientId: string, packetId: number): Buffer {
 export function decodeDeliveryKey(key: Buffer): { clientId: string; packetId: number } {
   if (key[0] !== Prefix.delivery || key.length < 4 || key[key.length - 3] !== 0x00) throw new RangeError('not a delivery key');
   return { clientId: key.toString('utf8', 1, key.length - 3), packetId: key.readUInt16BE(key.length - 2) };
+}
+
+/** Inclusive bounds over every delivery id of one client. */
+export function deliveryBounds(clientId: string): { gte: Buffer; lte: Buffer } {
+  return { gte: deliveryKey(clientId, 0), lte: deliveryKey(clientId, 0xffff) };
 }

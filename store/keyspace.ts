@@ -8,7 +8,7 @@
  * | `M` | meta (format version, creation time, fixed settings) | name (utf8) |
  * | `P` | partition index | partition (u32 BE) |
  * | `T` | telemetry | partition (u32 BE) · deviceId · 0x00 · ts (u64 BE) · seq (u32 BE) |
- * | `L` | latest reading per device | deviceId |
+ * | `L` | latest reading per device, with the per-key latest of keys it lacks | deviceId |
  * | `D` | device registry | deviceId |
  * | `Q` | QoS 1 delivery ids (redelivery guard) | clientId · 0x00 · packetId (u16 BE) |
  * | `C` | change log | shard (u16 BE) · sequence (u64 BE) |

@@ -1,9 +1,14 @@
 /**
  * The product's TelemetryStore: the shared engine over LevelDB. One synced batch per
  * group commit carries the readings (`T`), new partition index entries (`P`), the
- * latest index (`L`), registry entries (`D`), delivery ids (`Q`) and the change
- * records the change log staged (`C`), so none of them is ever durable without the
- * others.
+ * latest index (`L`, with the per-key latest of keys the latest reading lacks),
+ * registry entries (`D`), delivery ids (`Q`) and the change records the change log
+ * staged (`C`), so none of them is ever durable without the others.
+ *
+ * Retention drops a partition as ADR 0001 planned: a range delete of its key range,
+ * the removal of its `P` entry, then `compactRange` over exactly that range, which
+ * rewrites only the SST files holding it and so gives the space back without touching
+ * live partitions.
  */
 import { TributaryError } from '../core/errors.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
@@ -15,27 +20,37 @@ import {
   type BatchReads,
   type DeviceRecord,
   type DeviceState,
+  type ItemRef,
+  type LatestItem,
+  type PartitionItem,
   type ScanQuery,
   type StoreBackend,
+  type StoreLogger,
   type StoredItem,
+  type StreamItem,
   type WritePlan,
 } from './engine.js';
 import {
   MAX_U32,
+  decodeDeliveryKey,
   decodeDeviceKey,
   decodePartitionKey,
+  decodeTelemetryKey,
+  deliveryBounds,
   deliveryKey,
   deviceBounds,
   deviceKey,
   latestKey,
   partitionIndexBounds,
   partitionKey,
+  partitionLastKey,
   partitionOf,
+  partitionRange,
   telemetryKey,
   telemetryKeySeq,
   telemetryKeyTs,
 } from './keys.js';
-import type { Values } from './types.js';
+import type { KeyValue, Values } from './types.js';
 
 export interface LevelTelemetryStoreOptions {
   /** Owner of the LevelDB handle; the store never closes it. */
@@ -47,6 +62,13 @@ export interface LevelTelemetryStoreOptions {
   maxBatch: number;
   /** Extra wait to gather writes when idle (0: commit on the next event-loop turn). */
   maxDelayMs: number;
+  /** Drop readings older than this, a whole partition at a time (0, the default: keep forever). */
+  retentionMs?: number;
+  /** Emit REMOVE records (service identity) for readings retention drops. Default false. */
+  retentionRemoveRecords?: boolean;
+  /** Interval of the background retention pass (also run at open); 0 disables it. Default 60 s. */
+  retentionCheckMs?: number;
+  logger?: StoreLogger;
   now?: () => number;
 }
 
@@ -60,9 +82,12 @@ export class LevelTelemetryStore extends TelemetryStoreEngine {
   /** Partition width in effect (fixed per data directory). */
   readonly partitionWindowMs: number;
 
+  private readonly database: Database;
+
   private constructor(backend: LevelBackend, opts: LevelTelemetryStoreOptions) {
     super(backend, opts);
     this.partitionWindowMs = opts.partitionWindowMs;
+    this.database = opts.database;
   }
 
   /**
@@ -84,6 +109,12 @@ export class LevelTelemetryStore extends TelemetryStoreEngine {
     const backend = new LevelBackend(opts.database, windowMs, new Set(keys.map(decodePartitionKey)));
     return new LevelTelemetryStore(backend, opts);
   }
+
+  /** Bytes of the partition's key range on disk as LevelDB estimates them (for benchmarks and tests). */
+  async approximatePartitionSize(partition: number): Promise<number> {
+    const { gte, lt } = partitionRange(partition);
+    return this.database.db.approximateSize(gte, lt);
+  }
 }
 
 class LevelBackend implements StoreBackend {
@@ -94,7 +125,7 @@ class LevelBackend implements StoreBackend {
     private readonly database: Database,
     private readonly windowMs: number,
     /** The committed partition index, mirrored in memory so writes need not read it. */
-    private readonly partitions: Set<number>,
+    private readonly index: Set<number>,
   ) {}
 
   private itemKey(deviceId: string, ts: number, seq: number): Buffer {
@@ -135,9 +166,13 @@ class LevelBackend implements StoreBackend {
     for (let i = 0; i < plan.changes.length; i++) {
       const item = plan.changes[i] as WritePlan['changes'][number];
       const p = partitionOf(item.ts, this.windowMs);
+      if (item.eventName === 'REMOVE') {
+        ops.push({ type: 'del', key: telemetryKey(p, item.deviceId, item.ts, item.seq) });
+        continue;
+      }
       if (p !== lastPartition) {
         lastPartition = p;
-        if (!this.partitions.has(p) && !added.includes(p)) {
+        if (!this.index.has(p) && !added.includes(p)) {
           added.push(p);
           ops.push({ type: 'put', key: partitionKey(p), value: EMPTY });
         }
@@ -147,9 +182,14 @@ class LevelBackend implements StoreBackend {
     for (const { deviceId, item } of plan.latest) ops.push({ type: 'put', key: latestKey(deviceId), value: encodeLatest(item) });
     for (const { deviceId, info } of plan.devices) ops.push({ type: 'put', key: deviceKey(deviceId), value: Buffer.from(JSON.stringify(info), 'utf8') });
     for (const d of plan.deliveries) ops.push({ type: 'put', key: deliveryKey(d.clientId, d.packetId), value: Buffer.from(d.payloadHash, 'utf8') });
+    for (const d of plan.removedDeliveries) ops.push({ type: 'del', key: deliveryKey(d.clientId, d.packetId) });
+    for (const deviceId of plan.removedDevices) {
+      ops.push({ type: 'del', key: latestKey(deviceId) });
+      ops.push({ type: 'del', key: deviceKey(deviceId) });
+    }
     await this.database.commit(ops);
     if (added.length > 0) {
-      for (const p of added) this.partitions.add(p);
+      for (const p of added) this.index.add(p);
       this.sorted = undefined;
     }
   }
@@ -192,13 +232,75 @@ class LevelBackend implements StoreBackend {
     return out;
   }
 
+  async *stream(deviceId: string, from: number, to: number, chunk: number): AsyncGenerator<StreamItem[]> {
+    for (const p of this.partitionsBetween(partitionOf(from, this.windowMs), partitionOf(to, this.windowMs))) {
+      const it = this.database.db.iterator<Buffer, string>({ gte: telemetryKey(p, deviceId, from, 0), lte: telemetryKey(p, deviceId, to, MAX_U32), valueEncoding: 'utf8' });
+      // The next chunk is read (on libuv's thread pool) while the caller folds this one.
+      let next = it.nextv(chunk);
+      try {
+        while (true) {
+          const entries = await next;
+          if (entries.length === 0) break;
+          next = it.nextv(chunk);
+          const items: StreamItem[] = new Array<StreamItem>(entries.length);
+          for (let i = 0; i < entries.length; i++) {
+            const [key, text] = entries[i] as [Buffer, string];
+            items[i] = { ts: telemetryKeyTs(key), text };
+          }
+          yield items;
+        }
+      } finally {
+        // A caller that stops early leaves a read in flight: let it land before closing.
+        await next.then(
+          () => undefined,
+          () => undefined,
+        );
+        await it.close();
+      }
+    }
+  }
+
   async listDevices(after: string | undefined, limit: number): Promise<Array<{ deviceId: string; info: DeviceRecord }>> {
     const entries = await this.database.db.iterator({ ...deviceBounds(after), limit }).all();
     return entries.map(([key, value]) => ({ deviceId: decodeDeviceKey(key), info: JSON.parse(value.toString('utf8')) as DeviceRecord }));
   }
 
+  partitions(): number[] {
+    this.sorted ??= [...this.index].sort((a, b) => a - b);
+    return [...this.sorted];
+  }
+
+  async scanPartition(partition: number, after: ItemRef | undefined, limit: number): Promise<PartitionItem[]> {
+    const { gte, lt } = partitionRange(partition);
+    const range = after === undefined ? { gte, lt } : { gt: telemetryKey(partition, after.deviceId, after.ts, after.seq), lt };
+    const entries = await this.database.db.iterator({ ...range, limit }).all();
+    return entries.map(([key, json]) => {
+      const k = decodeTelemetryKey(key);
+      return { deviceId: k.deviceId, ts: k.ts, seq: k.seq, json };
+    });
+  }
+
+  async dropPartition(partition: number): Promise<void> {
+    const { gte, lt } = partitionRange(partition);
+    // Data first, index entry second: a drop interrupted in between is found again by
+    // the next pass through the index entry and finished (clear is idempotent).
+    await this.database.db.clear({ gte, lt });
+    await this.database.commit([{ type: 'del', key: partitionKey(partition) }]);
+    this.index.delete(partition);
+    this.sorted = undefined;
+    // The range delete only wrote tombstones; compacting exactly this range rewrites the
+    // files that hold it, dropping data and tombstones alike. Partition-first keys keep
+    // live partitions out of those files.
+    await this.database.db.compactRange(gte, partitionLastKey(partition));
+  }
+
+  async deliveriesOf(clientId: string, limit: number): Promise<number[]> {
+    const keys = await this.database.db.keys({ ...deliveryBounds(clientId), limit }).all();
+    return keys.map((k) => decodeDeliveryKey(k).packetId);
+  }
+
   private partitionsBetween(first: number, last: number): number[] {
-    this.sorted ??= [...this.partitions].sort((a, b) => a - b);
+    this.sorted ??= [...this.index].sort((a, b) => a - b);
     const all = this.sorted;
     // Binary search for the first partition >= first.
     let lo = 0;
@@ -214,11 +316,19 @@ class LevelBackend implements StoreBackend {
   }
 }
 
-/** `L` value: `{"ts":…,"seq":…,"values":{…}}`, spliced from the stored values' bytes rather than re-encoded. */
-function encodeLatest(item: StoredItem): Buffer {
-  return Buffer.concat([Buffer.from(`{"ts":${item.ts},"seq":${item.seq},"values":`, 'utf8'), item.json, CLOSE_BRACE]);
+/**
+ * `L` value: `{"ts":…,"seq":…,"values":{…}}`, spliced from the stored values' bytes
+ * rather than re-encoded, plus `"older":{path:{ts,seq,value}}` when the latest reading
+ * lacks keys the device sent before (entries without it read as an empty map).
+ */
+function encodeLatest(item: LatestItem): Buffer {
+  const head = Buffer.from(`{"ts":${item.ts},"seq":${item.seq},"values":`, 'utf8');
+  if (item.older === undefined) return Buffer.concat([head, item.json, CLOSE_BRACE]);
+  return Buffer.concat([head, item.json, Buffer.from(`,"older":${JSON.stringify(item.older)}}`, 'utf8')]);
 }
-function decodeLatest(value: Buffer): StoredItem {
-  const parsed = JSON.parse(value.toString('utf8')) as { ts: number; seq: number; values: Values };
-  return { ts: parsed.ts, seq: parsed.seq, json: Buffer.from(JSON.stringify(parsed.values), 'utf8') };
+function decodeLatest(value: Buffer): LatestItem {
+  const parsed = JSON.parse(value.toString('utf8')) as { ts: number; seq: number; values: Values; older?: Record<string, KeyValue> };
+  const item: LatestItem = { ts: parsed.ts, seq: parsed.seq, json: Buffer.from(JSON.stringify(parsed.values), 'utf8') };
+  if (parsed.older !== undefined) item.older = parsed.older;
+  return item;
 }

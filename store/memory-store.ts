@@ -2,6 +2,8 @@
  * The shared engine over plain in-memory structures: same semantics as the LevelDB
  * store (it is the same engine), no I/O. For tests of the logic above the store.
  * Values are kept as their stored JSON bytes, so callers never share objects with it.
+ * Partitions exist here too (as an index of time windows), so retention drops exactly
+ * what the LevelDB store drops.
  */
 import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp, ChangeLog } from '../streams/types.js';
@@ -10,12 +12,18 @@ import {
   type BatchReadResult,
   type BatchReads,
   type DeviceRecord,
+  type ItemRef,
+  type LatestItem,
+  type PartitionItem,
   type ScanQuery,
   type StoreBackend,
+  type StoreLogger,
   type StoredItem,
+  type StreamItem,
   type WritePlan,
 } from './engine.js';
 import { compareItemKeys } from './items.js';
+import { partitionOf } from './keys.js';
 
 export interface MemoryTelemetryStoreOptions {
   /** Defaults to a fresh `MemoryChangeLog` with 4 shards. */
@@ -24,14 +32,36 @@ export interface MemoryTelemetryStoreOptions {
   maxBatch?: number;
   /** Defaults to 0. */
   maxDelayMs?: number;
+  /** Width of a time partition; defaults to one day. */
+  partitionWindowMs?: number;
+  /** Defaults to 0 (keep forever). */
+  retentionMs?: number;
+  /** Defaults to false. */
+  retentionRemoveRecords?: boolean;
+  /** Defaults to 60 s; 0 disables the background pass. */
+  retentionCheckMs?: number;
+  logger?: StoreLogger;
   now?: () => number;
 }
+
+const DAY = 86_400_000;
 
 /** The in-memory TelemetryStore. */
 export class MemoryTelemetryStore extends TelemetryStoreEngine {
   constructor(opts: MemoryTelemetryStoreOptions = {}) {
     const changeLog = opts.changeLog ?? new MemoryChangeLog({ shards: 4 });
-    super(new MemoryBackend(), { changeLog, maxBatch: opts.maxBatch ?? 2000, maxDelayMs: opts.maxDelayMs ?? 0, ...(opts.now ? { now: opts.now } : {}) });
+    const partitionWindowMs = opts.partitionWindowMs ?? DAY;
+    super(new MemoryBackend(partitionWindowMs), {
+      changeLog,
+      maxBatch: opts.maxBatch ?? 2000,
+      maxDelayMs: opts.maxDelayMs ?? 0,
+      partitionWindowMs,
+      ...(opts.retentionMs !== undefined ? { retentionMs: opts.retentionMs } : {}),
+      ...(opts.retentionRemoveRecords !== undefined ? { retentionRemoveRecords: opts.retentionRemoveRecords } : {}),
+      ...(opts.retentionCheckMs !== undefined ? { retentionCheckMs: opts.retentionCheckMs } : {}),
+      ...(opts.logger ? { logger: opts.logger } : {}),
+      ...(opts.now ? { now: opts.now } : {}),
+    });
   }
 }
 
@@ -51,9 +81,13 @@ function lowerBound(items: StoredItem[], ts: number, seq: number): number {
 class MemoryBackend implements StoreBackend {
   /** Per device, items sorted by (ts, seq). */
   private readonly items = new Map<string, StoredItem[]>();
-  private readonly latest = new Map<string, StoredItem>();
+  private readonly latest = new Map<string, LatestItem>();
   private readonly devices = new Map<string, DeviceRecord>();
   private readonly deliveries = new Map<string, string>();
+  /** The partition index: windows that received a reading and have not been dropped. */
+  private readonly index = new Set<number>();
+
+  constructor(private readonly windowMs: number) {}
 
   async read(reads: BatchReads): Promise<BatchReadResult> {
     return {
@@ -77,14 +111,21 @@ class MemoryBackend implements StoreBackend {
   // `ops` holds nothing for a memory change log: its records live in the log itself.
   async commit(plan: WritePlan, _ops: BatchOp[]): Promise<void> {
     for (let c = 0; c < plan.changes.length; c++) {
-      const { deviceId, ts, seq } = plan.changes[c] as WritePlan['changes'][number];
-      const json = plan.json[c] as Buffer;
+      const { eventName, deviceId, ts, seq } = plan.changes[c] as WritePlan['changes'][number];
       let list = this.items.get(deviceId);
+      if (eventName === 'REMOVE') {
+        if (list === undefined) continue;
+        const i = lowerBound(list, ts, seq);
+        const at = list[i];
+        if (at !== undefined && at.ts === ts && at.seq === seq) list.splice(i, 1);
+        continue;
+      }
+      this.index.add(partitionOf(ts, this.windowMs));
       if (list === undefined) {
         list = [];
         this.items.set(deviceId, list);
       }
-      const item: StoredItem = { ts, seq, json };
+      const item: StoredItem = { ts, seq, json: plan.json[c] as Buffer };
       const tail = list[list.length - 1];
       // Readings mostly arrive in key order: append without searching.
       if (tail === undefined || compareItemKeys(tail.ts, tail.seq, ts, seq) < 0) {
@@ -99,6 +140,12 @@ class MemoryBackend implements StoreBackend {
     for (const { deviceId, item } of plan.latest) this.latest.set(deviceId, item);
     for (const { deviceId, info } of plan.devices) this.devices.set(deviceId, info);
     for (const d of plan.deliveries) this.deliveries.set(deliveryId(d.clientId, d.packetId), d.payloadHash);
+    for (const d of plan.removedDeliveries) this.deliveries.delete(deliveryId(d.clientId, d.packetId));
+    for (const deviceId of plan.removedDevices) {
+      this.latest.delete(deviceId);
+      this.devices.delete(deviceId);
+      if (this.items.get(deviceId)?.length === 0) this.items.delete(deviceId);
+    }
   }
 
   async scan(q: ScanQuery): Promise<StoredItem[]> {
@@ -123,10 +170,61 @@ class MemoryBackend implements StoreBackend {
     return out;
   }
 
+  async *stream(deviceId: string, from: number, to: number, chunk: number): AsyncGenerator<StreamItem[]> {
+    // Resumes by key rather than by index, so the list may change between chunks.
+    let after: { ts: number; seq: number } | undefined;
+    while (true) {
+      const items = await this.scan({ deviceId, from, to, order: 'asc', after, limit: chunk });
+      if (items.length === 0) return;
+      yield items.map((i) => ({ ts: i.ts, text: i.json.toString('utf8') }));
+      const last = items[items.length - 1] as StoredItem;
+      after = { ts: last.ts, seq: last.seq };
+    }
+  }
+
   async listDevices(after: string | undefined, limit: number): Promise<Array<{ deviceId: string; info: DeviceRecord }>> {
     // Device ids are ASCII, so string order is the byte order LevelDB lists them in.
     const ids = [...this.devices.keys()].filter((id) => after === undefined || id > after).sort();
     return ids.slice(0, limit).map((deviceId) => ({ deviceId, info: this.devices.get(deviceId) as DeviceRecord }));
+  }
+
+  partitions(): number[] {
+    return [...this.index].sort((a, b) => a - b);
+  }
+
+  async scanPartition(partition: number, after: ItemRef | undefined, limit: number): Promise<PartitionItem[]> {
+    const start = partition * this.windowMs;
+    const end = start + this.windowMs;
+    const out: PartitionItem[] = [];
+    const ids = [...this.items.keys()].filter((id) => after === undefined || id >= after.deviceId).sort();
+    for (const deviceId of ids) {
+      const list = this.items.get(deviceId) as StoredItem[];
+      let i = after !== undefined && after.deviceId === deviceId ? lowerBound(list, after.ts, after.seq + 1) : lowerBound(list, start, 0);
+      for (; i < list.length && out.length < limit; i++) {
+        const item = list[i] as StoredItem;
+        if (item.ts >= end) break;
+        if (item.ts >= start) out.push({ deviceId, ts: item.ts, seq: item.seq, json: item.json });
+      }
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  async dropPartition(partition: number): Promise<void> {
+    const start = partition * this.windowMs;
+    for (const list of this.items.values()) {
+      const a = lowerBound(list, start, 0);
+      const b = lowerBound(list, start + this.windowMs, 0);
+      if (b > a) list.splice(a, b - a);
+    }
+    this.index.delete(partition);
+  }
+
+  async deliveriesOf(clientId: string, limit: number): Promise<number[]> {
+    const prefix = `${clientId}\u0000`;
+    const ids: number[] = [];
+    for (const key of this.deliveries.keys()) if (key.startsWith(prefix)) ids.push(Number(key.slice(prefix.length)));
+    return ids.sort((a, b) => a - b).slice(0, limit);
   }
 }
 

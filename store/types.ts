@@ -71,8 +71,15 @@ export interface Page<T> {
 
 export interface DeviceInfo {
   deviceId: string;
-  firstSeen: number;
-  lastSeen: number;
+  /** Commit time of the device's first write; null for a device registered (PUT) that has not written yet. */
+  firstSeen: number | null;
+  /** Commit time of the device's last write; null until it writes. */
+  lastSeen: number | null;
+  /**
+   * Readings inserted since the device was registered. Retention drops do not lower it
+   * (a drop removes whole partitions without visiting them), so it counts readings
+   * written, not readings currently stored.
+   */
   readings: number;
   tags: Record<string, string>;
 }
@@ -80,6 +87,109 @@ export interface DeviceInfo {
 export interface ListDevicesQuery {
   limit: number;
   cursor?: string;
+  /**
+   * Only devices whose tags match: for each entry, the device has that tag, and with
+   * a non-undefined value, exactly that value. A filtered page may hold fewer than
+   * `limit` devices (even none) with a non-null `nextCursor`: each page examines a
+   * bounded number of registry entries.
+   */
+  tags?: Record<string, string | undefined>;
+}
+
+/** `PUT /v1/devices/{id}`: the device's tags, replacing the ones it had. */
+export interface PutDeviceRequest {
+  deviceId: string;
+  tags: Record<string, string>;
+}
+
+export interface PutDeviceResult {
+  /** True when the device did not exist before. */
+  created: boolean;
+  device: DeviceInfo;
+}
+
+export interface DeleteDeviceResult {
+  /** Readings removed (each with a REMOVE change record). */
+  readings: number;
+}
+
+/** `latest(deviceId, { keys })`: per-key latest values instead of the latest reading. */
+export interface LatestOptions {
+  /**
+   * Value keys (dotted paths address nested keys). A key that names an object
+   * (`gps`) matches every leaf under it (`gps.lat`, `gps.lon`).
+   */
+  keys: string[];
+}
+
+/** The newest value of one key: from the reading with the highest (ts, seq) that carried it. */
+export interface KeyValue {
+  ts: number;
+  seq: number;
+  value: string | number | boolean;
+}
+
+export interface LatestValues {
+  deviceId: string;
+  /** By leaf path (`temp`, `gps.lat`); keys the device never sent are absent. */
+  values: Record<string, KeyValue>;
+}
+
+export const AGGREGATES = ['avg', 'min', 'max', 'sum', 'count', 'first', 'last'] as const;
+export type Aggregate = (typeof AGGREGATES)[number];
+
+export interface AggregateQuery {
+  deviceId: string;
+  /** Inclusive, epoch ms. */
+  from: number;
+  /** Inclusive, epoch ms. */
+  to: number;
+  /** Bucket width; bucket starts are multiples of it counted from the epoch. */
+  intervalMs: number;
+  aggs: Aggregate[];
+  /** Value keys to aggregate (dotted paths; a key naming an object covers its leaves). Default: every key. */
+  keys?: string[];
+}
+
+/**
+ * Aggregates of one key in one bucket. `count`, `first` and `last` count or return
+ * values of any type; `avg`, `min`, `max` and `sum` consider numbers only and are null
+ * when the bucket holds no number for the key (booleans are not numbers).
+ */
+export interface KeyAggregates {
+  avg?: number | null;
+  min?: number | null;
+  max?: number | null;
+  sum?: number | null;
+  count?: number;
+  first?: string | number | boolean;
+  last?: string | number | boolean;
+}
+
+export interface AggregateBucket {
+  /** Inclusive start, a multiple of the interval. */
+  start: number;
+  /** Exclusive end: start + interval. */
+  end: number;
+  /** By leaf path (`temp`, `gps.lat`). */
+  values: Record<string, KeyAggregates>;
+}
+
+export interface AggregateResult {
+  deviceId: string;
+  intervalMs: number;
+  /** Buckets in time order; buckets without readings of the selected keys are omitted. */
+  buckets: AggregateBucket[];
+}
+
+/** What one retention pass did. */
+export interface DropResult {
+  /** Partitions dropped. */
+  partitions: number;
+  /** Readings removed with REMOVE records; only counted when `retentionRemoveRecords` is on. */
+  readings?: number;
+  /** Wall time of the pass. */
+  ms: number;
 }
 
 export interface TelemetryStore {
@@ -90,10 +200,30 @@ export interface TelemetryStore {
    */
   write(req: WriteRequest): Promise<WriteResult>;
   query(q: RangeQuery): Promise<Page<Reading>>;
+  /**
+   * Buckets of aggregates over a time range of one device, computed by streaming the
+   * range in chunks (the range is never loaded whole).
+   */
+  aggregate(q: AggregateQuery): Promise<AggregateResult>;
   /** The reading with the highest `ts` of the device (not the last to arrive). */
   latest(deviceId: string): Promise<Reading | undefined>;
+  /** Per-key latest values; undefined for an unknown device. */
+  latest(deviceId: string, opts: LatestOptions): Promise<LatestValues | undefined>;
   getDevice(deviceId: string): Promise<DeviceInfo | undefined>;
   listDevices(q: ListDevicesQuery): Promise<Page<DeviceInfo>>;
-  /** Flushes pending writes, then closes. */
+  /** Creates the device or replaces its tags. */
+  putDevice(req: PutDeviceRequest): Promise<PutDeviceResult>;
+  /**
+   * Deletes the device: every reading (with REMOVE change records, no service
+   * identity: a user delete), its latest entry, registry entry and the delivery ids of
+   * the MQTT client with the same id. Undefined when the device does not exist.
+   */
+  deleteDevice(deviceId: string): Promise<DeleteDeviceResult | undefined>;
+  /**
+   * Drops every partition wholly older than `now - retention` (no-op when retention
+   * is off). Runs in the background too; exposed for tests and benchmarks.
+   */
+  dropExpired(now?: number): Promise<DropResult>;
+  /** Flushes pending writes, stops background work, then closes. */
   close(): Promise<void>;
 }

@@ -194,6 +194,102 @@ describe('ingest and read back', () => {
   });
 });
 
+describe('aggregation, per-key latest and the registry', () => {
+  it('GET telemetry/aggregate buckets the range by interval with the chosen aggregates and keys', async () => {
+    const { app } = harness();
+    const minute = Math.floor(Date.now() / 60_000) * 60_000 - 10 * 60_000;
+    await post(app, 'dev-1', [
+      { ts: minute + 1000, values: { temp: 20, hum: 40, status: 'ok' } },
+      { ts: minute + 2000, values: { temp: 24, hum: 42 } },
+      { ts: minute + 2 * 60_000, values: { temp: 30, status: 'hot' } },
+    ]);
+    const res = await app.inject(`/v1/devices/dev-1/telemetry/aggregate?from=${minute}&to=${minute + 5 * 60_000}&interval=1m&agg=avg,max,count&keys=temp,status`);
+    expect(res.statusCode, res.body).toBe(200);
+    expect(res.json()).toEqual({
+      deviceId: 'dev-1',
+      from: minute,
+      to: minute + 5 * 60_000,
+      intervalMs: 60_000,
+      buckets: [
+        { start: minute, end: minute + 60_000, values: { temp: { avg: 22, max: 24, count: 2 }, status: { avg: null, max: null, count: 1 } } },
+        { start: minute + 2 * 60_000, end: minute + 3 * 60_000, values: { temp: { avg: 30, max: 30, count: 1 }, status: { avg: null, max: null, count: 1 } } },
+      ],
+    });
+    // Defaults: the last 24 h, avg of every key; an interval may be given in milliseconds.
+    const defaults = (await app.inject('/v1/devices/dev-1/telemetry/aggregate?interval=3600000')).json<{ intervalMs: number; buckets: Array<{ values: Record<string, unknown> }> }>();
+    expect(defaults.intervalMs).toBe(3_600_000);
+    expect(defaults.buckets.flatMap((b) => Object.keys(b.values)).sort()).toEqual(expect.arrayContaining(['hum', 'status', 'temp']));
+    const first = (await app.inject(`/v1/devices/dev-1/telemetry/aggregate?from=${minute}&interval=1h&agg=first,last,sum,min&keys=status`)).json<{ buckets: Array<{ values: unknown }> }>();
+    expect(first.buckets.map((b) => b.values)).toContainEqual({ status: expect.objectContaining({ sum: null, min: null }) });
+  });
+
+  it('GET latest?keys= answers per-key latest values', async () => {
+    const { app } = harness();
+    const t = Date.now() - 60_000;
+    await post(app, 'dev-1', [{ ts: t, values: { temp: 20, hum: 40, gps: { lat: 1 } } }, { ts: t + 1000, values: { temp: 21 } }]);
+    const res = await app.inject('/v1/devices/dev-1/latest?keys=temp,hum,gps,nope');
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({
+      deviceId: 'dev-1',
+      values: { temp: { ts: t + 1000, seq: 0, value: 21 }, hum: { ts: t, seq: 0, value: 40 }, 'gps.lat': { ts: t, seq: 0, value: 1 } },
+    });
+    // Without keys: the latest reading, as before.
+    expect((await app.inject('/v1/devices/dev-1/latest')).json()).toEqual({ deviceId: 'dev-1', ts: t + 1000, seq: 0, values: { temp: 21 } });
+  });
+
+  it('PUT /v1/devices/:id registers a device (201) or replaces its tags (200); GET lists by tag', async () => {
+    const { app } = harness();
+    const created = await app.inject({ method: 'PUT', url: '/v1/devices/pump-1', payload: { tags: { site: 'north', kind: 'pump' } } });
+    expect(created.statusCode, created.body).toBe(201);
+    expect(created.json()).toEqual({ deviceId: 'pump-1', firstSeen: null, lastSeen: null, readings: 0, tags: { site: 'north', kind: 'pump' } });
+    expect((await app.inject('/v1/devices/pump-1')).json()).toMatchObject({ firstSeen: null, tags: { site: 'north' } });
+    // Registered without readings: latest is NotFound, not DeviceNotFound; per-key latest is empty.
+    expectError(await app.inject('/v1/devices/pump-1/latest'), 404, 'NotFound');
+    expect((await app.inject('/v1/devices/pump-1/latest?keys=temp')).json()).toEqual({ deviceId: 'pump-1', values: {} });
+
+    const updated = await app.inject({ method: 'PUT', url: '/v1/devices/pump-1', payload: { tags: { site: 'south' } } });
+    expect(updated.statusCode).toBe(200);
+    expect(updated.json()).toMatchObject({ tags: { site: 'south' } });
+    await app.inject({ method: 'PUT', url: '/v1/devices/pump-2', payload: { tags: { site: 'north' } } });
+    await post(app, 'sensor-1', { v: 1 });
+    const ids = async (qs: string) => (await app.inject(`/v1/devices${qs}`)).json<{ items: DeviceInfo[] }>().items.map((d) => d.deviceId);
+    expect(await ids('?tag=site:north')).toEqual(['pump-2']);
+    expect(await ids('?tag=site')).toEqual(['pump-1', 'pump-2']);
+    expect(await ids('?tag=kind')).toEqual([]);
+    expect(await ids('')).toEqual(['pump-1', 'pump-2', 'sensor-1']);
+  });
+
+  it('PUT rejects bad tags and unknown body fields with 400 ValidationError', async () => {
+    const { app } = harness();
+    const bad = async (payload: unknown, field?: string) => expectError(await app.inject({ method: 'PUT', url: '/v1/devices/d', payload: payload as object }), 400, 'ValidationError', field);
+    await bad({ tags: { 'a:b': 'x' } }, 'tags');
+    await bad({ tags: { a: { nested: true } } }, 'tags.a');
+    await bad({ tags: {}, name: 'x' }, 'name');
+    expectError(await app.inject({ method: 'PUT', url: '/v1/devices/a+b', payload: {} }), 400, 'InvalidParameter', 'id');
+    expectError(await app.inject('/v1/devices/d'), 404, 'DeviceNotFound', 'id');
+  });
+
+  it('DELETE /v1/devices/:id removes the device and its data (204); afterwards it is 404', async () => {
+    const changeLog = new MemoryChangeLog({ shards: 1 });
+    const store = new MemoryTelemetryStore({ changeLog });
+    const { app } = harness({ store });
+    const t = Date.now() - 60_000;
+    await post(app, 'dev-1', [{ ts: t, values: { v: 1 } }, { ts: t + 1, values: { v: 2 } }]);
+    await post(app, 'dev-2', { v: 3 });
+    const res = await app.inject({ method: 'DELETE', url: '/v1/devices/dev-1' });
+    expect(res.statusCode, res.body).toBe(204);
+    expect(res.body).toBe('');
+    for (const url of ['/v1/devices/dev-1', '/v1/devices/dev-1/telemetry', '/v1/devices/dev-1/latest']) expectError(await app.inject(url), 404, 'DeviceNotFound', 'id');
+    expectError(await app.inject({ method: 'DELETE', url: '/v1/devices/dev-1' }), 404, 'DeviceNotFound', 'id');
+    expect((await app.inject('/v1/devices')).json<{ items: DeviceInfo[] }>().items.map((d) => d.deviceId)).toEqual(['dev-2']);
+    const records = await changeLog.read(0, 0, 100);
+    expect(records.filter((r) => r.eventName === 'REMOVE').map((r) => [r.deviceId, r.ts, r.byService])).toEqual([
+      ['dev-1', t, undefined],
+      ['dev-1', t + 1, undefined],
+    ]);
+  });
+});
+
 describe('error shape: bad parameters', () => {
   const cases: Array<[string, string, string]> = [
     ['bad from', '/v1/devices/dev-1/telemetry?from=yesterday', 'from'],
@@ -213,6 +309,15 @@ describe('error shape: bad parameters', () => {
     ['device id with an encoded slash', '/v1/devices/a%2Fb/latest', 'id'],
     ['device id with a wildcard', '/v1/devices/dev%2B1/telemetry', 'id'],
     ['device id of 129 characters', `/v1/devices/${'x'.repeat(129)}`, 'id'],
+    ['aggregate without interval', '/v1/devices/dev-1/telemetry/aggregate', 'interval'],
+    ['aggregate with a bad interval', '/v1/devices/dev-1/telemetry/aggregate?interval=soon', 'interval'],
+    ['aggregate with too many buckets', '/v1/devices/dev-1/telemetry/aggregate?interval=1ms&from=-1d', 'interval'],
+    ['aggregate with an unknown aggregate', '/v1/devices/dev-1/telemetry/aggregate?interval=1m&agg=avg,median', 'agg'],
+    ['aggregate with an empty key', '/v1/devices/dev-1/telemetry/aggregate?interval=1m&keys=a,,b', 'keys'],
+    ['aggregate with from after to', '/v1/devices/dev-1/telemetry/aggregate?interval=1m&from=2000&to=1000', 'from'],
+    ['latest with an empty key', '/v1/devices/dev-1/latest?keys=temp,', 'keys'],
+    ['latest with a malformed key', '/v1/devices/dev-1/latest?keys=gps..lat', 'keys'],
+    ['latest with an unknown parameter', '/v1/devices/dev-1/latest?key=temp', 'key'],
   ];
   it.each(cases)('%s → 400 InvalidParameter naming the field', async (_name, url, field) => {
     const { app, store } = harness();
@@ -242,7 +347,7 @@ describe('error shape: not found', () => {
     expectError(await app.inject({ method: 'DELETE', url: '/healthz' }), 404, 'NotFound');
   });
 
-  it.each(['/v1/devices/ghost', '/v1/devices/ghost/telemetry', '/v1/devices/ghost/latest'])('%s → 404 DeviceNotFound', async (url) => {
+  it.each(['/v1/devices/ghost', '/v1/devices/ghost/telemetry', '/v1/devices/ghost/latest', '/v1/devices/ghost/latest?keys=temp', '/v1/devices/ghost/telemetry/aggregate?interval=1m'])('%s → 404 DeviceNotFound', async (url) => {
     const { app } = harness();
     expectError(await app.inject(url), 404, 'DeviceNotFound', 'id');
   });
@@ -291,6 +396,14 @@ describe('error shape: request bodies', () => {
     const { app } = harness();
     const res = await app.inject({ method: 'POST', url: '/v1/devices/dev-1/telemetry', headers: { 'content-type': 'application/xml' }, payload: '<temp>1</temp>' });
     expectError(res, 400, 'ValidationError');
+  });
+
+  it('a reading older than the retention → 400 ValidationError on ts, and nothing is written', async () => {
+    const store = new MemoryTelemetryStore({ changeLog: new MemoryChangeLog({ shards: 1 }), retentionMs: 86_400_000, retentionCheckMs: 0 });
+    const { app } = harness({ store });
+    const err = expectError(await post(app, 'dev-1', [{ ts: Date.now(), values: { v: 1 } }, { ts: Date.now() - 2 * 86_400_000, values: { v: 2 } }]), 400, 'ValidationError', 'ts');
+    expect(err.message).toContain('is older than the retention of 1d');
+    expect(await store.getDevice('dev-1')).toBeUndefined();
   });
 
   it('passes ingest errors through with their code and field', async () => {

@@ -1,13 +1,23 @@
+import { randomBytes } from 'node:crypto';
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
 import { Database, LevelTelemetryStore } from '../store/index.js';
 import { Prefix } from '../store/keyspace.js';
 import { EmbeddedChangeLog } from '../streams/embedded-log.js';
+import type { Reading } from '../store/types.js';
 import type { ChangeRecord } from '../streams/types.js';
 import { tempDir } from './helpers.js';
 import { runTelemetryStoreSuite, type StoreFactoryOptions } from './suites/telemetry-store.suite.js';
 
 const DAY = 86_400_000;
+const HOUR = 3_600_000;
+
+/** Bytes of every file under `dir` (LevelDB's directory is flat). */
+function dirBytes(dir: string): number {
+  return readdirSync(dir).reduce((sum, name) => sum + statSync(join(dir, name)).size, 0);
+}
 
 interface Opened {
   database: Database;
@@ -27,6 +37,9 @@ async function openAt(dir: string, opts: StoreFactoryOptions & { maxBatch?: numb
     partitionWindowMs: opts.partitionWindowMs ?? DAY,
     maxBatch: opts.maxBatch ?? 2000,
     maxDelayMs: opts.maxDelayMs ?? 0,
+    ...(opts.retentionMs !== undefined ? { retentionMs: opts.retentionMs } : {}),
+    ...(opts.retentionRemoveRecords !== undefined ? { retentionRemoveRecords: opts.retentionRemoveRecords } : {}),
+    ...(opts.retentionCheckMs !== undefined ? { retentionCheckMs: opts.retentionCheckMs } : {}),
     ...(opts.now ? { now: opts.now } : {}),
   });
   return {
@@ -227,5 +240,116 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
     const o = await fresh();
     await o.store.close();
     expect(o.database.db.status).toBe('open');
+  });
+
+  describe('retention drops (LevelDB)', () => {
+    /** 4 devices; per device `perHour` readings of ~300 random bytes in each of hours 0..5, written with the clock at 0. */
+    async function load(o: Opened, perHour: (h: number) => number): Promise<{ bytesByHour: number[] }> {
+      const bytesByHour = [0, 0, 0, 0, 0, 0];
+      for (let h = 0; h < 6; h++) {
+        for (let d = 0; d < 4; d++) {
+          const n = perHour(h);
+          for (let k = 0; k < n; k += 500) {
+            const readings = Array.from({ length: Math.min(500, n - k) }, (_, j) => ({ ts: h * HOUR + (k + j) * 100, values: { blob: randomBytes(225).toString('base64'), i: k + j } }));
+            bytesByHour[h] = (bytesByHour[h] ?? 0) + readings.reduce((sum, r) => sum + JSON.stringify(r.values).length, 0);
+            await o.store.write({ deviceId: `dev-${d}`, readings });
+          }
+        }
+      }
+      return { bytesByHour };
+    }
+    async function everything(o: Opened): Promise<Reading[]> {
+      const out: Reading[] = [];
+      for (let d = 0; d < 4; d++) {
+        let cursor: string | undefined;
+        do {
+          const page = await o.store.query({ deviceId: `dev-${d}`, from: 0, to: MAX_TIMESTAMP_MS, order: 'asc', limit: 5000, ...(cursor ? { cursor } : {}) });
+          out.push(...page.items);
+          cursor = page.nextCursor ?? undefined;
+        } while (cursor !== undefined);
+      }
+      return out;
+    }
+
+    it('gives the disk space of dropped partitions back and leaves live partitions exactly as they were', async () => {
+      let t = 0;
+      const o = await fresh({ partitionWindowMs: HOUR, retentionMs: 2 * HOUR, retentionCheckMs: 0, now: () => t });
+      // About 6 MB in hours 0-2 (expired below), 1 MB in hours 3-5 (live).
+      const { bytesByHour } = await load(o, (h) => (h < 3 ? 1500 : 250));
+      const dbDir = join(o.dir, 'db');
+      // Settle both sides of the comparison into compacted tables, so only the drop differs.
+      await o.database.db.compactRange(Buffer.of(0x00), Buffer.of(0xff));
+      const before = dirBytes(dbDir);
+      const liveBefore = (await everything(o)).filter((r) => r.ts >= 3 * HOUR);
+      expect(liveBefore).toHaveLength(4 * 3 * 250);
+      const compactions = vi.spyOn(o.database.db, 'compactRange');
+
+      t = 5 * HOUR + 30 * 60_000;
+      expect(await o.store.dropExpired()).toMatchObject({ partitions: 3 });
+
+      const after = dirBytes(dbDir);
+      const dropped = (bytesByHour[0] ?? 0) + (bytesByHour[1] ?? 0) + (bytesByHour[2] ?? 0);
+      // The readings' bytes come back (their change records stay: the stream is not retention's to trim).
+      expect(before - after).toBeGreaterThan(0.6 * dropped);
+      expect(after).toBeLessThan(0.75 * before);
+      // Each partition was compacted on its own key range only: T·p up to T·p·0xff.
+      expect(compactions.mock.calls.map(([start, end]) => [(start as Buffer).toString('hex'), (end as Buffer).toString('hex')])).toEqual(
+        [0, 1, 2].map((p) => [`54${p.toString(16).padStart(8, '0')}`, `54${p.toString(16).padStart(8, '0')}ff`]),
+      );
+      expect(await everything(o)).toEqual(liveBefore);
+      const partitions = await o.database.db.keys({ gte: Buffer.of(Prefix.partition), lt: Buffer.of(Prefix.partition + 1) }).all();
+      expect(partitions.map((k) => k.readUInt32BE(1))).toEqual([3, 4, 5]);
+      expect(await o.database.db.keys({ gte: Buffer.of(Prefix.telemetry), lt: Buffer.of(Prefix.telemetry, 0, 0, 0, 3), limit: 1 }).all()).toEqual([]);
+    });
+
+    it('finishes a drop that was interrupted after the range delete', async () => {
+      let t = 0;
+      const o = await fresh({ partitionWindowMs: HOUR, retentionMs: HOUR, retentionCheckMs: 0, now: () => t });
+      await o.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { v: 0 } }, { ts: 2 * HOUR, values: { v: 2 } }] });
+      t = 3 * HOUR;
+      vi.spyOn(o.database, 'commit').mockRejectedValueOnce(new Error('IO error: No space left on device'));
+      await expect(o.store.dropExpired()).rejects.toThrow(/No space left/);
+      // The data went, the index entry stayed: the next pass finds the partition and finishes.
+      expect((await o.store.query({ deviceId: 'd1', from: 0, to: MAX_TIMESTAMP_MS, order: 'asc', limit: 10 })).items.map((r) => r.values.v)).toEqual([2]);
+      expect(await o.store.dropExpired()).toMatchObject({ partitions: 1 });
+      expect((await o.database.db.keys({ gte: Buffer.of(Prefix.partition), lt: Buffer.of(Prefix.partition + 1) }).all()).map((k) => k.readUInt32BE(1))).toEqual([2]);
+    });
+  });
+
+  it('keeps per-key latest values across close and reopen', async () => {
+    const a = await fresh();
+    await a.store.write({ deviceId: 'd1', readings: [{ ts: 10, values: { temp: 1, gps: { lat: 5 } } }, { ts: 20, values: { temp: 2 } }, { ts: 5, values: { door: 'open' } }] });
+    const expected = await a.store.latest('d1', { keys: ['temp', 'gps', 'door'] });
+    expect(expected?.values).toEqual({ temp: { ts: 20, seq: 0, value: 2 }, 'gps.lat': { ts: 10, seq: 0, value: 5 }, door: { ts: 5, seq: 0, value: 'open' } });
+    await a.shut();
+    const b = await openAt(a.dir);
+    cleanups.push(b.shut);
+    expect(await b.store.latest('d1', { keys: ['temp', 'gps', 'door'] })).toEqual(expected);
+    // And the write path picks up from the stored per-key state.
+    await b.store.write({ deviceId: 'd1', readings: [{ ts: 30, values: { door: 'shut' } }] });
+    expect((await b.store.latest('d1', { keys: ['temp', 'gps', 'door'] }))?.values).toEqual({
+      temp: { ts: 20, seq: 0, value: 2 },
+      'gps.lat': { ts: 10, seq: 0, value: 5 },
+      door: { ts: 30, seq: 0, value: 'shut' },
+    });
+  });
+
+  it('deleting a device leaves no key that names it', async () => {
+    const o = await fresh({ partitionWindowMs: HOUR });
+    await o.store.putDevice({ deviceId: 'gone', tags: { a: 'b' } });
+    await o.store.write({ deviceId: 'gone', readings: [1, 2, 30].map((h) => ({ ts: h * HOUR, values: { h } })), delivery: { clientId: 'gone', packetId: 1, payloadHash: 'x' } });
+    await o.store.write({ deviceId: 'gone', readings: [{ values: { n: 1 } }], delivery: { clientId: 'gone', packetId: 2, payloadHash: 'y' } });
+    await o.store.write({ deviceId: 'gone2', readings: [{ ts: HOUR, values: { h: 1 } }], delivery: { clientId: 'gone2', packetId: 1, payloadHash: 'z' } });
+    const keysNaming = async (id: string): Promise<string[]> => {
+      const all = await o.database.db.keys().all();
+      return all
+        .filter((k) => k[0] !== Prefix.change && k[0] !== Prefix.meta)
+        .map((k) => k.toString('latin1'))
+        .filter((k) => new RegExp(`^(T[\\s\\S]{4}|[LDQ])${id}(\u0000|$)`).test(k));
+    };
+    expect((await keysNaming('gone')).length).toBe(3 + 1 + 1 + 1 + 2);
+    expect(await o.store.deleteDevice('gone')).toEqual({ readings: 4 });
+    expect(await keysNaming('gone')).toEqual([]);
+    expect((await keysNaming('gone2')).length).toBe(4);
   });
 });

@@ -7,7 +7,7 @@ runTelemetryStoreSuite({
   name: 'memory',
   factory: async (opts = {}) => {
     const changeLog = new MemoryChangeLog({ shards: 2 });
-    const store = new MemoryTelemetryStore({ changeLog, ...(opts.now ? { now: opts.now } : {}) });
+    const store = new MemoryTelemetryStore({ changeLog, ...opts });
     return {
       store,
       changes: async () => {

@@ -1,21 +1,26 @@
 /**
- * Telemetry routes of one device (`/v1/devices/:id/...`): range query, latest
- * reading, and HTTP ingest.
+ * Telemetry routes of one device (`/v1/devices/:id/...`): range query, aggregation,
+ * latest reading (or per-key latest values), and HTTP ingest.
  *
  * @module
  */
+import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync, FastifySchemaValidationError } from 'fastify';
 import { invalidParameter, TributaryError } from '../../core/errors.js';
-import { parseTime } from '../../core/time.js';
-import type { RangeQuery, TelemetryStore } from '../../store/types.js';
+import { parseDuration, parseTime } from '../../core/time.js';
+import { AGGREGATES, type Aggregate, type AggregateQuery as StoreAggregateQuery, type RangeQuery, type TelemetryStore } from '../../store/types.js';
 import { formatSchemaErrors, type SchemaErrorDataVar } from '../errors.js';
 import {
+  AggregateQuery,
+  AggregateResult,
   DEFAULT_LIMIT,
   DeviceIdParams,
   errorResponses,
   INGEST_BODY_MESSAGE,
   IngestBody,
   IngestResult,
+  LatestQuery,
+  LatestValues,
   NoQuery,
   Reading,
   ReadingPage,
@@ -53,6 +58,28 @@ export function parseKeys(text: string): string[] {
   return keys;
 }
 
+/** `?interval=`: a duration (`1m`, `1h`) or a whole number of milliseconds. */
+export function parseInterval(text: string): number {
+  const t = text.trim();
+  if (/^\d+$/.test(t)) {
+    const ms = Number(t);
+    if (Number.isSafeInteger(ms) && ms > 0) return ms;
+    throw invalidParameter('interval', `interval must be a positive duration like 1m or 1h, or milliseconds (got ${JSON.stringify(text)})`);
+  }
+  return parseDuration(t, 'interval');
+}
+
+/** `?agg=avg,max` */
+export function parseAggregates(text: string): Aggregate[] {
+  const names = text.split(',').map((a) => a.trim());
+  for (const name of names) {
+    if (!(AGGREGATES as readonly string[]).includes(name)) {
+      throw invalidParameter('agg', `agg must be a comma-separated list of ${AGGREGATES.join(', ')} (got ${JSON.stringify(name)})`);
+    }
+  }
+  return names as Aggregate[];
+}
+
 /** The ingest body's `anyOf` error names no shape; say which shapes are accepted instead. */
 function ingestSchemaErrors(errors: FastifySchemaValidationError[], dataVar: SchemaErrorDataVar): Error {
   if (dataVar === 'body' && errors[errors.length - 1]?.keyword === 'anyOf') return new Error(INGEST_BODY_MESSAGE);
@@ -80,11 +107,34 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
     },
   );
 
-  app.get<{ Params: DeviceIdParams }>(
-    '/devices/:id/latest',
-    { schema: { params: DeviceIdParams, querystring: NoQuery, response: { 200: Reading, ...errorResponses } } },
+  app.get<{ Params: DeviceIdParams; Querystring: AggregateQuery }>(
+    '/devices/:id/telemetry/aggregate',
+    { schema: { params: DeviceIdParams, querystring: AggregateQuery, response: { 200: AggregateResult, ...errorResponses } } },
     async (request) => {
       const { id } = request.params;
+      const q = request.query;
+      const now = Date.now();
+      const from = parseTime(q.from ?? '-24h', 'from', now);
+      const to = parseTime(q.to ?? 'now', 'to', now);
+      if (from > to) throw invalidParameter('from', `from (${from}) is after to (${to})`);
+      const query: StoreAggregateQuery = { deviceId: id, from, to, intervalMs: parseInterval(q.interval), aggs: parseAggregates(q.agg ?? 'avg') };
+      if (q.keys !== undefined) query.keys = parseKeys(q.keys);
+      if ((await store.getDevice(id)) === undefined) throw deviceNotFound(id);
+      const result = await store.aggregate(query);
+      return { deviceId: id, from, to, intervalMs: result.intervalMs, buckets: result.buckets };
+    },
+  );
+
+  app.get<{ Params: DeviceIdParams; Querystring: LatestQuery }>(
+    '/devices/:id/latest',
+    { schema: { params: DeviceIdParams, querystring: LatestQuery, response: { 200: Type.Union([Reading, LatestValues]), ...errorResponses } } },
+    async (request) => {
+      const { id } = request.params;
+      if (request.query.keys !== undefined) {
+        const values = await store.latest(id, { keys: parseKeys(request.query.keys) });
+        if (values === undefined) throw deviceNotFound(id);
+        return values;
+      }
       const reading = await store.latest(id);
       if (reading !== undefined) return reading;
       // Only on a miss: is the device unknown, or known without readings (provisioned)?

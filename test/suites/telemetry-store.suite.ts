@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { MAX_TIMESTAMP_MS } from '../../core/time.js';
 import type { Reading, TelemetryStore, WriteRequest } from '../../store/types.js';
 import type { ChangeRecord } from '../../streams/types.js';
+import { waitFor } from '../helpers.js';
 
 /** What a factory hands the suite: a fresh, empty store and a view of its change log. */
 export interface StoreFixture {
@@ -23,6 +24,12 @@ export interface StoreFactoryOptions {
   now?: () => number;
   /** Width of a time partition, where the implementation has partitions. */
   partitionWindowMs?: number;
+  /** Retention (0: keep forever). */
+  retentionMs?: number;
+  /** REMOVE records for retention drops. */
+  retentionRemoveRecords?: boolean;
+  /** Interval of the background retention pass; 0 disables it. */
+  retentionCheckMs?: number;
 }
 
 export interface TelemetryStoreSuiteOptions {
@@ -31,6 +38,7 @@ export interface TelemetryStoreSuiteOptions {
 }
 
 const HOUR = 3_600_000;
+const MINUTE = 60_000;
 
 export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOptions): void {
   describe(`TelemetryStore compliance: ${name}`, () => {
@@ -433,6 +441,375 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         expect((await f.store.listDevices({ limit: 7 })).nextCursor).toBeNull();
         await expect(f.store.listDevices({ limit: 3, cursor: '***' })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'cursor' });
         await expect(f.store.listDevices({ limit: 0 })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'limit' });
+      });
+    });
+
+    describe('per-key latest', () => {
+      it('answers each key from the reading with the highest (ts, seq) that carried it', async () => {
+        const f = await fixture();
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 1000, values: { temp: 20, hum: 40, gps: { lat: 1, lon: 2 } } }] });
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 3000, values: { temp: 22 } }] });
+        // Arrives late, carries a key the latest reading lacks, and an older temp that must not win.
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 2000, values: { temp: 99, hum: 45, door: 'open' } }] });
+        expect(await f.store.latest('d1', { keys: ['temp', 'hum', 'door', 'gps.lat', 'missing'] })).toEqual({
+          deviceId: 'd1',
+          values: {
+            temp: { ts: 3000, seq: 0, value: 22 },
+            hum: { ts: 2000, seq: 0, value: 45 },
+            door: { ts: 2000, seq: 0, value: 'open' },
+            'gps.lat': { ts: 1000, seq: 0, value: 1 },
+          },
+        });
+        // A key naming an object covers its leaves.
+        expect((await f.store.latest('d1', { keys: ['gps'] }))?.values).toEqual({ 'gps.lat': { ts: 1000, seq: 0, value: 1 }, 'gps.lon': { ts: 1000, seq: 0, value: 2 } });
+        // A newer reading carrying the key takes it over; same ts: the higher seq wins.
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 4000, values: { hum: 50 } }, { ts: 4000, values: { hum: 51, ok: false } }] });
+        expect((await f.store.latest('d1', { keys: ['temp', 'hum', 'ok'] }))?.values).toEqual({
+          temp: { ts: 3000, seq: 0, value: 22 },
+          hum: { ts: 4000, seq: 1, value: 51 },
+          ok: { ts: 4000, seq: 1, value: false },
+        });
+        // The whole-reading latest is unchanged by all this.
+        expect(await f.store.latest('d1')).toEqual({ deviceId: 'd1', ts: 4000, seq: 1, values: { hum: 51, ok: false } });
+      });
+
+      it('is undefined for an unknown device, empty for keys a device never sent, and checks keys', async () => {
+        const f = await fixture();
+        expect(await f.store.latest('nobody', { keys: ['temp'] })).toBeUndefined();
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { a: 1 } }] });
+        expect(await f.store.latest('d1', { keys: ['b'] })).toEqual({ deviceId: 'd1', values: {} });
+        await expect(f.store.latest('d1', { keys: [] })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'keys' });
+        await expect(f.store.latest('d1', { keys: ['a..b'] })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'keys' });
+      });
+
+      it('keeps track within one group commit, and of a MODIFY', async () => {
+        const f = await fixture();
+        await Promise.all([
+          f.store.write({ deviceId: 'd1', readings: [{ ts: 10, values: { a: 1, b: 1 } }] }),
+          f.store.write({ deviceId: 'd1', readings: [{ ts: 30, values: { a: 3 } }] }),
+          f.store.write({ deviceId: 'd1', readings: [{ ts: 20, values: { b: 2, c: 2 } }] }),
+        ]);
+        expect((await f.store.latest('d1', { keys: ['a', 'b', 'c'] }))?.values).toEqual({
+          a: { ts: 30, seq: 0, value: 3 },
+          b: { ts: 20, seq: 0, value: 2 },
+          c: { ts: 20, seq: 0, value: 2 },
+        });
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 20, values: { b: 5, c: 2 } }] });
+        expect((await f.store.latest('d1', { keys: ['b'] }))?.values).toEqual({ b: { ts: 20, seq: 0, value: 5 } });
+      });
+    });
+
+    describe('aggregation', () => {
+      const AGGS = ['avg', 'min', 'max', 'sum', 'count', 'first', 'last'] as const;
+
+      it('buckets by epoch-aligned intervals, omits empty buckets and computes every aggregate', async () => {
+        const f = await fixture({ partitionWindowMs: HOUR });
+        const base = 5 * HOUR - 2 * MINUTE; // buckets cross a partition boundary
+        await f.store.write({
+          deviceId: 'd1',
+          readings: [
+            { ts: base + 5_000, values: { temp: 10, hum: 50 } },
+            { ts: base + 5_000, values: { temp: 14 } },
+            { ts: base + 59_999, values: { temp: 12 } },
+            { ts: base + MINUTE, values: { temp: 30, hum: 40 } },
+            // nothing in the third minute
+            { ts: base + 3 * MINUTE + 1, values: { temp: -5 } },
+          ],
+        });
+        await f.store.write({ deviceId: 'd10', readings: [{ ts: base + 1, values: { temp: 1000 } }] });
+        const result = await f.store.aggregate({ deviceId: 'd1', from: base + 1000, to: base + 4 * MINUTE, intervalMs: MINUTE, aggs: [...AGGS] });
+        expect(result).toEqual({
+          deviceId: 'd1',
+          intervalMs: MINUTE,
+          buckets: [
+            {
+              start: base,
+              end: base + MINUTE,
+              values: { temp: { avg: 12, min: 10, max: 14, sum: 36, count: 3, first: 10, last: 12 }, hum: { avg: 50, min: 50, max: 50, sum: 50, count: 1, first: 50, last: 50 } },
+            },
+            {
+              start: base + MINUTE,
+              end: base + 2 * MINUTE,
+              values: { temp: { avg: 30, min: 30, max: 30, sum: 30, count: 1, first: 30, last: 30 }, hum: { avg: 40, min: 40, max: 40, sum: 40, count: 1, first: 40, last: 40 } },
+            },
+            { start: base + 3 * MINUTE, end: base + 4 * MINUTE, values: { temp: { avg: -5, min: -5, max: -5, sum: -5, count: 1, first: -5, last: -5 } } },
+          ],
+        });
+        // from and to are inclusive; only the requested aggregates appear.
+        const edge = await f.store.aggregate({ deviceId: 'd1', from: base + 59_999, to: base + MINUTE, intervalMs: MINUTE, aggs: ['count', 'max'] });
+        expect(edge.buckets.map((b) => [b.start, b.values])).toEqual([
+          [base, { temp: { count: 1, max: 12 } }],
+          [base + MINUTE, { temp: { count: 1, max: 30 }, hum: { count: 1, max: 40 } }],
+        ]);
+      });
+
+      it('counts any value but averages numbers only; flattens nested keys; selects keys', async () => {
+        const f = await fixture();
+        await f.store.write({
+          deviceId: 'd1',
+          readings: [
+            { ts: 1000, values: { status: 'ok', door: true, gps: { lat: 1, lon: 10 }, mixed: 'n/a' } },
+            { ts: 2000, values: { status: 'fault', door: false, gps: { lat: 3, lon: 20 }, mixed: 4 } },
+            { ts: 3000, values: { temp: 5 } },
+          ],
+        });
+        const all = await f.store.aggregate({ deviceId: 'd1', from: 0, to: 10_000, intervalMs: 10_000, aggs: [...AGGS] });
+        expect(all.buckets).toHaveLength(1);
+        expect(all.buckets[0]?.values).toEqual({
+          status: { avg: null, min: null, max: null, sum: null, count: 2, first: 'ok', last: 'fault' },
+          door: { avg: null, min: null, max: null, sum: null, count: 2, first: true, last: false },
+          'gps.lat': { avg: 2, min: 1, max: 3, sum: 4, count: 2, first: 1, last: 3 },
+          'gps.lon': { avg: 15, min: 10, max: 20, sum: 30, count: 2, first: 10, last: 20 },
+          mixed: { avg: 4, min: 4, max: 4, sum: 4, count: 2, first: 'n/a', last: 4 },
+          temp: { avg: 5, min: 5, max: 5, sum: 5, count: 1, first: 5, last: 5 },
+        });
+        const some = await f.store.aggregate({ deviceId: 'd1', from: 0, to: 10_000, intervalMs: 1000, aggs: ['avg'], keys: ['gps', 'temp'] });
+        expect(some.buckets.map((b) => [b.start, b.values])).toEqual([
+          [1000, { 'gps.lat': { avg: 1 }, 'gps.lon': { avg: 10 } }],
+          [2000, { 'gps.lat': { avg: 3 }, 'gps.lon': { avg: 20 } }],
+          [3000, { temp: { avg: 5 } }],
+        ]);
+        // A bucket whose readings lack every selected key is empty, hence omitted.
+        expect((await f.store.aggregate({ deviceId: 'd1', from: 0, to: 10_000, intervalMs: 1000, aggs: ['count'], keys: ['gps.lat'] })).buckets.map((b) => b.start)).toEqual([1000, 2000]);
+      });
+
+      it('streams ranges larger than one chunk, across partitions', async () => {
+        const f = await fixture({ partitionWindowMs: HOUR });
+        const n = 10_000;
+        const start = 10 * HOUR - 5_000 * 1000; // half before, half after a partition boundary
+        for (let k = 0; k < n; k += 2500) {
+          await f.store.write({ deviceId: 'd1', readings: Array.from({ length: 2500 }, (_, j) => ({ ts: start + (k + j) * 1000, values: { i: k + j } })) });
+        }
+        const result = await f.store.aggregate({ deviceId: 'd1', from: start, to: start + n * 1000, intervalMs: 1000 * 1000, aggs: ['count', 'sum', 'first', 'last'] });
+        expect(result.buckets).toHaveLength(10);
+        result.buckets.forEach((b, i) => {
+          expect(b.start).toBe(start + i * 1_000_000);
+          expect(b.values.i).toEqual({ count: 1000, sum: (i * 1000 * 2 + 999) * 500, first: i * 1000, last: i * 1000 + 999 });
+        });
+      });
+
+      it('rejects bad parameters and caps the bucket count', async () => {
+        const f = await fixture();
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { a: 1 } }] });
+        const base = { deviceId: 'd1', from: 0, to: 1000, intervalMs: 100, aggs: ['avg' as const] };
+        await expect(f.store.aggregate({ ...base, intervalMs: 0 })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'interval' });
+        await expect(f.store.aggregate({ ...base, intervalMs: 1.5 })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'interval' });
+        await expect(f.store.aggregate({ ...base, aggs: [] })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'agg' });
+        await expect(f.store.aggregate({ ...base, aggs: ['median' as 'avg'] })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'agg' });
+        await expect(f.store.aggregate({ ...base, keys: ['a..b'] })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'keys' });
+        await expect(f.store.aggregate({ ...base, from: 'x' as unknown as number })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'from' });
+        await expect(f.store.aggregate({ ...base, deviceId: 'a/b' })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'deviceId' });
+        // 100,000 buckets are fine; 100,001 are not.
+        expect((await f.store.aggregate({ ...base, from: 0, to: 100_000 * 100 - 1 })).buckets).toHaveLength(1);
+        const tooMany = f.store.aggregate({ ...base, from: 0, to: 100_000 * 100 });
+        await expect(tooMany).rejects.toMatchObject({ code: 'InvalidParameter', field: 'interval' });
+        await expect(tooMany).rejects.toThrow(/100001 buckets; at most 100000/);
+        expect(await f.store.aggregate({ ...base, from: 2000, to: 1000 })).toEqual({ deviceId: 'd1', intervalMs: 100, buckets: [] });
+        expect(await f.store.aggregate({ ...base, deviceId: 'nobody' })).toEqual({ deviceId: 'nobody', intervalMs: 100, buckets: [] });
+      });
+    });
+
+    describe('retention', () => {
+      const WINDOW = HOUR;
+      const retention = { partitionWindowMs: WINDOW, retentionMs: 2 * HOUR, retentionCheckMs: 0 };
+      /** Readings at h·HOUR + 1 for h = 0..5 for two devices whose ids prefix each other, written while the clock is at 0. */
+      async function sixHours(f: StoreFixture): Promise<void> {
+        for (const deviceId of ['d1', 'd10']) {
+          await f.store.write({ deviceId, readings: Array.from({ length: 6 }, (_, h) => ({ ts: h * HOUR + 1, values: { h, deviceId } })) });
+        }
+      }
+
+      it('drops every partition wholly older than now - retention, silently by default; keeps latest and the registry', async () => {
+        const clock = manualClock(0);
+        const f = await fixture({ now: clock.now, ...retention });
+        await sixHours(f);
+        const before = await f.changes();
+        const deviceBefore = await f.store.getDevice('d1');
+        clock.set(5 * HOUR + 30 * MINUTE); // horizon 3h30: partitions 0, 1, 2 are wholly older; 3 straddles it
+        const result = await f.store.dropExpired();
+        expect(result.partitions).toBe(3);
+        expect(result.readings).toBeUndefined();
+        expect(result.ms).toBeGreaterThanOrEqual(0);
+        for (const deviceId of ['d1', 'd10']) expect((await all(f.store, deviceId)).map((r) => r.values.h)).toEqual([3, 4, 5]);
+        // Silent on the stream: dropping millions of readings would otherwise flood it.
+        expect(await f.changes()).toEqual(before);
+        expect(await f.store.latest('d1')).toMatchObject({ ts: 5 * HOUR + 1 });
+        expect(await f.store.getDevice('d1')).toEqual(deviceBefore);
+        // Idempotent: nothing more to drop.
+        expect((await f.store.dropExpired()).partitions).toBe(0);
+        // The partition straddling the horizon goes once it is wholly older.
+        expect((await f.store.dropExpired(6 * HOUR)).partitions).toBe(1);
+        expect((await all(f.store, 'd1')).map((r) => r.values.h)).toEqual([4, 5]);
+      });
+
+      it('refuses readings older than the retention, also after the clock steps back', async () => {
+        const clock = manualClock(0);
+        const f = await fixture({ now: clock.now, ...retention, retentionMs: 30 * 24 * HOUR });
+        const DAY = 24 * HOUR;
+        clock.set(40 * DAY);
+        const old = f.store.write({ deviceId: 'd1', readings: [{ ts: 20 * DAY, values: { ok: true } }, { ts: 9 * DAY, values: { old: true } }] });
+        await expect(old).rejects.toMatchObject({ code: 'ValidationError', field: 'ts' });
+        await expect(old).rejects.toThrow(/reading 1: ts 777600000 \(1970-01-10T00:00:00.000Z\) is older than the retention of 30d/);
+        expect(await f.store.getDevice('d1')).toBeUndefined();
+        expect(await f.changes()).toEqual([]);
+        // At the horizon is fine, server stamps are always fine.
+        expect((await f.store.write({ deviceId: 'd1', readings: [{ ts: 10 * DAY, values: { edge: true } }, { values: { now: true } }] })).items.map((i) => i.change)).toEqual(['INSERT', 'INSERT']);
+        clock.set(0);
+        await expect(f.store.write({ deviceId: 'd1', readings: [{ ts: 9 * DAY, values: { again: true } }] })).rejects.toMatchObject({ code: 'ValidationError', field: 'ts' });
+      });
+
+      it('with retentionRemoveRecords, stream a REMOVE with the service identity for every reading dropped', async () => {
+        const clock = manualClock(0);
+        const f = await fixture({ now: clock.now, ...retention, retentionRemoveRecords: true });
+        await sixHours(f);
+        clock.set(5 * HOUR + 30 * MINUTE);
+        const result = await f.store.dropExpired();
+        expect(result).toMatchObject({ partitions: 3, readings: 6 });
+        const changes = await f.changes();
+        const removes = changes.filter((r) => r.eventName === 'REMOVE');
+        expect(removes.map((r) => [r.deviceId, r.ts]).sort()).toEqual(
+          ['d1', 'd10'].flatMap((d) => [0, 1, 2].map((h) => [d, h * HOUR + 1])).sort(),
+        );
+        for (const r of removes) {
+          expect(r.byService).toBe(true);
+          expect(r.oldValues).toEqual({ h: Math.floor(r.ts / HOUR), deviceId: r.deviceId });
+          expect(r.newValues).toBeUndefined();
+          expect(r.createdAt).toBe(5 * HOUR + 30 * MINUTE);
+        }
+        // Sequence numbers stay gap-free per shard, REMOVEs after the INSERTs they undo.
+        for (const shard of new Set(changes.map((r) => r.shard))) {
+          const inShard = changes.filter((r) => r.shard === shard);
+          expect(inShard.map((r) => r.sequenceNumber)).toEqual(inShard.map((_, i) => i + 1));
+        }
+        for (const deviceId of ['d1', 'd10']) expect((await all(f.store, deviceId)).map((r) => r.values.h)).toEqual([3, 4, 5]);
+      });
+
+      it('runs by itself at open and then periodically', async () => {
+        const clock = manualClock(0);
+        const first = await fixture({ now: clock.now, ...retention, retentionCheckMs: 20 });
+        await sixHours(first);
+        clock.set(5 * HOUR + 30 * MINUTE);
+        await waitFor(async () => (await all(first.store, 'd1')).length === 3, 5000, 'the background pass to drop three partitions');
+        clock.set(6 * HOUR + 30 * MINUTE);
+        await waitFor(async () => (await all(first.store, 'd1')).length === 2, 5000, 'the next background pass');
+      });
+
+      it('is a no-op when retention is off', async () => {
+        const f = await fixture({ partitionWindowMs: WINDOW });
+        await sixHours(f);
+        expect(await f.store.dropExpired(MAX_TIMESTAMP_MS)).toMatchObject({ partitions: 0 });
+        expect(await all(f.store, 'd1')).toHaveLength(6);
+      });
+    });
+
+    describe('device registry: provisioning and deletion', () => {
+      it('PUT creates a device with tags and no readings, then replaces its tags; writes keep them', async () => {
+        const clock = manualClock(5000);
+        const f = await fixture({ now: clock.now });
+        expect(await f.store.putDevice({ deviceId: 'd1', tags: { site: 'north', floor: '2' } })).toEqual({
+          created: true,
+          device: { deviceId: 'd1', firstSeen: null, lastSeen: null, readings: 0, tags: { site: 'north', floor: '2' } },
+        });
+        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: null, lastSeen: null, readings: 0, tags: { site: 'north', floor: '2' } });
+        expect(await f.store.latest('d1')).toBeUndefined();
+        expect(await f.store.latest('d1', { keys: ['temp'] })).toEqual({ deviceId: 'd1', values: {} });
+        clock.set(6000);
+        await f.store.write({ deviceId: 'd1', readings: [{ values: { temp: 1 } }] });
+        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 6000, lastSeen: 6000, readings: 1, tags: { site: 'north', floor: '2' } });
+        const updated = await f.store.putDevice({ deviceId: 'd1', tags: { site: 'south' } });
+        expect(updated).toEqual({ created: false, device: { deviceId: 'd1', firstSeen: 6000, lastSeen: 6000, readings: 1, tags: { site: 'south' } } });
+        clock.set(7000);
+        await f.store.write({ deviceId: 'd1', readings: [{ values: { temp: 2 } }] });
+        expect(await f.store.getDevice('d1')).toMatchObject({ lastSeen: 7000, readings: 2, tags: { site: 'south' } });
+        // Registering is not a change of any item: nothing on the stream.
+        expect((await f.changes()).map((r) => r.eventName)).toEqual(['INSERT', 'INSERT']);
+      });
+
+      it('validates tags', async () => {
+        const f = await fixture();
+        for (const tags of [{ 'a:b': 'x' }, { '': 'x' }, { a: 5 }, { a: 'x'.repeat(257) }, Object.fromEntries(Array.from({ length: 51 }, (_, i) => [`k${i}`, 'v'])), null, ['x']]) {
+          await expect(f.store.putDevice({ deviceId: 'd1', tags: tags as Record<string, string> })).rejects.toMatchObject({ code: 'ValidationError', field: 'tags' });
+        }
+        await expect(f.store.putDevice({ deviceId: 'a/b', tags: {} })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'deviceId' });
+        expect(await f.store.getDevice('d1')).toBeUndefined();
+      });
+
+      it('filters the device list by tag, paging with the cursor', async () => {
+        const f = await fixture();
+        for (let i = 0; i < 12; i++) await f.store.putDevice({ deviceId: `dev-${String(i).padStart(2, '0')}`, tags: i % 3 === 0 ? { site: 'north', even: String(i % 2 === 0) } : { site: 'south' } });
+        await f.store.write({ deviceId: 'untagged', readings: [{ values: { v: 1 } }] });
+        const collect = async (tags: Record<string, string | undefined>, limit: number): Promise<string[]> => {
+          const ids: string[] = [];
+          let cursor: string | undefined;
+          do {
+            const page = await f.store.listDevices({ limit, tags, ...(cursor ? { cursor } : {}) });
+            expect(page.items.length).toBeLessThanOrEqual(limit);
+            ids.push(...page.items.map((d) => d.deviceId));
+            cursor = page.nextCursor ?? undefined;
+          } while (cursor !== undefined);
+          return ids;
+        };
+        expect(await collect({ site: 'north' }, 2)).toEqual(['dev-00', 'dev-03', 'dev-06', 'dev-09']);
+        expect(await collect({ site: 'north', even: 'true' }, 10)).toEqual(['dev-00', 'dev-06']);
+        expect(await collect({ even: undefined }, 3)).toEqual(['dev-00', 'dev-03', 'dev-06', 'dev-09']);
+        expect(await collect({ site: 'east' }, 5)).toEqual([]);
+        expect((await f.store.listDevices({ limit: 4, tags: { site: 'north' } })).nextCursor).toBeNull();
+      });
+
+      it('DELETE removes every reading with a REMOVE record, then the latest and registry entries and the client’s delivery ids', async () => {
+        const clock = manualClock(50_000);
+        const f = await fixture({ now: clock.now, partitionWindowMs: HOUR });
+        await f.store.putDevice({ deviceId: 'd1', tags: { site: 'x' } });
+        const delivery = { clientId: 'd1', packetId: 3, payloadHash: 'h3' };
+        const gateway = { clientId: 'gateway', packetId: 4, payloadHash: 'h4' };
+        await f.store.write({ deviceId: 'd1', readings: [0, 1, 5].map((h) => ({ ts: h * HOUR + 7, values: { h } })), delivery });
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 9 * HOUR, values: { via: 'gateway' } }], delivery: gateway });
+        await f.store.write({ deviceId: 'd10', readings: [{ ts: 7, values: { other: true } }] });
+        const inserts = (await changesOf(f, 'd1')).length;
+
+        expect(await f.store.deleteDevice('d1')).toEqual({ readings: 4 });
+        expect(await f.store.getDevice('d1')).toBeUndefined();
+        expect(await f.store.latest('d1')).toBeUndefined();
+        expect(await f.store.latest('d1', { keys: ['h'] })).toBeUndefined();
+        expect(await all(f.store, 'd1')).toEqual([]);
+        expect((await f.store.listDevices({ limit: 10 })).items.map((d) => d.deviceId)).toEqual(['d10']);
+        const removes = (await changesOf(f, 'd1')).slice(inserts);
+        expect(removes.map((r) => [r.eventName, r.ts, r.oldValues, r.byService])).toEqual([
+          ['REMOVE', 7, { h: 0 }, undefined],
+          ['REMOVE', HOUR + 7, { h: 1 }, undefined],
+          ['REMOVE', 5 * HOUR + 7, { h: 5 }, undefined],
+          ['REMOVE', 9 * HOUR, { via: 'gateway' }, undefined],
+        ]);
+        // Other devices are untouched.
+        expect(await all(f.store, 'd10')).toHaveLength(1);
+        expect(await f.store.deleteDevice('d1')).toBeUndefined();
+        // The device's own client starts afresh; a gateway's delivery ids are the gateway's.
+        expect((await f.store.write({ deviceId: 'd1', readings: [{ ts: 7, values: { h: 0 } }], delivery })).status).toBe('committed');
+        expect((await f.store.write({ deviceId: 'd1', readings: [{ ts: 8, values: {} }], delivery: gateway })).status).toBe('duplicate');
+        // It comes back as a new device.
+        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 50_000, lastSeen: 50_000, readings: 1, tags: {} });
+        expect(await all(f.store, 'd1')).toHaveLength(1);
+      });
+
+      it('DELETE goes in bounded batches and orders itself with concurrent writes', async () => {
+        const f = await fixture();
+        const n = 2500;
+        await f.store.write({ deviceId: 'd1', readings: Array.from({ length: n }, (_, i) => ({ ts: 1000 + i, values: { i } })) });
+        // Asked for before the delete: deleted with the device. Asked for after: the new device's first reading.
+        const before = f.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { before: true } }] });
+        const deleted = f.store.deleteDevice('d1');
+        const again = f.store.deleteDevice('d1');
+        const after = f.store.write({ deviceId: 'd1', readings: [{ ts: 2, values: { after: true } }] });
+        const others = Array.from({ length: 20 }, (_, i) => f.store.write({ deviceId: 'd2', readings: [{ ts: i, values: { i } }] }));
+        await Promise.all([before, after, ...others]);
+        expect(await deleted).toEqual({ readings: n + 1 });
+        expect(await again).toEqual({ readings: n + 1 });
+        expect(await all(f.store, 'd1')).toEqual([{ deviceId: 'd1', ts: 2, seq: 0, values: { after: true } }]);
+        expect(await f.store.getDevice('d1')).toMatchObject({ readings: 1 });
+        expect(await all(f.store, 'd2')).toHaveLength(20);
+        const d1 = await changesOf(f, 'd1');
+        expect(d1.filter((r) => r.eventName === 'REMOVE')).toHaveLength(n + 1);
+        expect(d1[d1.length - 1]).toMatchObject({ eventName: 'INSERT', ts: 2 });
       });
     });
 
