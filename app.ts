@@ -54,6 +54,12 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
 
   async function start(): Promise<Addresses> {
     database = await Database.open(config.dataDir);
+    metrics.storeWritable.set(1);
+    database.onWritableChange((writable, error) => {
+      metrics.storeWritable.set(writable ? 1 : 0);
+      if (writable) logger.info('the database accepts writes again');
+      else logger.error({ err: error }, 'the database refuses writes until it can be reopened; reads keep working');
+    });
     changeLog = await EmbeddedChangeLog.open(database, { shards: config.streamShards });
     const openStore = await LevelTelemetryStore.open({
       database,
@@ -108,7 +114,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       store: openStore,
       logger: logger.child({ module: 'api' }),
       metrics: metrics.registry,
-      ready: () => Boolean(broker?.listening) && !stopping,
+      // Not ready while writes would fail (e.g. a full disk): a balancer should send devices elsewhere.
+      ready: () => Boolean(broker?.listening) && Boolean(database?.writable) && !stopping,
       ingest: async (deviceId, body) => {
         const result = await ingest.ingestBody(deviceId, body);
         return { accepted: result.items.length, items: result.items };

@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
  * Every Prometheus metric of the process, in one registry per app instance (so tests
@@ -9,6 +9,7 @@ export function createMetrics() {
   collectDefaultMetrics({ register: registry, prefix: 'tributary_process_' });
   const m = {
     registry,
+    storeWritable: new Gauge({ name: 'tributary_store_writable', help: '1 while the database accepts writes, 0 after a failed write (e.g. a full disk) until it has been reopened.', registers: [registry] }),
     ingestReadings: new Counter({ name: 'tributary_ingest_readings_total', help: 'Readings accepted and durably stored, by transport.', labelNames: ['transport'], registers: [registry] }),
     ingestRejects: new Counter({ name: 'tributary_ingest_rejects_total', help: 'Payloads rejected, by reason and transport.', labelNames: ['reason', 'transport'], registers: [registry] }),
     functionInvocations: new Counter({ name: 'tributary_function_invocations_total', help: 'Function invocations by function and outcome.', labelNames: ['function', 'outcome'], registers: [registry] }),

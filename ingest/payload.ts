@@ -10,7 +10,9 @@ export type RejectReason =
   | 'invalid_timestamp'
   | 'invalid_value'
   | 'too_many_keys'
-  | 'too_many_readings';
+  | 'too_many_readings'
+  /** Refused by the store after decoding, e.g. older than the retention. */
+  | 'rejected_by_store';
 
 /** A payload that cannot become readings: a ValidationError (or PayloadTooLarge) with a reason label. */
 export class RejectedPayload extends TributaryError {

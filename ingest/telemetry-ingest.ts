@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import type { Counter } from 'prom-client';
 import type { Logger } from '../core/logger.js';
 import { assertDeviceId } from '../core/ids.js';
-import type { DeliveryId, TelemetryStore, WriteResult } from '../store/types.js';
+import { isTributaryError } from '../core/errors.js';
+import type { DeliveryId, TelemetryStore, WriteRequest, WriteResult } from '../store/types.js';
 import { DEFAULT_LIMITS, decodePayload, decodeReadings, RejectedPayload, type PayloadLimits, type RejectReason } from './payload.js';
 
 export interface IngestMetrics {
@@ -32,7 +33,7 @@ export class TelemetryIngest {
     const req = delivery
       ? { deviceId, readings, delivery: { ...delivery, payloadHash: createHash('sha1').update(payload).digest('hex') } }
       : { deviceId, readings };
-    const result = await this.deps.store.write(req);
+    const result = await this.write('mqtt', req);
     this.deps.metrics.readings.inc({ transport: 'mqtt' }, result.items.length);
     return result;
   }
@@ -41,9 +42,27 @@ export class TelemetryIngest {
   async ingestBody(deviceId: string, body: unknown): Promise<WriteResult> {
     assertDeviceId(deviceId, 'id');
     const readings = this.guard('http', deviceId, body, () => decodeReadings(body, this.limits));
-    const result = await this.deps.store.write({ deviceId, readings });
+    const result = await this.write('http', { deviceId, readings });
     this.deps.metrics.readings.inc({ transport: 'http' }, result.items.length);
     return result;
+  }
+
+  /**
+   * The store validates what only it can judge (e.g. a reading older than the
+   * retention). Such a refusal is a reject like any other: counted, and for MQTT
+   * acknowledged — not a failed write, which would make the client re-send it forever.
+   */
+  private async write(transport: Transport, req: WriteRequest): Promise<WriteResult> {
+    try {
+      return await this.deps.store.write(req);
+    } catch (err) {
+      if (isTributaryError(err) && err.code === 'ValidationError') {
+        const rejected = new RejectedPayload('rejected_by_store', err.message, err.field);
+        this.reject(transport, rejected.reason, { deviceId: req.deviceId, field: err.field }, err.message);
+        throw rejected;
+      }
+      throw err;
+    }
   }
 
   /** Counts and logs a reject that happened before decoding (e.g. a topic outside the scheme). */

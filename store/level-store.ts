@@ -105,7 +105,7 @@ export class LevelTelemetryStore extends TelemetryStoreEngine {
     if (fixed !== windowMs) {
       throw new TributaryError('Conflict', `this data directory was created with a partition window of ${fixed} ms; it cannot change (configured: ${windowMs} ms)`);
     }
-    const keys = await opts.database.db.keys(partitionIndexBounds()).all();
+    const keys = await opts.database.read((db) => db.keys(partitionIndexBounds()).all());
     const backend = new LevelBackend(opts.database, windowMs, new Set(keys.map(decodePartitionKey)));
     return new LevelTelemetryStore(backend, opts);
   }
@@ -113,7 +113,7 @@ export class LevelTelemetryStore extends TelemetryStoreEngine {
   /** Bytes of the partition's key range on disk as LevelDB estimates them (for benchmarks and tests). */
   async approximatePartitionSize(partition: number): Promise<number> {
     const { gte, lt } = partitionRange(partition);
-    return this.database.db.approximateSize(gte, lt);
+    return this.database.read((db) => db.approximateSize(gte, lt));
   }
 }
 
@@ -142,7 +142,7 @@ class LevelBackend implements StoreBackend {
     for (const d of reads.deliveries) keys[k++] = deliveryKey(d.clientId, d.packetId);
     for (const r of reads.items) keys[k++] = this.itemKey(r.deviceId, r.ts, r.seq);
     // One native call for everything the batch needs to know.
-    const values = await this.database.db.getMany(keys);
+    const values = await this.database.read((db) => db.getMany(keys));
     const devices: DeviceState[] = new Array<DeviceState>(nDev);
     for (let i = 0; i < nDev; i++) {
       const l = values[i];
@@ -155,7 +155,7 @@ class LevelBackend implements StoreBackend {
 
   async maxSeqAt(deviceId: string, ts: number): Promise<number | undefined> {
     const p = partitionOf(ts, this.windowMs);
-    const keys = await this.database.db.keys({ gte: telemetryKey(p, deviceId, ts, 0), lte: telemetryKey(p, deviceId, ts, MAX_U32), reverse: true, limit: 1 }).all();
+    const keys = await this.database.read((db) => db.keys({ gte: telemetryKey(p, deviceId, ts, 0), lte: telemetryKey(p, deviceId, ts, MAX_U32), reverse: true, limit: 1 }).all());
     const key = keys[0];
     return key === undefined ? undefined : telemetryKeySeq(key);
   }
@@ -218,16 +218,22 @@ class LevelBackend implements StoreBackend {
       else range.gte = telemetryKey(p, deviceId, from, 0);
       if (!asc && after !== undefined && after.ts <= to) range.lt = telemetryKey(p, deviceId, after.ts, after.seq);
       else range.lte = telemetryKey(p, deviceId, to, MAX_U32);
-      const it = this.database.db.iterator({ ...range, reverse: !asc, limit: remaining });
-      try {
-        while (true) {
-          const entries = await it.nextv(Math.min(remaining, SCAN_CHUNK));
-          if (entries.length === 0) break;
-          for (const [key, value] of entries) out.push({ ts: telemetryKeyTs(key), seq: telemetryKeySeq(key), json: value });
+      // Rows gather locally so that a read the owner retries after a reopen cannot add them twice.
+      const rows = await this.database.read(async (db) => {
+        const local: StoredItem[] = [];
+        const it = db.iterator({ ...range, reverse: !asc, limit: remaining });
+        try {
+          while (true) {
+            const entries = await it.nextv(Math.min(remaining, SCAN_CHUNK));
+            if (entries.length === 0) break;
+            for (const [key, value] of entries) local.push({ ts: telemetryKeyTs(key), seq: telemetryKeySeq(key), json: value });
+          }
+        } finally {
+          await it.close();
         }
-      } finally {
-        await it.close();
-      }
+        return local;
+      });
+      for (const row of rows) out.push(row);
     }
     return out;
   }
@@ -261,7 +267,7 @@ class LevelBackend implements StoreBackend {
   }
 
   async listDevices(after: string | undefined, limit: number): Promise<Array<{ deviceId: string; info: DeviceRecord }>> {
-    const entries = await this.database.db.iterator({ ...deviceBounds(after), limit }).all();
+    const entries = await this.database.read((db) => db.iterator({ ...deviceBounds(after), limit }).all());
     return entries.map(([key, value]) => ({ deviceId: decodeDeviceKey(key), info: JSON.parse(value.toString('utf8')) as DeviceRecord }));
   }
 
@@ -273,7 +279,7 @@ class LevelBackend implements StoreBackend {
   async scanPartition(partition: number, after: ItemRef | undefined, limit: number): Promise<PartitionItem[]> {
     const { gte, lt } = partitionRange(partition);
     const range = after === undefined ? { gte, lt } : { gt: telemetryKey(partition, after.deviceId, after.ts, after.seq), lt };
-    const entries = await this.database.db.iterator({ ...range, limit }).all();
+    const entries = await this.database.read((db) => db.iterator({ ...range, limit }).all());
     return entries.map(([key, json]) => {
       const k = decodeTelemetryKey(key);
       return { deviceId: k.deviceId, ts: k.ts, seq: k.seq, json };
@@ -284,18 +290,19 @@ class LevelBackend implements StoreBackend {
     const { gte, lt } = partitionRange(partition);
     // Data first, index entry second: a drop interrupted in between is found again by
     // the next pass through the index entry and finished (clear is idempotent).
-    await this.database.db.clear({ gte, lt });
+    // Through the owner, in synced chunks, so a full disk is handled like any failed write.
+    await this.database.clear({ gte, lt }, 10_000);
     await this.database.commit([{ type: 'del', key: partitionKey(partition) }]);
     this.index.delete(partition);
     this.sorted = undefined;
     // The range delete only wrote tombstones; compacting exactly this range rewrites the
     // files that hold it, dropping data and tombstones alike. Partition-first keys keep
     // live partitions out of those files.
-    await this.database.db.compactRange(gte, partitionLastKey(partition));
+    await this.database.read((db) => db.compactRange(gte, partitionLastKey(partition)));
   }
 
   async deliveriesOf(clientId: string, limit: number): Promise<number[]> {
-    const keys = await this.database.db.keys({ ...deliveryBounds(clientId), limit }).all();
+    const keys = await this.database.read((db) => db.keys({ ...deliveryBounds(clientId), limit }).all());
     return keys.map((k) => decodeDeliveryKey(k).packetId);
   }
 

@@ -9,7 +9,7 @@ describe('bad telemetry input over MQTT', () => {
   });
 
   it('is acknowledged, counted and diverted, never stored or streamed, and the broker keeps serving', async () => {
-    const running = await startApp({ maxPayloadBytes: 1024 });
+    const running = await startApp({ maxPayloadBytes: 1024, retention: '1d' });
     cleanups.push(running.destroy);
     const watcher = await connectClient(running.addresses.mqtt);
     cleanups.push(() => void watcher.end(true));
@@ -25,10 +25,12 @@ describe('bad telemetry input over MQTT', () => {
     await device.publishAsync('devices/dev-1/telemetry', JSON.stringify({ blob: 'x'.repeat(2000) }), { qos: 1 });
     await device.publishAsync('devices/dev-1/telemetry', '[1,2,3]', { qos: 1 });
     await device.publishAsync('devices/bad id/telemetry', '{"temp":1}', { qos: 1 });
+    // Decodes fine, but the store refuses it: older than the retention.
+    await device.publishAsync('devices/dev-1/telemetry', '{"ts":1000,"values":{"temp":1}}', { qos: 1 });
     await device.publishAsync('devices/dev-1/telemetry', '{"temp":22}', { qos: 1 });
     expect(device.connected).toBe(true);
 
-    await waitFor(() => rejectsSeen.length === 4 && telemetrySeen.length === 1, 5000, 'rejects and the valid reading at the watcher');
+    await waitFor(() => rejectsSeen.length === 5 && telemetrySeen.length === 1, 5000, 'rejects and the valid reading at the watcher');
     expect(telemetrySeen).toEqual(['{"temp":22}']);
 
     const page = await getJson(`${running.addresses.http}/v1/devices/dev-1/telemetry?from=-1h`);
@@ -41,5 +43,6 @@ describe('bad telemetry input over MQTT', () => {
     expect(metrics).toContain('tributary_ingest_rejects_total{reason="payload_too_large",transport="mqtt"} 1');
     expect(metrics).toContain('tributary_ingest_rejects_total{reason="invalid_shape",transport="mqtt"} 1');
     expect(metrics).toContain('tributary_ingest_rejects_total{reason="invalid_topic",transport="mqtt"} 1');
+    expect(metrics).toContain('tributary_ingest_rejects_total{reason="rejected_by_store",transport="mqtt"} 1');
   });
 });

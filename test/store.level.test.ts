@@ -307,7 +307,10 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
       const o = await fresh({ partitionWindowMs: HOUR, retentionMs: HOUR, retentionCheckMs: 0, now: () => t });
       await o.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { v: 0 } }, { ts: 2 * HOUR, values: { v: 2 } }] });
       t = 3 * HOUR;
-      vi.spyOn(o.database, 'commit').mockRejectedValueOnce(new Error('IO error: No space left on device'));
+      // The range delete (first commit) lands; the index-entry delete (second) fails.
+      const realCommit = o.database.commit.bind(o.database);
+      let commits = 0;
+      vi.spyOn(o.database, 'commit').mockImplementation((ops) => (++commits === 2 ? Promise.reject(new Error('IO error: No space left on device')) : realCommit(ops)));
       await expect(o.store.dropExpired()).rejects.toThrow(/No space left/);
       // The data went, the index entry stayed: the next pass finds the partition and finishes.
       expect((await o.store.query({ deviceId: 'd1', from: 0, to: MAX_TIMESTAMP_MS, order: 'asc', limit: 10 })).items.map((r) => r.values.v)).toEqual([2]);
