@@ -112,6 +112,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
 
     api = buildApi({
       store: openStore,
+      changeLog,
       logger: logger.child({ module: 'api' }),
       metrics: metrics.registry,
       // Not ready while writes would fail (e.g. a full disk): a balancer should send devices elsewhere.

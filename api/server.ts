@@ -8,9 +8,11 @@ import { fastify, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { TelemetryStore } from '../store/types.js';
+import type { ChangeLog } from '../streams/types.js';
 import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
 import { deviceRoutes } from './routes/devices.js';
 import { healthRoutes, type MetricsSource } from './routes/health.js';
+import { streamRoutes } from './routes/streams.js';
 import { telemetryRoutes, type IngestFn } from './routes/telemetry.js';
 
 /** What the API needs from the rest of Tributary. */
@@ -26,6 +28,8 @@ export interface ApiDeps {
   maxBodyBytes: number;
   /** Prometheus registry for `GET /metrics`; the route exists only when one is given. */
   metrics?: MetricsSource;
+  /** The change log behind `/v1/streams/...`; those routes exist only when one is given. */
+  changeLog?: ChangeLog;
 }
 
 /**
@@ -76,5 +80,6 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   void app.register(healthRoutes, deps.metrics === undefined ? { ready: deps.ready } : { ready: deps.ready, metrics: deps.metrics });
   void app.register(deviceRoutes, { prefix: '/v1', store: deps.store });
   void app.register(telemetryRoutes, { prefix: '/v1', store: deps.store, ingest: deps.ingest, maxBodyBytes: deps.maxBodyBytes });
+  if (deps.changeLog !== undefined) void app.register(streamRoutes, { prefix: '/v1', changeLog: deps.changeLog });
   return app;
 }

@@ -84,6 +84,28 @@ export abstract class SequencedLog implements ChangeLog {
     return out;
   }
 
+  /**
+   * A binary search over sequence numbers whose probe is `read(shard, s - 1, 1)`: the
+   * first committed record at or after `s`. Being a read, the probe skips holes (records
+   * trimmed from the start of the shard) and sees committed records only, so one
+   * implementation serves every subclass at about log2(last) point reads.
+   */
+  async readFromTime(shard: number, timestampMs: number, limit: number): Promise<ChangeRecord[]> {
+    const last = this.committed[shard] ?? 0;
+    if (last === 0 || limit <= 0) return [];
+    // Smallest s in [1, last] whose probe is missing or not older than the timestamp;
+    // the predicate is monotonic in s, so lo ends on it (or on last + 1: nothing qualifies).
+    let lo = 1;
+    let hi = last + 1;
+    while (lo < hi) {
+      const mid = lo + Math.floor((hi - lo) / 2);
+      const [probe] = await this.read(shard, mid - 1, 1);
+      if (probe === undefined || probe.createdAt >= timestampMs) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo > last ? [] : this.read(shard, lo - 1, limit);
+  }
+
   abstract read(shard: number, after: number, limit: number): Promise<ChangeRecord[]>;
   /** Adds the record's write to the caller's batch (or keeps it aside until commit). */
   protected abstract persist(ops: BatchOp[], record: ChangeRecord): void;

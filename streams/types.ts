@@ -62,6 +62,14 @@ export interface ChangeLog {
   shards(): Promise<ShardInfo[]>;
   /** Up to `limit` records of `shard` with sequence number > `after`, in order. */
   read(shard: number, after: number, limit: number): Promise<ChangeRecord[]>;
+  /**
+   * Up to `limit` records of `shard`, in order, starting at the first committed record
+   * with `createdAt >= timestampMs` (DynamoDB's AT_TIMESTAMP); empty when every record
+   * is older. Commit times are taken to rise with the sequence number (they come from
+   * the clock at commit, one batch at a time), so a clock stepped back makes the
+   * answer approximate, as DynamoDB's own `ApproximateCreationDateTime` is.
+   */
+  readFromTime(shard: number, timestampMs: number, limit: number): Promise<ChangeRecord[]>;
   /** Called with each committed group of records, in commit order. */
   onCommit(listener: (records: readonly ChangeRecord[]) => void): () => void;
 }

@@ -71,6 +71,12 @@ describe('end to end: MQTT → store → change stream → handler → HTTP', ()
     const all = await getJson(`${running.addresses.http}/v1/devices/sensor-1/telemetry?from=0&to=now&limit=10`);
     expect((all.body as TelemetryPage).items.map((i) => i.ts)).toEqual([1764150000000, Date.parse('2025-11-26T09:41:00.000Z'), liveImage.ts]);
 
+    // The same records can be read from the stream over HTTP.
+    const shardId = `shardId-${String(running.app.changeLog.shardOf('sensor-1')).padStart(4, '0')}`;
+    const records = await getJson(`${running.addresses.http}/v1/streams/shards/${shardId}/records?iterator=TRIM_HORIZON`);
+    expect(records.status).toBe(200);
+    expect((records.body as { items: DynamoDBStreamRecord[] }).items).toEqual(seen);
+
     // A clean stop and a second start reopen the same data.
     device.end(true);
     observer.end(true);

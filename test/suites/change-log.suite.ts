@@ -209,6 +209,45 @@ export function runChangeLogSuite({ name, supports, factory }: ChangeLogSuiteOpt
         expect(await f.log.read(other, 0, 10)).toEqual([]);
       });
 
+      it('readFromTime(shard, t, limit) starts at the first record committed at or after t', async () => {
+        const f = await fixture();
+        const shard = f.log.shardOf('d1');
+        expect(await f.log.readFromTime(shard, 0, 10)).toEqual([]);
+        // Batches of 1, 2 and 3 records committed at NOW, NOW + 10 and NOW + 20, and one at NOW + 30.
+        await write(f, [insert('d1', 1)], NOW);
+        await write(f, [insert('d1', 2), insert('d1', 3)], NOW + 10);
+        await write(f, [insert('d1', 4), insert('d1', 5), insert('d1', 6)], NOW + 20);
+        await write(f, [insert('d1', 7)], NOW + 30);
+        const seqs = async (t: number, limit = 100): Promise<number[]> => (await f.log.readFromTime(shard, t, limit)).map((r) => r.sequenceNumber);
+        expect(await seqs(0)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+        expect(await seqs(NOW)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+        expect(await seqs(NOW + 1)).toEqual([2, 3, 4, 5, 6, 7]);
+        expect(await seqs(NOW + 10)).toEqual([2, 3, 4, 5, 6, 7]);
+        expect(await seqs(NOW + 11, 2)).toEqual([4, 5]);
+        expect(await seqs(NOW + 20)).toEqual([4, 5, 6, 7]);
+        expect(await seqs(NOW + 30)).toEqual([7]);
+        expect(await seqs(NOW + 31)).toEqual([]);
+        expect(await seqs(NOW, 0)).toEqual([]);
+        // Other shards are untouched; staged (uncommitted) records are invisible here too.
+        expect(await f.log.readFromTime((shard + 1) % SHARDS, 0, 10)).toEqual([]);
+        const staged = f.log.stage([], [insert('d1', 8)], NOW + 40);
+        expect(await seqs(NOW + 31)).toEqual([]);
+        f.log.abort(staged);
+        const full = await f.log.readFromTime(shard, NOW + 20, 1);
+        expect(full).toStrictEqual(await f.log.read(shard, 3, 1));
+      });
+
+      it('readFromTime finds the boundary in a long shard', async () => {
+        const f = await fixture();
+        const shard = f.log.shardOf('d1');
+        for (let i = 0; i < 300; i++) await write(f, [insert('d1', i)], NOW + i * 1000);
+        for (const i of [0, 1, 2, 127, 128, 255, 298, 299]) {
+          expect((await f.log.readFromTime(shard, NOW + i * 1000, 1))[0]?.sequenceNumber).toBe(i + 1);
+          expect((await f.log.readFromTime(shard, NOW + i * 1000 - 500, 1))[0]?.sequenceNumber).toBe(i + 1);
+        }
+        expect(await f.log.readFromTime(shard, NOW + 299 * 1000 + 1, 1)).toEqual([]);
+      });
+
       it('staged records are invisible until commit, even once their ops are durable', async () => {
         const f = await fixture();
         const shard = f.log.shardOf('d1');
