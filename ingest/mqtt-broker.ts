@@ -11,7 +11,27 @@ export interface MqttBrokerOptions {
   port: number;
   ingest: TelemetryIngest;
   logger: Logger;
+  /**
+   * Largest MQTT packet (remaining length) a client may announce; a connection that
+   * announces more is dropped before its body is read. Default `DEFAULT_MAX_PACKET_BYTES`;
+   * pass `maxPacketBytesFor(config.maxPayloadBytes)` to tie it to the payload limit.
+   */
+  maxPacketBytes?: number;
 }
+
+/**
+ * Room above the largest accepted payload for the rest of a PUBLISH: a topic of up to
+ * 65,535 bytes plus its length, a packet id, and MQTT 5 properties.
+ */
+export const MQTT_PACKET_HEADROOM_BYTES = 128 * 1024;
+
+/** The packet limit that goes with a payload limit. */
+export function maxPacketBytesFor(maxPayloadBytes: number): number {
+  return maxPayloadBytes + MQTT_PACKET_HEADROOM_BYTES;
+}
+
+/** Without an explicit limit: the ceiling of the `maxPayloadBytes` setting (16 MiB) plus headroom. */
+export const DEFAULT_MAX_PACKET_BYTES = maxPacketBytesFor(16 * 1024 * 1024);
 
 /**
  * Rejected telemetry is re-routed here instead of to its topic, so subscribers of
@@ -44,9 +64,11 @@ export class MqttBroker {
     aedes.on('clientError', (client: Client, err: Error) => logger.debug({ clientId: client.id, err: err.message }, 'mqtt client error'));
     aedes.on('connectionError', (client: Client, err: Error) => logger.debug({ clientId: client?.id, err: err.message }, 'mqtt connection error'));
 
+    const maxPacketBytes = opts.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES;
     const server = createServer((socket: Socket) => {
       // Nagle would hold a PUBACK for up to 40 ms behind a delayed ACK.
       socket.setNoDelay(true);
+      guardPacketSize(socket, maxPacketBytes);
       aedes.handle(socket);
     });
     await new Promise<void>((resolve, reject) => {
@@ -82,6 +104,69 @@ export class MqttBroker {
     await new Promise<void>((resolve) => this.aedes.close(() => resolve()));
     await closed;
     this.logger.debug('mqtt broker closed');
+  }
+}
+
+/**
+ * mqtt-packet buffers a packet until all of its announced remaining length has arrived
+ * (up to 268,435,455 bytes, before CONNECT too) and neither it nor aedes has a size
+ * limit, so one connection could make the broker hold 256 MB. This watches the fixed
+ * headers of the bytes aedes reads off the socket (aedes only ever consumes a
+ * connection through `read()` on 'readable') and destroys the connection as soon as a
+ * header announces more than `maxPacketBytes` — before the body is buffered. The
+ * socket's own buffer stays bounded by its highWaterMark, since nothing reads it any
+ * more. Framing is MQTT's: one type/flags byte, a 1–4 byte variable length, the body.
+ */
+function guardPacketSize(socket: Socket, maxPacketBytes: number): void {
+  const frames = new PacketFramer(maxPacketBytes);
+  const read = socket.read.bind(socket);
+  socket.read = (size?: number) => {
+    const chunk: unknown = read(size);
+    if (!Buffer.isBuffer(chunk)) return chunk;
+    const problem = frames.feed(chunk);
+    if (problem === undefined) return chunk;
+    // The error reaches aedes through the socket's 'error' event ('connectionError' or 'clientError').
+    socket.destroy(new Error(problem));
+    return null;
+  };
+}
+
+/** Follows MQTT packet boundaries across chunks; says what is wrong with the first over-limit header. */
+export class PacketFramer {
+  private body = 0; // bytes of the current packet's body still to come
+  private inLength = false; // inside the variable-length field
+  private length = 0;
+  private lengthBytes = 0;
+
+  constructor(private readonly maxPacketBytes: number) {}
+
+  feed(chunk: Buffer): string | undefined {
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.body > 0) {
+        const n = Math.min(this.body, chunk.length - i);
+        this.body -= n;
+        i += n;
+        continue;
+      }
+      const byte = chunk[i++] as number;
+      if (!this.inLength) {
+        // The type/flags byte; mqtt-packet judges it.
+        this.inLength = true;
+        this.length = 0;
+        this.lengthBytes = 0;
+        continue;
+      }
+      this.length += (byte & 0x7f) * 128 ** this.lengthBytes++;
+      if (byte & 0x80) {
+        if (this.lengthBytes === 4) return 'invalid MQTT remaining length (more than 4 bytes)';
+        continue;
+      }
+      this.inLength = false;
+      if (this.length > this.maxPacketBytes) return `MQTT packet of ${this.length} bytes exceeds the limit of ${this.maxPacketBytes} bytes`;
+      this.body = this.length;
+    }
+    return undefined;
   }
 }
 
