@@ -14,7 +14,7 @@ import { functionsFromDirectory } from './functions/directory.js';
 import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
 import { ProcessFunctionRuntime } from './functions/index.js';
 import type { FunctionRuntime } from './functions/types.js';
-import { MqttBroker } from './ingest/mqtt-broker.js';
+import { MqttBroker, maxPacketBytesFor } from './ingest/mqtt-broker.js';
 import { TelemetryIngest } from './ingest/telemetry-ingest.js';
 import { commandTopic } from './ingest/topics.js';
 import { Database } from './store/database.js';
@@ -79,7 +79,14 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       maxPayloadBytes: config.maxPayloadBytes,
     });
 
-    const mqtt = await MqttBroker.start({ host: config.mqttHost, port: config.mqttPort, ingest, logger: logger.child({ module: 'mqtt' }) });
+    const mqtt = await MqttBroker.start({
+      host: config.mqttHost,
+      port: config.mqttPort,
+      ingest,
+      logger: logger.child({ module: 'mqtt' }),
+      // A connection may announce at most one payload's worth (plus headers) before it is dropped.
+      maxPacketBytes: maxPacketBytesFor(config.maxPayloadBytes),
+    });
     broker = mqtt;
 
     const fnRuntime = new ProcessFunctionRuntime({

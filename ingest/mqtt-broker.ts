@@ -180,7 +180,9 @@ function authorizePublish(
   const topic = packet.topic;
   if (topic.startsWith('$SYS/')) return callback(new Error('$SYS topics are reserved'));
   if (topic.startsWith(REJECTS_TOPIC_PREFIX)) return callback(new Error(`${REJECTS_TOPIC_PREFIX} topics are reserved`));
-  // Wills published after a client is gone have no client; they are not telemetry writes.
+  // aedes passes no client only for wills left over from an earlier broker run (its
+  // _clearWills at start); a live client's will comes with the client and is treated as
+  // that client's publish.
   if (client === null) return callback(null);
 
   const route = routeTopic(topic);
