@@ -10,6 +10,7 @@ import type { Logger } from '../core/logger.js';
 import type { TelemetryStore } from '../store/types.js';
 import type { ChangeLog } from '../streams/types.js';
 import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
+import { openApi } from './openapi.js';
 import { deviceRoutes } from './routes/devices.js';
 import { healthRoutes, type MetricsSource } from './routes/health.js';
 import { streamRoutes } from './routes/streams.js';
@@ -77,6 +78,8 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   });
 
   void app.register(errorHandling);
+  // Before the route plugins: the document generator only sees routes declared after it.
+  void app.register(openApi);
   void app.register(healthRoutes, deps.metrics === undefined ? { ready: deps.ready } : { ready: deps.ready, metrics: deps.metrics });
   void app.register(deviceRoutes, { prefix: '/v1', store: deps.store });
   void app.register(telemetryRoutes, { prefix: '/v1', store: deps.store, ingest: deps.ingest, maxBodyBytes: deps.maxBodyBytes });

@@ -28,7 +28,7 @@ export function parseTagFilter(text: string): Record<string, string | undefined>
 export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app, { store }) => {
   app.get<{ Querystring: ListDevicesQuery }>(
     '/devices',
-    { schema: { querystring: ListDevicesQuery, response: { 200: DevicePage, ...errorResponses } } },
+    { schema: { tags: ['devices'], summary: 'List devices', querystring: ListDevicesQuery, response: { 200: DevicePage, ...errorResponses } } },
     async (request) => {
       const { limit = DEFAULT_LIMIT, cursor, tag } = request.query;
       return store.listDevices({ limit, ...(cursor === undefined ? {} : { cursor }), ...(tag === undefined ? {} : { tags: parseTagFilter(tag) }) });
@@ -37,7 +37,7 @@ export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app,
 
   app.put<{ Params: DeviceIdParams; Body: PutDeviceBody }>(
     '/devices/:id',
-    { schema: { params: DeviceIdParams, querystring: NoQuery, body: PutDeviceBody, response: { 200: DeviceInfo, 201: DeviceInfo, ...errorResponses } } },
+    { schema: { tags: ['devices'], summary: 'Register a device or replace its tags', params: DeviceIdParams, querystring: NoQuery, body: PutDeviceBody, response: { 200: DeviceInfo, 201: DeviceInfo, ...errorResponses } } },
     async (request, reply) => {
       const { created, device } = await store.putDevice({ deviceId: request.params.id, tags: request.body.tags ?? {} });
       return reply.code(created ? 201 : 200).send(device);
@@ -46,7 +46,7 @@ export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app,
 
   app.delete<{ Params: DeviceIdParams }>(
     '/devices/:id',
-    { schema: { params: DeviceIdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { schema: { tags: ['devices'], summary: 'Delete a device and all its data', params: DeviceIdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       // Synchronous: answers once every reading is gone (in bounded batches, each with its REMOVE records).
       const deleted = await store.deleteDevice(request.params.id);
@@ -57,7 +57,7 @@ export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app,
 
   app.get<{ Params: DeviceIdParams }>(
     '/devices/:id',
-    { schema: { params: DeviceIdParams, querystring: NoQuery, response: { 200: DeviceInfo, ...errorResponses } } },
+    { schema: { tags: ['devices'], summary: 'Get a device', params: DeviceIdParams, querystring: NoQuery, response: { 200: DeviceInfo, ...errorResponses } } },
     async (request) => {
       const device = await store.getDevice(request.params.id);
       if (device === undefined) throw deviceNotFound(request.params.id);

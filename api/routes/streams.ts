@@ -184,7 +184,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     for (const stop of [...active]) stop();
   });
 
-  app.get('/streams/shards', { schema: { querystring: NoQuery, response: { 200: ShardList, ...errorResponses } } }, async () => {
+  app.get('/streams/shards', { schema: { tags: ['streams'], summary: 'List shards with their sequence number range', querystring: NoQuery, response: { 200: ShardList, ...errorResponses } } }, async () => {
     const shards = await log.shards();
     return {
       streamArn: log.streamArn,
@@ -295,7 +295,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
 
   app.get<{ Params: ShardParams; Querystring: RecordsQuery }>(
     '/streams/shards/:shardId/records',
-    { schema: { params: ShardParams, querystring: RecordsQuery, response: { 200: RecordPage, ...errorResponses } } },
+    { schema: { tags: ['streams'], summary: 'Read a page of change records from a shard', params: ShardParams, querystring: RecordsQuery, response: { 200: RecordPage, ...errorResponses } } },
     async (request, reply) => {
       const { shardId } = request.params;
       const shard = parseShardId(shardId, log.shardCount);
@@ -313,6 +313,8 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     '/streams/tail',
     {
       schema: {
+        tags: ['streams'],
+        summary: 'Live tail of change records (Server-Sent Events)',
         querystring: TailQuery,
         response: {
           200: Type.String({

@@ -89,7 +89,7 @@ function ingestSchemaErrors(errors: FastifySchemaValidationError[], dataVar: Sch
 export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
   app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
     '/devices/:id/telemetry',
-    { schema: { params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
+    { schema: { tags: ['telemetry'], summary: 'Query readings in a time range', params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
     async (request) => {
       const { id } = request.params;
       const q = request.query;
@@ -109,7 +109,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
 
   app.get<{ Params: DeviceIdParams; Querystring: AggregateQuery }>(
     '/devices/:id/telemetry/aggregate',
-    { schema: { params: DeviceIdParams, querystring: AggregateQuery, response: { 200: AggregateResult, ...errorResponses } } },
+    { schema: { tags: ['telemetry'], summary: 'Aggregate readings into time buckets', params: DeviceIdParams, querystring: AggregateQuery, response: { 200: AggregateResult, ...errorResponses } } },
     async (request) => {
       const { id } = request.params;
       const q = request.query;
@@ -127,7 +127,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
 
   app.get<{ Params: DeviceIdParams; Querystring: LatestQuery }>(
     '/devices/:id/latest',
-    { schema: { params: DeviceIdParams, querystring: LatestQuery, response: { 200: Type.Union([Reading, LatestValues]), ...errorResponses } } },
+    { schema: { tags: ['telemetry'], summary: 'Latest reading, or latest value per key', params: DeviceIdParams, querystring: LatestQuery, response: { 200: Type.Union([Reading, LatestValues]), ...errorResponses } } },
     async (request) => {
       const { id } = request.params;
       if (request.query.keys !== undefined) {
@@ -148,7 +148,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
     {
       bodyLimit: maxBodyBytes,
       schemaErrorFormatter: ingestSchemaErrors,
-      schema: { params: DeviceIdParams, querystring: NoQuery, body: IngestBody, response: { 201: IngestResult, ...errorResponses } },
+      schema: { tags: ['telemetry'], summary: 'Ingest one reading or an array of readings', params: DeviceIdParams, querystring: NoQuery, body: IngestBody, response: { 201: IngestResult, ...errorResponses } },
     },
     async (request, reply) => {
       const result = await ingest(request.params.id, request.body);
