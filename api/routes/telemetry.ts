@@ -86,6 +86,15 @@ function ingestSchemaErrors(errors: FastifySchemaValidationError[], dataVar: Sch
   return formatSchemaErrors(errors, dataVar);
 }
 
+/** `from`/`to` with their defaults (the last 24 h), read against one clock reading so `from=-1h&to=now` spans exactly an hour. */
+function timeRange(q: { from?: string; to?: string }): { from: number; to: number } {
+  const now = Date.now();
+  const from = parseTime(q.from ?? '-24h', 'from', now);
+  const to = parseTime(q.to ?? 'now', 'to', now);
+  if (from > to) throw invalidParameter('from', `from (${from}) is after to (${to})`);
+  return { from, to };
+}
+
 export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
   app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
     '/devices/:id/telemetry',
@@ -93,11 +102,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
     async (request) => {
       const { id } = request.params;
       const q = request.query;
-      // One clock reading for both bounds, so `from=-1h&to=now` spans exactly an hour.
-      const now = Date.now();
-      const from = parseTime(q.from ?? '-24h', 'from', now);
-      const to = parseTime(q.to ?? 'now', 'to', now);
-      if (from > to) throw invalidParameter('from', `from (${from}) is after to (${to})`);
+      const { from, to } = timeRange(q);
       const range: RangeQuery = { deviceId: id, from, to, order: q.order ?? 'asc', limit: q.limit ?? DEFAULT_LIMIT };
       if (q.cursor !== undefined) range.cursor = q.cursor;
       if (q.keys !== undefined) range.keys = parseKeys(q.keys);
@@ -113,10 +118,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
     async (request) => {
       const { id } = request.params;
       const q = request.query;
-      const now = Date.now();
-      const from = parseTime(q.from ?? '-24h', 'from', now);
-      const to = parseTime(q.to ?? 'now', 'to', now);
-      if (from > to) throw invalidParameter('from', `from (${from}) is after to (${to})`);
+      const { from, to } = timeRange(q);
       const query: StoreAggregateQuery = { deviceId: id, from, to, intervalMs: parseInterval(q.interval), aggs: parseAggregates(q.agg ?? 'avg') };
       if (q.keys !== undefined) query.keys = parseKeys(q.keys);
       if ((await store.getDevice(id)) === undefined) throw deviceNotFound(id);
