@@ -2,6 +2,7 @@ import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { toStreamRecord } from '../streams/lambda-event.js';
 import type { ChangeLog, ChangeRecord } from '../streams/types.js';
+import { dropExpired, pending, planAfterInvoke, type DiscardedBatch, type PendingBatch, type PlanSettings } from './batch-plan.js';
 import type { CheckpointStore } from './checkpoints.js';
 import type { FunctionRuntime, FunctionSpec, InvokeResult } from './types.js';
 
@@ -16,9 +17,68 @@ export interface TriggerConfig {
    * lets one poison record block a shard for the whole retention; ours is finite.
    */
   maximumRetryAttempts: number;
+  /**
+   * Lambda's BisectBatchOnFunctionError: a batch that fails as a whole is split in two
+   * and each half retried, down to single records; splitting does not spend a retry.
+   * Default false.
+   */
+  bisectBatchOnFunctionError?: boolean;
+  /**
+   * Lambda's FunctionResponseTypes: with `ReportBatchItemFailures` the handler may return
+   * `{ batchItemFailures: [{ itemIdentifier: "<SequenceNumber>" }] }` and the mapping
+   * checkpoints before the lowest failed record and retries from it. Default [] (the
+   * response is ignored, as in Lambda).
+   */
+  functionResponseTypes?: Array<'ReportBatchItemFailures'>;
+  /**
+   * Lambda's MaximumRecordAgeInSeconds: -1 (the default, as in Lambda) for no limit, or
+   * 60..604800; older records are discarded instead of delivered. We keep Lambda's
+   * infinite default: retries are already finite (maximumRetryAttempts), and a finite age
+   * would make a server that was down longer than it drop its backlog undelivered.
+   */
+  maximumRecordAgeSeconds?: number;
 }
 
-export const DEFAULT_TRIGGER: Omit<TriggerConfig, 'id'> = { batchSize: 100, startingPosition: 'LATEST', maximumRetryAttempts: 3 };
+export const DEFAULT_TRIGGER: Omit<TriggerConfig, 'id'> = {
+  batchSize: 100,
+  startingPosition: 'LATEST',
+  maximumRetryAttempts: 3,
+  bisectBatchOnFunctionError: false,
+  functionResponseTypes: [],
+  maximumRecordAgeSeconds: -1,
+};
+
+/** The planner's view of a trigger, with the defaults filled in. */
+export function planSettings(trigger: TriggerConfig): PlanSettings {
+  return {
+    maximumRetryAttempts: trigger.maximumRetryAttempts,
+    maximumRecordAgeSeconds: trigger.maximumRecordAgeSeconds ?? -1,
+    bisectBatchOnFunctionError: trigger.bisectBatchOnFunctionError ?? false,
+    reportBatchItemFailures: (trigger.functionResponseTypes ?? []).includes('ReportBatchItemFailures'),
+  };
+}
+
+/**
+ * What is known of records the mapping gave up on: Lambda's on-failure destination gets
+ * this kind of metadata for streams (not the records; they stay in the log until
+ * retention, addressable by shard and sequence numbers).
+ */
+export interface DiscardMetadata extends DiscardedBatch {
+  function: string;
+  functionVersion: number;
+  triggerId: string;
+  shard: number;
+  streamArn: string;
+  /** Commit times of the first and last discarded records, epoch ms. */
+  firstRecordAt: number;
+  lastRecordAt: number;
+  /** Invocations that carried the discarded records (Lambda's approximateInvokeCount); 0 when they expired before their first. */
+  invocations: number;
+  /** The last invocation's outcome, when there was one. */
+  lastOutcome?: InvokeResult['outcome'];
+  /** When the records were given up, epoch ms. */
+  discardedAt: number;
+}
 
 export interface MappingDeps {
   log: ChangeLog;
@@ -26,6 +86,12 @@ export interface MappingDeps {
   checkpoints: CheckpointStore;
   logger: Logger;
   metrics: Metrics;
+  /**
+   * Told about every discarded batch (the dead-letter queue plugs in here). Called before
+   * the checkpoint moves past the records; if it throws, the poller logs, backs off and
+   * delivers from the checkpoint again.
+   */
+  onDiscard?: (metadata: DiscardMetadata) => void | Promise<void>;
 }
 
 const RETRY_BASE_MS = 100;
@@ -139,37 +205,85 @@ class ShardPoller {
     this.cutBackoff = undefined;
   }
 
+  /**
+   * Delivers one batch read from the checkpoint, following the planner
+   * (`batch-plan.ts`): retries with backoff, bisection, partial-batch responses, and
+   * discards by age or exhausted retries. Sub-batches are delivered strictly in order,
+   * and the checkpoint only moves forward over records that are finished (delivered or
+   * discarded), so per-shard order holds.
+   */
   private async deliver(records: ChangeRecord[]): Promise<void> {
     const { fn, trigger } = this.mapping;
-    const { runtime, checkpoints, logger, metrics, log } = this.deps;
-    const event = { Records: records.map((r) => toStreamRecord(r, log.streamArn)) };
-    const last = records[records.length - 1] as ChangeRecord;
-    // Finished with the batch: the function succeeded, or it failed too often and the batch is skipped.
-    let finished = false;
-    for (let attempt = 0; this.running; attempt++) {
+    const { runtime, metrics, log } = this.deps;
+    const settings = planSettings(trigger);
+    const queue: Array<PendingBatch<ChangeRecord>> = [pending(records)];
+    // Stopped with work left: leave the checkpoint, the next start delivers from it.
+    // A finished invocation is acted on even while stopping, or every graceful stop
+    // would redeliver the batch in flight.
+    while (this.running) {
+      let batch = queue.shift();
+      if (batch === undefined) return;
+      const fresh = dropExpired(batch, settings, Date.now());
+      if (fresh.discarded) {
+        const discarded = batch.records.slice(0, fresh.discarded.count);
+        await this.discard(fresh.discarded, discarded, batch.invocations, undefined);
+        await this.checkpoint(fresh.discarded.lastSequenceNumber);
+      }
+      if (fresh.batch === undefined) continue;
+      batch = fresh.batch;
+      const last = batch.records[batch.records.length - 1] as ChangeRecord;
       metrics.functionIteratorAge.observe({ function: fn.name }, (Date.now() - last.createdAt) / 1000);
+      const event = { Records: batch.records.map((r) => toStreamRecord(r, log.streamArn)) };
       const result = await runtime.invoke(fn, event);
       this.record(result);
-      if (result.outcome.status === 'ok') {
-        finished = true;
-        break;
+      const decision = planAfterInvoke(batch, result.outcome, settings);
+      if (decision.kind === 'discard') {
+        const first = batch.records.findIndex((r) => r.sequenceNumber === decision.discarded.firstSequenceNumber);
+        await this.discard(decision.discarded, batch.records.slice(first), batch.invocations + 1, result.outcome);
       }
-      if (attempt >= trigger.maximumRetryAttempts) {
-        logger.error(
-          { function: fn.name, shard: this.shard, firstSequenceNumber: records[0]?.sequenceNumber, lastSequenceNumber: last.sequenceNumber, outcome: result.outcome },
-          `function failed ${attempt + 1} times; skipping the batch`,
+      if (decision.kind === 'bisect') {
+        this.deps.logger.warn(
+          { function: fn.name, shard: this.shard, firstSequenceNumber: batch.records[0]?.sequenceNumber, lastSequenceNumber: last.sequenceNumber, halves: decision.next.map((b) => b.records.length) },
+          'function failed; bisecting the batch',
         );
-        finished = true;
-        break;
       }
-      await this.pause(Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt));
+      if (decision.kind !== 'bisect' && decision.kind !== 'retry' && decision.checkpoint !== undefined) await this.checkpoint(decision.checkpoint);
+      queue.unshift(...decision.next);
+      if (decision.kind === 'retry' || decision.kind === 'partial') {
+        const retry = decision.next[0].retries;
+        await this.pause(Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (retry - 1)));
+      }
     }
-    // Stopped before the batch was finished: leave the checkpoint, the next start delivers it again.
-    // A finished batch is checkpointed even while stopping, or every graceful stop would
-    // redeliver the batch in flight.
-    if (!finished) return;
-    this.position = last.sequenceNumber;
-    await checkpoints.set(fn.name, trigger.id, this.shard, this.position);
+  }
+
+  private async checkpoint(sequenceNumber: number): Promise<void> {
+    const { fn, trigger } = this.mapping;
+    if (sequenceNumber <= this.position) return;
+    // Finished records are not delivered again by this poller even if the durable write
+    // fails: the next checkpoint write covers them (only a restart in between redelivers).
+    this.position = sequenceNumber;
+    await this.deps.checkpoints.set(fn.name, trigger.id, this.shard, sequenceNumber);
+  }
+
+  private async discard(discarded: DiscardedBatch, records: ChangeRecord[], invocations: number, lastOutcome: InvokeResult['outcome'] | undefined): Promise<void> {
+    const { fn, trigger } = this.mapping;
+    const { logger, log, onDiscard } = this.deps;
+    const metadata: DiscardMetadata = {
+      ...discarded,
+      function: fn.name,
+      functionVersion: fn.version,
+      triggerId: trigger.id,
+      shard: this.shard,
+      streamArn: log.streamArn,
+      firstRecordAt: (records[0] as ChangeRecord).createdAt,
+      lastRecordAt: (records[records.length - 1] as ChangeRecord).createdAt,
+      invocations,
+      discardedAt: Date.now(),
+    };
+    if (lastOutcome !== undefined) metadata.lastOutcome = lastOutcome;
+    const why = discarded.reason === 'RecordAgeExceeded' ? 'older than maximumRecordAgeSeconds' : `function failed ${invocations} times`;
+    logger.error({ discarded: metadata }, `${why}; discarding ${discarded.count} record(s)`);
+    await onDiscard?.(metadata);
   }
 
   private record(result: InvokeResult): void {

@@ -5,10 +5,10 @@
  * directly, as the store's write path does.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { createLogger } from '../core/logger.js';
+import { createLogger, type Logger } from '../core/logger.js';
 import { createMetrics } from '../core/metrics.js';
 import { MemoryCheckpointStore, type CheckpointStore } from '../functions/checkpoints.js';
-import { EventSourceMapping, type TriggerConfig } from '../functions/event-source-mapping.js';
+import { EventSourceMapping, type DiscardMetadata, type TriggerConfig } from '../functions/event-source-mapping.js';
 import type { FunctionRuntime, FunctionSpec, InvokeOutcome, InvokeResult } from '../functions/types.js';
 import { toStreamRecord, type DynamoDBStreamEvent, type DynamoDBStreamRecord } from '../streams/lambda-event.js';
 import { MemoryChangeLog } from '../streams/memory-log.js';
@@ -61,10 +61,10 @@ function tsOf(r: DynamoDBStreamRecord): number {
   return Number(r.dynamodb.Keys['ts']?.N);
 }
 
-/** Simulates one committed write: stage, (nothing to make durable in memory), commit. */
-function commit(log: ChangeLog, changes: Change[]): ChangeRecord[] {
+/** Simulates one committed write: stage, (nothing to make durable in memory), commit; `now` is the commit time. */
+function commit(log: ChangeLog, changes: Change[], now = Date.now()): ChangeRecord[] {
   const ops: BatchOp[] = [];
-  const records = log.stage(ops, changes, Date.now());
+  const records = log.stage(ops, changes, now);
   log.commit(records);
   return records;
 }
@@ -100,6 +100,9 @@ interface Setup {
   checkpoints: CheckpointStore;
   mapping: EventSourceMapping;
   checkpoint: (shard: number) => Promise<number | undefined>;
+  /** Every discarded batch, as `onDiscard` was told. */
+  discarded: DiscardMetadata[];
+  logger: Logger;
 }
 
 describe('EventSourceMapping', () => {
@@ -114,9 +117,12 @@ describe('EventSourceMapping', () => {
     const checkpoints = opts.checkpoints ?? new MemoryCheckpointStore();
     const runtime = opts.runtime ?? new FakeRuntime();
     const trigger: TriggerConfig = { id: 'trigger-1', batchSize: 100, startingPosition: 'TRIM_HORIZON', maximumRetryAttempts: 2, ...opts.trigger };
-    const mapping = new EventSourceMapping(FN, trigger, { log, runtime, checkpoints, logger: createLogger('silent'), metrics: createMetrics() });
+    const discarded: DiscardMetadata[] = [];
+    const logger = createLogger('silent');
+    const onDiscard = (m: DiscardMetadata): void => void discarded.push(m);
+    const mapping = new EventSourceMapping(FN, trigger, { log, runtime, checkpoints, logger, metrics: createMetrics(), onDiscard });
     started.push(mapping);
-    return { log, runtime, checkpoints, mapping, checkpoint: (shard) => checkpoints.get(FN.name, trigger.id, shard) };
+    return { log, runtime, checkpoints, mapping, checkpoint: (shard) => checkpoints.get(FN.name, trigger.id, shard), discarded, logger };
   }
 
   it('keeps a shard alive when an invocation or a checkpoint write throws', async () => {
@@ -349,6 +355,172 @@ describe('EventSourceMapping', () => {
       const other = setup({ log, checkpoints, trigger: { id: 'trigger-2', startingPosition: 'TRIM_HORIZON' } });
       await other.mapping.start();
       await waitFor(() => other.runtime.records().length === 7, 2000, 'every record for the other trigger');
+    });
+  });
+
+  describe('error handling (bisect, partial batch responses, record age)', () => {
+    const POISON: InvokeOutcome = { status: 'error', errorType: 'PoisonError', errorMessage: 'cannot handle this record' };
+    const itemFailures = (...ids: unknown[]): InvokeOutcome => ({ status: 'ok', result: { batchItemFailures: ids.map((itemIdentifier) => ({ itemIdentifier })) } });
+
+    it('bisectBatchOnFunctionError isolates a poison record: the records around it are delivered and the checkpoint moves past', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 8, maximumRetryAttempts: 1, bisectBatchOnFunctionError: true } });
+      const error = vi.spyOn(s.logger, 'error');
+      s.runtime.behaviour = (event) => (seqs(event).includes(6) ? POISON : OK);
+      commit(s.log, Array.from({ length: 8 }, (_, i) => insert('d', i + 1)));
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 8, 3000, 'the checkpoint past the poison record');
+      // Halves until the poison record is alone; it gets its one retry and is discarded.
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4], [5, 6, 7, 8], [5, 6], [5], [6], [6], [7, 8]]);
+      expect(s.discarded).toEqual([
+        expect.objectContaining({
+          function: FN.name,
+          functionVersion: 1,
+          triggerId: 'trigger-1',
+          shard: 0,
+          streamArn: s.log.streamArn,
+          firstSequenceNumber: 6,
+          lastSequenceNumber: 6,
+          count: 1,
+          reason: 'RetryAttemptsExhausted',
+          invocations: 5,
+          lastOutcome: POISON,
+        }),
+      ]);
+      // The metadata is logged as an error too; no record contents are in it.
+      expect(error).toHaveBeenCalledWith({ discarded: s.discarded[0] }, expect.stringContaining('discarding 1 record'));
+      commit(s.log, [insert('d', 9)]);
+      await waitFor(async () => (await s.checkpoint(0)) === 9, 2000, 'the next checkpoint');
+      expect(seqs(s.runtime.events.at(-1))).toEqual([9]);
+    });
+
+    it('without bisection the whole batch is retried and discarded', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 4, maximumRetryAttempts: 1 } });
+      s.runtime.behaviour = (event) => (seqs(event).includes(2) ? POISON : OK);
+      commit(s.log, Array.from({ length: 4 }, (_, i) => insert('d', i + 1)));
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 4, 3000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2, 3, 4], [1, 2, 3, 4]]);
+      expect(s.discarded).toEqual([expect.objectContaining({ firstSequenceNumber: 1, lastSequenceNumber: 4, count: 4, reason: 'RetryAttemptsExhausted', invocations: 2 })]);
+    });
+
+    it('a partial batch failure checkpoints before the lowest failed record and resumes there', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 5, functionResponseTypes: ['ReportBatchItemFailures'] } });
+      const checkpointAtCall: Array<number | undefined> = [];
+      s.runtime.behaviour = async (_event, call) => {
+        checkpointAtCall.push(await s.checkpoint(0));
+        return call === 1 ? itemFailures('4', '3') : OK;
+      };
+      commit(s.log, Array.from({ length: 5 }, (_, i) => insert('d', i + 1)));
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 5, 3000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2, 3, 4, 5], [3, 4, 5]]);
+      expect(checkpointAtCall).toEqual([0, 2]);
+      expect(s.discarded).toEqual([]);
+    });
+
+    it('a partial-batch response is ignored unless ReportBatchItemFailures is on', async () => {
+      const s = setup({ shards: 1 });
+      s.runtime.behaviour = () => itemFailures('1');
+      commit(s.log, [insert('d', 1), insert('d', 2)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 2, 2000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2]]);
+    });
+
+    it.each<[string, unknown]>([
+      ['a null itemIdentifier', null],
+      ['an empty itemIdentifier', ''],
+      ['an unknown sequence number', '42'],
+    ])('%s fails the whole batch, which is retried', async (_label, id) => {
+      const s = setup({ shards: 1, trigger: { functionResponseTypes: ['ReportBatchItemFailures'], maximumRetryAttempts: 1 } });
+      s.runtime.behaviour = (_event, call) => (call === 1 ? itemFailures('2', id) : OK);
+      commit(s.log, [insert('d', 1), insert('d', 2), insert('d', 3)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 3, 2000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2, 3], [1, 2, 3]]);
+    });
+
+    it('maximumRecordAgeSeconds discards records older than it without invoking the function', async () => {
+      const s = setup({ shards: 1, trigger: { maximumRecordAgeSeconds: 60 } });
+      const old = Date.now() - 120_000;
+      commit(s.log, [insert('d', 1), insert('d', 2)], old);
+      commit(s.log, [insert('d', 3)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 3, 2000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[3]]);
+      expect(s.discarded).toEqual([
+        expect.objectContaining({ firstSequenceNumber: 1, lastSequenceNumber: 2, count: 2, reason: 'RecordAgeExceeded', invocations: 0, firstRecordAt: old, lastRecordAt: old }),
+      ]);
+      expect(s.discarded[0]).not.toHaveProperty('lastOutcome');
+    });
+
+    it('the default age limit is infinite: old records are delivered', async () => {
+      const s = setup({ shards: 1 });
+      commit(s.log, [insert('d', 1)], Date.now() - 30 * 24 * 3600_000);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 1, 2000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[1]]);
+      expect(s.discarded).toEqual([]);
+    });
+
+    it('a failing onDiscard keeps the checkpoint before the records, and they are tried again', async () => {
+      const log = new MemoryChangeLog({ shards: 1 });
+      const checkpoints = new MemoryCheckpointStore();
+      const runtime = new FakeRuntime();
+      let refusals = 0;
+      const mapping = new EventSourceMapping(FN, { id: 't', batchSize: 10, startingPosition: 'TRIM_HORIZON', maximumRetryAttempts: 0 }, {
+        log,
+        runtime,
+        checkpoints,
+        logger: createLogger('silent'),
+        metrics: createMetrics(),
+        onDiscard: () => {
+          if (refusals++ === 0) throw new Error('dead-letter queue unavailable');
+        },
+      });
+      started.push(mapping);
+      runtime.behaviour = (event) => (seqs(event)[0] === 1 ? FAILED : OK);
+      commit(log, [insert('d', 1)]);
+      await mapping.start();
+      await waitFor(async () => (await checkpoints.get(FN.name, 't', 0)) === 1, 3000, 'the checkpoint');
+      expect(runtime.events.map(seqs)).toEqual([[1], [1]]);
+      expect(refusals).toBe(2);
+    });
+
+    it('keeps per-shard order with poison records, bisection and partial responses on several shards', async () => {
+      const s = setup({ shards: 3, trigger: { batchSize: 6, maximumRetryAttempts: 1, bisectBatchOnFunctionError: true, functionResponseTypes: ['ReportBatchItemFailures'] } });
+      const devices = devicePerShard(s.log);
+      // Poison readings throw; "flaky" readings are reported as failed items the first time they are seen.
+      const poison = new Set([3, 11, 17]);
+      const seenFlaky = new Set<string>();
+      s.runtime.behaviour = (event) => {
+        for (const r of event.Records) if (poison.has(tsOf(r))) return POISON;
+        const flaky = event.Records.find((r) => tsOf(r) % 5 === 0 && !seenFlaky.has(r.eventID));
+        if (flaky) {
+          seenFlaky.add(flaky.eventID);
+          return itemFailures(flaky.dynamodb.SequenceNumber);
+        }
+        return OK;
+      };
+      const total = 20;
+      for (let ts = 1; ts <= total; ts++) commit(s.log, devices.map((d) => insert(d, ts)));
+      await s.mapping.start();
+      await waitFor(async () => {
+        for (let shard = 0; shard < 3; shard++) if ((await s.checkpoint(shard)) !== total) return false;
+        return true;
+      }, 5000, 'every shard checkpointed');
+      for (const d of devices) {
+        // What the function handled without error, per device: in order, nothing missing but the poison readings.
+        const handled = s.runtime.events
+          .filter((e) => !e.Records.some((r) => poison.has(tsOf(r))))
+          .flatMap((e) => e.Records)
+          .filter((r) => deviceOf(r) === d);
+        const firsts = handled.filter((r, i) => handled.findIndex((x) => x.eventID === r.eventID) === i).map(tsOf);
+        expect(firsts).toEqual(Array.from({ length: total }, (_, i) => i + 1).filter((ts) => !poison.has(ts)));
+      }
+      expect(s.discarded.map((m) => [m.shard, m.firstSequenceNumber, m.count]).sort()).toEqual(
+        [0, 1, 2].flatMap((shard) => [...poison].map((ts) => [shard, ts, 1])).sort(),
+      );
     });
   });
 
