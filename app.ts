@@ -13,6 +13,7 @@ import { LevelCheckpointStore } from './functions/checkpoints.js';
 import { functionsFromDirectory } from './functions/directory.js';
 import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
 import { ProcessFunctionRuntime } from './functions/index.js';
+import { FunctionRegistry } from './functions/registry.js';
 import type { FunctionRuntime } from './functions/types.js';
 import { MqttBroker, maxPacketBytesFor } from './ingest/mqtt-broker.js';
 import { TelemetryIngest } from './ingest/telemetry-ingest.js';
@@ -101,6 +102,13 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       },
     });
     runtime = fnRuntime;
+    // Functions deployed over the API (code under <dataDir>/functions); invoked on request only for now.
+    const registry = await FunctionRegistry.open({
+      database,
+      dataDir: config.dataDir,
+      defaults: { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb },
+      logger: logger.child({ module: 'functions' }),
+    });
     if (config.functionsDir) {
       const specs = functionsFromDirectory(config.functionsDir, { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb });
       for (const fn of specs) {
@@ -129,6 +137,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
         return { accepted: result.items.length, items: result.items };
       },
       maxBodyBytes: config.maxPayloadBytes,
+      functions: { registry, runtime: fnRuntime },
     });
     await api.listen({ host: config.httpHost, port: config.httpPort });
     const httpAddr = api.server.address() as AddressInfo;

@@ -47,6 +47,7 @@ const TAGS = [
   { name: 'devices', description: 'Device registry.' },
   { name: 'telemetry', description: 'Ingest, range queries, aggregation and latest readings.' },
   { name: 'streams', description: 'DynamoDB-Streams-style change stream: shards, records and a live tail.' },
+  { name: 'functions', description: 'Deployed functions: versions and invocation.' },
 ];
 
 /**

@@ -7,11 +7,14 @@
 import { fastify, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import type { FunctionRegistry } from '../functions/registry.js';
+import type { FunctionRuntime } from '../functions/types.js';
 import type { TelemetryStore } from '../store/types.js';
 import type { ChangeLog } from '../streams/types.js';
 import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
 import { openApi } from './openapi.js';
 import { deviceRoutes } from './routes/devices.js';
+import { functionRoutes } from './routes/functions.js';
 import { healthRoutes, type MetricsSource } from './routes/health.js';
 import { streamRoutes } from './routes/streams.js';
 import { telemetryRoutes, type IngestFn } from './routes/telemetry.js';
@@ -31,6 +34,8 @@ export interface ApiDeps {
   metrics?: MetricsSource;
   /** The change log behind `/v1/streams/...`; those routes exist only when one is given. */
   changeLog?: ChangeLog;
+  /** Deployed functions and the runtime that invokes them; `/v1/functions/...` exists only when given. */
+  functions?: { registry: FunctionRegistry; runtime: FunctionRuntime };
 }
 
 /**
@@ -84,5 +89,6 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   void app.register(deviceRoutes, { prefix: '/v1', store: deps.store });
   void app.register(telemetryRoutes, { prefix: '/v1', store: deps.store, ingest: deps.ingest, maxBodyBytes: deps.maxBodyBytes });
   if (deps.changeLog !== undefined) void app.register(streamRoutes, { prefix: '/v1', changeLog: deps.changeLog });
+  if (deps.functions !== undefined) void app.register(functionRoutes, { prefix: '/v1', registry: deps.functions.registry, runtime: deps.functions.runtime });
   return app;
 }

@@ -13,6 +13,7 @@
  * | `Q` | QoS 1 delivery ids (redelivery guard) | clientId · 0x00 · packetId (u16 BE) |
  * | `C` | change log | shard (u16 BE) · sequence (u64 BE) |
  * | `K` | function checkpoints | function · 0x00 · trigger · 0x00 · shard (u16 BE) |
+ * | `F` | function registry: a deployed version / a name's last version number | name · 0x00 · version (u32 BE) / name · 0x01 |
  * | `!` | sublevels of libraries (e.g. `!mqtt!` for aedes persistence) | — |
  */
 export const Prefix = {
@@ -24,6 +25,7 @@ export const Prefix = {
   delivery: 0x51, // Q
   change: 0x43, // C
   checkpoint: 0x4b, // K
+  function: 0x46, // F
 } as const;
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
