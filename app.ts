@@ -13,7 +13,10 @@ import { LevelCheckpointStore } from './functions/checkpoints.js';
 import { functionsFromDirectory } from './functions/directory.js';
 import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
 import { ProcessFunctionRuntime } from './functions/index.js';
+import { LevelDeadLetterQueue } from './functions/dlq.js';
 import { FunctionRegistry } from './functions/registry.js';
+import type { FunctionSpec } from './functions/types.js';
+import { TriggerManager } from './functions/triggers.js';
 import type { FunctionRuntime } from './functions/types.js';
 import { MqttBroker, maxPacketBytesFor } from './ingest/mqtt-broker.js';
 import { TelemetryIngest } from './ingest/telemetry-ingest.js';
@@ -51,6 +54,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   let api: FastifyInstance | undefined;
   let runtime: FunctionRuntime | undefined;
   const mappings: EventSourceMapping[] = [];
+  let triggers: TriggerManager | undefined;
   let stopping: Promise<void> | undefined;
 
   async function start(): Promise<Addresses> {
@@ -102,28 +106,44 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       },
     });
     runtime = fnRuntime;
-    // Functions deployed over the API (code under <dataDir>/functions); invoked on request only for now.
+    // Functions deployed over the API (code under <dataDir>/functions).
     const registry = await FunctionRegistry.open({
       database,
       dataDir: config.dataDir,
       defaults: { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb },
       logger: logger.child({ module: 'functions' }),
     });
+    // Batches that mappings give up on (table X); listed, redriven and deleted under /v1/dlq.
+    const dlq = new LevelDeadLetterQueue(database);
+    const dirFunctions = new Map<string, FunctionSpec>();
     if (config.functionsDir) {
       const specs = functionsFromDirectory(config.functionsDir, { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb });
       for (const fn of specs) {
+        dirFunctions.set(fn.name, fn);
         const mapping = new EventSourceMapping(fn, { id: 'functions-dir', ...DEFAULT_TRIGGER }, {
           log: changeLog,
           runtime: fnRuntime,
           checkpoints: new LevelCheckpointStore(database),
           logger: logger.child({ module: 'functions' }),
           metrics,
+          onDiscard: dlq.onDiscard,
         });
         await mapping.start();
         mappings.push(mapping);
         logger.info({ function: fn.name, codePath: fn.codePath }, 'function attached to the change stream');
       }
     }
+
+    // Triggers created over the API: one mapping per enabled trigger, started now and
+    // started/stopped at runtime as triggers change.
+    const triggerManager = new TriggerManager({
+      database,
+      registry,
+      mapping: { log: changeLog, runtime: fnRuntime, logger: logger.child({ module: 'functions' }), metrics, onDiscard: dlq.onDiscard },
+      logger: logger.child({ module: 'triggers' }),
+    });
+    triggers = triggerManager;
+    await triggerManager.start();
 
     api = buildApi({
       store: openStore,
@@ -138,6 +158,11 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       },
       maxBodyBytes: config.maxPayloadBytes,
       functions: { registry, runtime: fnRuntime },
+      triggers: triggerManager,
+      dlq: {
+        queue: dlq,
+        redrive: { log: changeLog, invoke: async (name, event) => fnRuntime.invoke(dirFunctions.get(name) ?? (await registry.spec(name)), event) },
+      },
     });
     await api.listen({ host: config.httpHost, port: config.httpPort });
     const httpAddr = api.server.address() as AddressInfo;
@@ -153,6 +178,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       // Ingest first so no new writes arrive; then drain what is in flight.
       await broker?.close();
       await Promise.all(mappings.map((m) => m.stop()));
+      await triggers?.stop();
       await runtime?.close();
       await store?.close();
       await api?.close();

@@ -7,17 +7,21 @@
 import { fastify, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import type { DeadLetterQueue, RedriveDeps } from '../functions/dlq.js';
 import type { FunctionRegistry } from '../functions/registry.js';
+import type { TriggerManager } from '../functions/triggers.js';
 import type { FunctionRuntime } from '../functions/types.js';
 import type { TelemetryStore } from '../store/types.js';
 import type { ChangeLog } from '../streams/types.js';
 import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
 import { openApi } from './openapi.js';
 import { deviceRoutes } from './routes/devices.js';
+import { dlqRoutes } from './routes/dlq.js';
 import { functionRoutes } from './routes/functions.js';
 import { healthRoutes, type MetricsSource } from './routes/health.js';
 import { streamRoutes } from './routes/streams.js';
 import { telemetryRoutes, type IngestFn } from './routes/telemetry.js';
+import { triggerRoutes } from './routes/triggers.js';
 
 /** What the API needs from the rest of Tributary. */
 export interface ApiDeps {
@@ -36,6 +40,10 @@ export interface ApiDeps {
   changeLog?: ChangeLog;
   /** Deployed functions and the runtime that invokes them; `/v1/functions/...` exists only when given. */
   functions?: { registry: FunctionRegistry; runtime: FunctionRuntime };
+  /** The dead-letter queue of stream mappings and what a redrive needs; `/v1/dlq` exists only when given. */
+  dlq?: { queue: DeadLetterQueue; redrive: RedriveDeps };
+  /** Event source mappings; `/v1/functions/{name}/triggers` exists only when given. */
+  triggers?: TriggerManager;
 }
 
 /**
@@ -90,5 +98,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   void app.register(telemetryRoutes, { prefix: '/v1', store: deps.store, ingest: deps.ingest, maxBodyBytes: deps.maxBodyBytes });
   if (deps.changeLog !== undefined) void app.register(streamRoutes, { prefix: '/v1', changeLog: deps.changeLog });
   if (deps.functions !== undefined) void app.register(functionRoutes, { prefix: '/v1', registry: deps.functions.registry, runtime: deps.functions.runtime });
+  if (deps.triggers !== undefined) void app.register(triggerRoutes, { prefix: '/v1', triggers: deps.triggers });
+  if (deps.dlq !== undefined) void app.register(dlqRoutes, { prefix: '/v1', queue: deps.dlq.queue, redrive: deps.dlq.redrive });
   return app;
 }

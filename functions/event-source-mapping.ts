@@ -4,6 +4,7 @@ import { toStreamRecord } from '../streams/lambda-event.js';
 import type { ChangeLog, ChangeRecord } from '../streams/types.js';
 import { dropExpired, pending, planAfterInvoke, type DiscardedBatch, type PendingBatch, type PlanSettings } from './batch-plan.js';
 import type { CheckpointStore } from './checkpoints.js';
+import { compileFilterCriteria, type FilterCriteria, type RecordFilter } from './filter-pattern.js';
 import type { FunctionRuntime, FunctionSpec, InvokeResult } from './types.js';
 
 /** Lambda's event source mapping settings for a stream, camel-cased. */
@@ -37,6 +38,12 @@ export interface TriggerConfig {
    * would make a server that was down longer than it drop its backlog undelivered.
    */
   maximumRecordAgeSeconds?: number;
+  /**
+   * Lambda's FilterCriteria: records that match none of the patterns are not sent to the
+   * function, but the checkpoint still moves past them (as in Lambda, they are dropped).
+   * Absent or no filters: every record is delivered.
+   */
+  filterCriteria?: FilterCriteria;
 }
 
 export const DEFAULT_TRIGGER: Omit<TriggerConfig, 'id'> = {
@@ -107,12 +114,16 @@ const RETRY_MAX_MS = 5000;
 export class EventSourceMapping {
   private readonly pollers: ShardPoller[] = [];
   private unsubscribe: (() => void) | undefined;
+  /** The compiled `filterCriteria` (throws a ValidationError at construction if they are invalid). */
+  readonly filter: RecordFilter;
 
   constructor(
     readonly fn: FunctionSpec,
     readonly trigger: TriggerConfig,
     private readonly deps: MappingDeps,
-  ) {}
+  ) {
+    this.filter = compileFilterCriteria(trigger.filterCriteria);
+  }
 
   async start(): Promise<void> {
     const { log, checkpoints } = this.deps;
@@ -182,7 +193,12 @@ class ShardPoller {
           this.wakeUp = undefined;
           continue;
         }
-        await this.deliver(records);
+        // Filtered-out records are finished without an invocation: once everything read
+        // before them is delivered, the checkpoint moves past them.
+        const { streamArn } = log;
+        const matching = this.mapping.trigger.filterCriteria === undefined ? records : records.filter((r) => this.mapping.filter(toStreamRecord(r, streamArn)));
+        const finished = matching.length === 0 ? true : await this.deliver(matching);
+        if (finished && this.running) await this.checkpoint((records[records.length - 1] as ChangeRecord).sequenceNumber);
         failures = 0;
       } catch (err) {
         // A read, invoke or checkpoint that fails (a full disk, a closing runtime) must not
@@ -210,9 +226,10 @@ class ShardPoller {
    * (`batch-plan.ts`): retries with backoff, bisection, partial-batch responses, and
    * discards by age or exhausted retries. Sub-batches are delivered strictly in order,
    * and the checkpoint only moves forward over records that are finished (delivered or
-   * discarded), so per-shard order holds.
+   * discarded), so per-shard order holds. True when every record was finished (false when
+   * stopped with work left).
    */
-  private async deliver(records: ChangeRecord[]): Promise<void> {
+  private async deliver(records: ChangeRecord[]): Promise<boolean> {
     const { fn, trigger } = this.mapping;
     const { runtime, metrics, log } = this.deps;
     const settings = planSettings(trigger);
@@ -222,7 +239,7 @@ class ShardPoller {
     // would redeliver the batch in flight.
     while (this.running) {
       let batch = queue.shift();
-      if (batch === undefined) return;
+      if (batch === undefined) return true;
       const fresh = dropExpired(batch, settings, Date.now());
       if (fresh.discarded) {
         const discarded = batch.records.slice(0, fresh.discarded.count);
@@ -254,6 +271,7 @@ class ShardPoller {
         await this.pause(Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (retry - 1)));
       }
     }
+    return queue.length === 0;
   }
 
   private async checkpoint(sequenceNumber: number): Promise<void> {

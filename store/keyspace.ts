@@ -14,6 +14,8 @@
  * | `C` | change log | shard (u16 BE) · sequence (u64 BE) |
  * | `K` | function checkpoints | function · 0x00 · trigger · 0x00 · shard (u16 BE) |
  * | `F` | function registry: a deployed version / a name's last version number | name · 0x00 · version (u32 BE) / name · 0x01 |
+ * | `G` | triggers (event source mappings, functions/triggers.ts) | function · 0x00 · trigger id |
+ * | `X` | dead-letter queue of stream mappings (functions/dlq.ts) | id (`<createdAt ms, 15 digits>-<16 hex>`, utf8) |
  * | `!` | sublevels of libraries (e.g. `!mqtt!` for aedes persistence) | — |
  */
 export const Prefix = {
@@ -26,6 +28,8 @@ export const Prefix = {
   change: 0x43, // C
   checkpoint: 0x4b, // K
   function: 0x46, // F
+  deadLetter: 0x58, // X
+  trigger: 0x47, // G
 } as const;
 
 /** Bumped whenever the on-disk layout changes incompatibly. */

@@ -48,3 +48,15 @@ export async function getJson(url: string): Promise<{ status: number; body: unkn
   const res = await fetch(url);
   return { status: res.status, body: await res.json() };
 }
+
+/** One JSON request over real HTTP; an empty body comes back as undefined. */
+export async function call(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  const init: RequestInit = { method };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { 'content-type': 'application/json' };
+  }
+  const res = await fetch(`${base}${path}`, init);
+  const text = await res.text();
+  return { status: res.status, body: text === '' ? undefined : (JSON.parse(text) as unknown) };
+}

@@ -1,0 +1,323 @@
+/**
+ * Triggers: durable event source mappings of deployed functions onto the change stream
+ * (table `G`, store/keyspace.ts), and the {@link TriggerManager} that keeps one running
+ * {@link EventSourceMapping} per enabled trigger.
+ *
+ * Decisions:
+ * - `maximumBatchingWindowMs` must be 0 for now (a batch is whatever is there when the
+ *   poller reads); non-zero values are rejected instead of being silently ignored.
+ * - `startingPosition: AT_TIMESTAMP` takes `startingPositionTimestamp` in epoch ms (the
+ *   API's unit; Lambda's is seconds): on the first start, each shard's checkpoint is put
+ *   just before the first record committed at or after it.
+ * - `maximumRetryAttempts` defaults to 3; -1 (Lambda's "forever") is accepted as in
+ *   Lambda, but then one poison record blocks its shard until it expires by
+ *   `maximumRecordAgeSeconds` (if set) — use with care.
+ * - `startingPosition` (and its timestamp) cannot be changed by an update (as in Lambda); disabling keeps the
+ *   checkpoints, so re-enabling delivers what was committed in between.
+ * - Deleting a trigger deletes its checkpoints in the same commit (ids are never reused).
+ * - A mapping invokes the function's *current* latest version for each batch, so a
+ *   redeploy takes effect from the next batch. If the function is deleted, its triggers
+ *   stay (listed and deletable, not updatable); their running pollers log and back off
+ *   until a function of that name is deployed again, and they are not started at boot.
+ */
+import { randomUUID } from 'node:crypto';
+import { TributaryError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { Database } from '../store/database.js';
+import { Prefix } from '../store/keyspace.js';
+import { retrySettingProblems } from './batch-plan.js';
+import { LevelCheckpointStore } from './checkpoints.js';
+import { EventSourceMapping, type MappingDeps, type TriggerConfig } from './event-source-mapping.js';
+import { compileFilterCriteria, type FilterCriteria } from './filter-pattern.js';
+import type { FunctionRegistry } from './registry.js';
+import type { FunctionRuntime } from './types.js';
+
+export type StartingPosition = 'TRIM_HORIZON' | 'LATEST' | 'AT_TIMESTAMP';
+
+/** A trigger as stored and as the API returns it. */
+export interface Trigger {
+  id: string;
+  functionName: string;
+  batchSize: number;
+  maximumBatchingWindowMs: number;
+  startingPosition: StartingPosition;
+  startingPositionTimestamp?: number;
+  filterCriteria?: FilterCriteria;
+  maximumRetryAttempts: number;
+  bisectBatchOnFunctionError: boolean;
+  maximumRecordAgeSeconds: number;
+  functionResponseTypes: Array<'ReportBatchItemFailures'>;
+  enabled: boolean;
+  /** Epoch ms. */
+  createdAt: number;
+}
+
+/** The settable fields (create: all optional; update: the ones given change). */
+export type TriggerInput = Partial<Omit<Trigger, 'id' | 'functionName' | 'createdAt'>>;
+
+const SETTABLE = [
+  'batchSize',
+  'maximumBatchingWindowMs',
+  'startingPosition',
+  'startingPositionTimestamp',
+  'filterCriteria',
+  'maximumRetryAttempts',
+  'bisectBatchOnFunctionError',
+  'maximumRecordAgeSeconds',
+  'functionResponseTypes',
+  'enabled',
+] as const;
+
+export const TRIGGER_DEFAULTS = {
+  batchSize: 100,
+  maximumBatchingWindowMs: 0,
+  startingPosition: 'LATEST',
+  maximumRetryAttempts: 3,
+  bisectBatchOnFunctionError: false,
+  maximumRecordAgeSeconds: -1,
+  functionResponseTypes: [],
+  enabled: true,
+} as const satisfies TriggerInput;
+
+function invalid(field: string, message: string): TributaryError {
+  return new TributaryError('ValidationError', message, { field });
+}
+
+function intIn(value: unknown, field: string, min: number, max: number): void {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) throw invalid(field, `${field} must be an integer from ${min} to ${max}`);
+}
+
+/** Throws a ValidationError naming the field for anything a trigger cannot be. */
+export function validateTrigger(t: Trigger): void {
+  intIn(t.batchSize, 'batchSize', 1, 10_000);
+  intIn(t.maximumBatchingWindowMs, 'maximumBatchingWindowMs', 0, 300_000);
+  if (t.maximumBatchingWindowMs !== 0) throw invalid('maximumBatchingWindowMs', 'maximumBatchingWindowMs is not supported yet; it must be 0 (batches are sent as soon as records are there)');
+  if (!['TRIM_HORIZON', 'LATEST', 'AT_TIMESTAMP'].includes(t.startingPosition)) throw invalid('startingPosition', 'startingPosition must be one of TRIM_HORIZON, LATEST, AT_TIMESTAMP');
+  if (t.startingPosition === 'AT_TIMESTAMP') {
+    if (t.startingPositionTimestamp === undefined) throw invalid('startingPositionTimestamp', 'startingPositionTimestamp (epoch ms) is required with startingPosition AT_TIMESTAMP');
+    intIn(t.startingPositionTimestamp, 'startingPositionTimestamp', 0, 8_640_000_000_000_000);
+  } else if (t.startingPositionTimestamp !== undefined) throw invalid('startingPositionTimestamp', 'startingPositionTimestamp is only allowed with startingPosition AT_TIMESTAMP');
+  if (typeof t.maximumRetryAttempts !== 'number' || typeof t.maximumRecordAgeSeconds !== 'number') {
+    throw invalid(typeof t.maximumRetryAttempts !== 'number' ? 'maximumRetryAttempts' : 'maximumRecordAgeSeconds', 'must be an integer');
+  }
+  const problems = retrySettingProblems(t);
+  if (problems.length > 0) throw invalid(problems[0]?.startsWith('maximumRetryAttempts') ? 'maximumRetryAttempts' : 'maximumRecordAgeSeconds', problems.join('; '));
+  if (typeof t.bisectBatchOnFunctionError !== 'boolean') throw invalid('bisectBatchOnFunctionError', 'bisectBatchOnFunctionError must be a boolean');
+  if (typeof t.enabled !== 'boolean') throw invalid('enabled', 'enabled must be a boolean');
+  if (!Array.isArray(t.functionResponseTypes) || t.functionResponseTypes.some((x) => x !== 'ReportBatchItemFailures') || t.functionResponseTypes.length > 1) {
+    throw invalid('functionResponseTypes', 'functionResponseTypes must be [] or ["ReportBatchItemFailures"]');
+  }
+  compileFilterCriteria(t.filterCriteria);
+}
+
+/** Applies `input` over `base` (only known fields; `null` resets a field to its default). */
+export function mergeTrigger(base: Trigger, input: unknown): Trigger {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) throw invalid('body', 'the body must be a JSON object of trigger settings');
+  const next: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(input as Record<string, unknown>)) {
+    if (!(SETTABLE as readonly string[]).includes(key)) throw invalid(key, `unknown trigger setting ${key} (settable: ${SETTABLE.join(', ')})`);
+    if (value === null) {
+      if (key in TRIGGER_DEFAULTS) next[key] = TRIGGER_DEFAULTS[key as keyof typeof TRIGGER_DEFAULTS];
+      else delete next[key];
+    } else next[key] = value;
+  }
+  const merged = next as unknown as Trigger;
+  validateTrigger(merged);
+  return merged;
+}
+
+function rowPrefix(functionName: string): Buffer {
+  return Buffer.concat([Buffer.of(Prefix.trigger), Buffer.from(`${functionName}\u0000`, 'utf8')]);
+}
+
+function rowKey(functionName: string, id: string): Buffer {
+  return Buffer.concat([rowPrefix(functionName), Buffer.from(id, 'utf8')]);
+}
+
+/** The byte string just past every key that starts with `prefix` (its last byte is < 0xff). */
+function after(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  end[end.length - 1] = (end[end.length - 1] as number) + 1;
+  return end;
+}
+
+/** Trigger rows in the database: `G · functionName · 0x00 · id` → JSON. */
+export class TriggerStore {
+  constructor(private readonly database: Database) {}
+
+  async list(functionName?: string): Promise<Trigger[]> {
+    const gte = functionName === undefined ? Buffer.of(Prefix.trigger) : rowPrefix(functionName);
+    const lt = after(gte);
+    return this.database.read(async (db) => {
+      const out: Trigger[] = [];
+      for await (const value of db.values({ gte, lt })) out.push(JSON.parse(value.toString('utf8')) as Trigger);
+      return out;
+    });
+  }
+
+  async get(functionName: string, id: string): Promise<Trigger | undefined> {
+    const v = await this.database.read((db) => db.get(rowKey(functionName, id)));
+    return v === undefined ? undefined : (JSON.parse(v.toString('utf8')) as Trigger);
+  }
+
+  async put(t: Trigger): Promise<void> {
+    await this.database.commit([{ type: 'put', key: rowKey(t.functionName, t.id), value: Buffer.from(JSON.stringify(t), 'utf8') }]);
+  }
+
+  /** Removes the row and the trigger's checkpoints in one commit. */
+  async delete(functionName: string, id: string): Promise<void> {
+    const cp = Buffer.concat([Buffer.of(Prefix.checkpoint), Buffer.from(`${functionName}\u0000${id}\u0000`, 'utf8')]);
+    const keys = await this.database.read((db) => db.keys({ gte: cp, lt: after(cp) }).all());
+    await this.database.commit([{ type: 'del', key: rowKey(functionName, id) }, ...keys.map((key) => ({ type: 'del' as const, key }))]);
+  }
+}
+
+export interface TriggerManagerOptions {
+  database: Database;
+  registry: FunctionRegistry;
+  mapping: Omit<MappingDeps, 'checkpoints' | 'runtime'> & { runtime: FunctionRuntime };
+  logger: Logger;
+}
+
+function notFound(functionName: string, id: string): TributaryError {
+  return new TributaryError('NotFound', `function ${functionName} has no trigger ${id}`, { field: 'id' });
+}
+
+/** Keeps one running mapping per enabled trigger; every change is serialized. */
+export class TriggerManager {
+  readonly store: TriggerStore;
+  private readonly running = new Map<string, EventSourceMapping>();
+  private tail: Promise<unknown> = Promise.resolve();
+  private stopped = false;
+
+  constructor(private readonly options: TriggerManagerOptions) {
+    this.store = new TriggerStore(options.database);
+  }
+
+  /** Starts a mapping for every stored enabled trigger whose function exists. */
+  async start(): Promise<void> {
+    await this.exclusive(async () => {
+      for (const t of await this.store.list()) {
+        if (!t.enabled) continue;
+        if (!(await this.exists(t.functionName))) {
+          this.options.logger.warn({ function: t.functionName, trigger: t.id }, 'trigger of a function that is not deployed; not started');
+          continue;
+        }
+        await this.startMapping(t);
+      }
+    });
+  }
+
+  async stop(): Promise<void> {
+    await this.exclusive(async () => {
+      this.stopped = true;
+      const all = [...this.running.values()];
+      this.running.clear();
+      await Promise.all(all.map((m) => m.stop()));
+    });
+  }
+
+  /** A function's triggers; those of a deleted function stay listed (and deletable). */
+  async list(functionName: string): Promise<Trigger[]> {
+    const rows = await this.store.list(functionName);
+    if (rows.length === 0) await this.options.registry.get(functionName);
+    return rows;
+  }
+
+  async get(functionName: string, id: string): Promise<Trigger> {
+    const t = await this.store.get(functionName, id);
+    if (t !== undefined) return t;
+    await this.options.registry.get(functionName);
+    throw notFound(functionName, id);
+  }
+
+  async create(functionName: string, input: unknown): Promise<Trigger> {
+    return this.exclusive(async () => {
+      await this.options.registry.get(functionName);
+      const base: Trigger = { id: randomUUID(), functionName, ...TRIGGER_DEFAULTS, functionResponseTypes: [], createdAt: Date.now() };
+      const t = mergeTrigger(base, input ?? {});
+      await this.store.put(t);
+      if (t.enabled) await this.startMapping(t);
+      return t;
+    });
+  }
+
+  async update(functionName: string, id: string, input: unknown): Promise<Trigger> {
+    return this.exclusive(async () => {
+      await this.options.registry.get(functionName);
+      const current = await this.get(functionName, id);
+      const t = mergeTrigger(current, input ?? {});
+      // As in Lambda: where a mapping starts is fixed once it has run (its checkpoints decide).
+      if (t.startingPosition !== current.startingPosition) throw invalid('startingPosition', 'startingPosition cannot be changed; delete the trigger and create a new one');
+      if (t.startingPositionTimestamp !== current.startingPositionTimestamp) throw invalid('startingPositionTimestamp', 'startingPositionTimestamp cannot be changed; delete the trigger and create a new one');
+      await this.stopMapping(id);
+      await this.store.put(t);
+      if (t.enabled) await this.startMapping(t);
+      return t;
+    });
+  }
+
+  async delete(functionName: string, id: string): Promise<void> {
+    return this.exclusive(async () => {
+      await this.get(functionName, id);
+      await this.stopMapping(id);
+      await this.store.delete(functionName, id);
+    });
+  }
+
+  private async exists(name: string): Promise<boolean> {
+    try {
+      await this.options.registry.spec(name);
+      return true;
+    } catch (err) {
+      if (err instanceof TributaryError && err.code === 'FunctionNotFound') return false;
+      throw err;
+    }
+  }
+
+  private async startMapping(t: Trigger): Promise<void> {
+    if (this.stopped) return;
+    const { registry, database, mapping } = this.options;
+    const spec = await registry.spec(t.functionName);
+    const config: TriggerConfig = {
+      id: t.id,
+      batchSize: t.batchSize,
+      startingPosition: t.startingPosition === 'TRIM_HORIZON' ? 'TRIM_HORIZON' : 'LATEST',
+      maximumRetryAttempts: t.maximumRetryAttempts,
+      bisectBatchOnFunctionError: t.bisectBatchOnFunctionError,
+      functionResponseTypes: t.functionResponseTypes,
+      maximumRecordAgeSeconds: t.maximumRecordAgeSeconds,
+    };
+    if (t.filterCriteria !== undefined) config.filterCriteria = t.filterCriteria;
+    // Each batch goes to the latest version deployed at that moment.
+    const runtime: FunctionRuntime = {
+      invoke: async (fn, event) => mapping.runtime.invoke(await registry.spec(fn.name), event),
+      close: async () => {},
+    };
+    const checkpoints = new LevelCheckpointStore(database);
+    if (t.startingPosition === 'AT_TIMESTAMP' && t.startingPositionTimestamp !== undefined) {
+      // The mapping starts from its checkpoints; place the missing ones at the timestamp.
+      for (const s of await mapping.log.shards()) {
+        if ((await checkpoints.get(t.functionName, t.id, s.shard)) !== undefined) continue;
+        const [first] = await mapping.log.readFromTime(s.shard, t.startingPositionTimestamp, 1);
+        const position = first === undefined ? (s.lastSequenceNumber ?? 0) : Math.max(0, first.sequenceNumber - 1);
+        await checkpoints.set(t.functionName, t.id, s.shard, position);
+      }
+    }
+    const m = new EventSourceMapping(spec, config, { ...mapping, runtime, checkpoints });
+    await m.start();
+    this.running.set(t.id, m);
+  }
+
+  private async stopMapping(id: string): Promise<void> {
+    const m = this.running.get(id);
+    this.running.delete(id);
+    await m?.stop();
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.tail.then(fn, fn);
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+}
