@@ -9,7 +9,8 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import type { DeadLetterEntry, DeadLetterQueue, RedriveDeps } from '../../functions/dlq.js';
 import { DLQ_ID_PATTERN } from '../../functions/dlq.js';
-import type { InvokeOutcome, InvokeResult } from '../../functions/types.js';
+import type { InvokeOutcome } from '../../functions/types.js';
+import { InvokeResultBody, invokeResultBody } from '../invoke-result.js';
 import { DEFAULT_LIMIT, errorResponses, MAX_LIMIT, NoQuery } from '../schemas.js';
 
 /** Options of {@link dlqRoutes}. */
@@ -73,42 +74,15 @@ const PageBody = Type.Object({
   nextCursor: Type.Unsafe<string | null>({ type: ['string', 'null'], description: 'Pass as `?cursor=` to get the next page; null on the last page.' }),
 });
 
-const RedriveBody = Type.Object({
-  deleted: Type.Boolean({ description: 'True when the invocation succeeded and the entry was deleted; false when it was kept.' }),
-  records: Type.Integer({ description: 'Records delivered.' }),
-  requestId: Type.String(),
-  status: Status,
-  result: Type.Optional(Type.Unknown({ description: 'What the handler returned (status ok).' })),
-  errorType: Type.Optional(Type.String()),
-  errorMessage: Type.Optional(Type.String()),
-  durationMs: Type.Number(),
-  logs: Type.Array(
-    Type.Object({
-      ts: Type.Integer(),
-      level: Type.Unsafe<'debug' | 'info' | 'warn' | 'error'>({ type: 'string', enum: ['debug', 'info', 'warn', 'error'] }),
-      message: Type.String(),
-    }),
-    { description: 'Console output of the invocation (capped), and the runtime\'s own notes.' },
-  ),
-  entry: Type.Optional(EntryBody),
-});
+const RedriveBody = Type.Composite([
+  Type.Object({
+    deleted: Type.Boolean({ description: 'True when the invocation succeeded and the entry was deleted; false when it was kept.' }),
+    records: Type.Integer({ description: 'Records delivered.' }),
+    entry: Type.Optional(EntryBody),
+  }),
+  InvokeResultBody,
+]);
 type RedriveBody = Static<typeof RedriveBody>;
-
-/** The invocation in the shape of `POST /v1/functions/{name}/invoke`'s answer. */
-function outcomeFields(r: InvokeResult): Pick<RedriveBody, 'requestId' | 'status' | 'result' | 'errorType' | 'errorMessage' | 'durationMs' | 'logs'> {
-  const base = { requestId: r.requestId, durationMs: r.durationMs, logs: r.logs };
-  const o = r.outcome;
-  switch (o.status) {
-    case 'ok':
-      return { ...base, status: 'ok', result: o.result ?? null };
-    case 'error':
-      return { ...base, status: 'error', errorType: o.errorType, errorMessage: o.errorMessage };
-    case 'timeout':
-      return { ...base, status: 'timeout', errorType: 'Sandbox.Timedout', errorMessage: 'Task timed out' };
-    case 'crashed':
-      return { ...base, status: 'crashed', errorType: 'Runtime.ExitError', errorMessage: o.reason };
-  }
-}
 
 export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { queue, redrive }) => {
   app.get<{ Querystring: ListQuery }>(
@@ -141,7 +115,7 @@ export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { que
     },
     async (request) => {
       const r = await queue.redrive(request.params.id, redrive);
-      const body: RedriveBody = { deleted: r.deleted, records: r.entry.count, ...outcomeFields(r.result) };
+      const body: RedriveBody = { deleted: r.deleted, records: r.entry.count, ...invokeResultBody(r.result) };
       if (!r.deleted) body.entry = r.entry;
       return body;
     },

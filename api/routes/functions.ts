@@ -7,8 +7,9 @@
  */
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
-import type { FunctionRegistry, FunctionVersion } from '../../functions/registry.js';
-import type { FunctionRuntime, InvokeResult } from '../../functions/types.js';
+import type { FunctionRegistry } from '../../functions/registry.js';
+import type { FunctionRuntime } from '../../functions/types.js';
+import { InvokeResultBody, invokeResultBody } from '../invoke-result.js';
 import { DEFAULT_LIMIT, errorResponses, MAX_LIMIT, NoQuery } from '../schemas.js';
 
 /** Options of {@link functionRoutes}. */
@@ -87,41 +88,6 @@ const ListFunctionsQuery = Type.Object(
 );
 type ListFunctionsQuery = Static<typeof ListFunctionsQuery>;
 
-const InvokeResultBody = Type.Object({
-  requestId: Type.String(),
-  status: Type.Unsafe<'ok' | 'error' | 'timeout' | 'crashed'>({ type: 'string', enum: ['ok', 'error', 'timeout', 'crashed'] }),
-  result: Type.Optional(Type.Unknown({ description: 'What the handler returned (status ok).' })),
-  errorType: Type.Optional(Type.String({ description: 'The error\'s name (status error), `Sandbox.Timedout` (timeout) or `Runtime.ExitError` (the process died: crash, memory limit).' })),
-  errorMessage: Type.Optional(Type.String()),
-  durationMs: Type.Number(),
-  logs: Type.Array(
-    Type.Object({
-      ts: Type.Integer(),
-      level: Type.Unsafe<'debug' | 'info' | 'warn' | 'error'>({ type: 'string', enum: ['debug', 'info', 'warn', 'error'] }),
-      message: Type.String(),
-    }),
-    { description: 'Console output of the invocation (capped), and the runtime\'s own notes.' },
-  ),
-});
-type InvokeResultBody = Static<typeof InvokeResultBody>;
-
-/** The invocation as the API reports it: Lambda's `errorType`/`errorMessage` for every failure. */
-export function invokeResultBody(r: InvokeResult, fn: Pick<FunctionVersion, 'timeoutMs'>): InvokeResultBody {
-  const base = { requestId: r.requestId, durationMs: r.durationMs, logs: r.logs };
-  const o = r.outcome;
-  switch (o.status) {
-    case 'ok':
-      // A handler that returns nothing answers null, as Lambda does.
-      return { ...base, status: 'ok', result: o.result ?? null };
-    case 'error':
-      return { ...base, status: 'error', errorType: o.errorType, errorMessage: o.errorMessage };
-    case 'timeout':
-      return { ...base, status: 'timeout', errorType: 'Sandbox.Timedout', errorMessage: `Task timed out after ${fn.timeoutMs} ms` };
-    case 'crashed':
-      return { ...base, status: 'crashed', errorType: 'Runtime.ExitError', errorMessage: o.reason };
-  }
-}
-
 export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (app, { registry, runtime }) => {
   app.get<{ Querystring: ListFunctionsQuery }>(
     '/functions',
@@ -175,7 +141,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     async (request) => {
       const fn = await registry.spec(request.params.name);
       const result = await runtime.invoke(fn, request.body ?? {});
-      return invokeResultBody(result, fn);
+      return invokeResultBody(result, fn.timeoutMs);
     },
   );
 };
