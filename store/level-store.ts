@@ -12,7 +12,7 @@
  */
 import { TributaryError } from '../core/errors.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
-import type { BatchOp, ChangeLog } from '../streams/types.js';
+import type { BatchOp } from '../streams/types.js';
 import type { Database } from './database.js';
 import {
   TelemetryStoreEngine,
@@ -25,10 +25,10 @@ import {
   type PartitionItem,
   type ScanQuery,
   type StoreBackend,
-  type StoreLogger,
   type StoredItem,
   type StreamItem,
   type WritePlan,
+  type EngineOptions,
 } from './engine.js';
 import {
   MAX_U32,
@@ -52,24 +52,9 @@ import {
 } from './keys.js';
 import type { KeyValue, Values } from './types.js';
 
-export interface LevelTelemetryStoreOptions {
-  /** Owner of the LevelDB handle; the store never closes it. */
+/** The engine's options, plus the database whose handle the store reads and writes through (it never closes it). */
+export interface LevelTelemetryStoreOptions extends EngineOptions {
   database: Database;
-  changeLog: ChangeLog;
-  /** Width of a time partition. Recorded when the data directory is created; it cannot change afterwards. */
-  partitionWindowMs: number;
-  /** Most readings per group commit. */
-  maxBatch: number;
-  /** Extra wait to gather writes when idle (0: commit on the next event-loop turn). */
-  maxDelayMs: number;
-  /** Drop readings older than this, a whole partition at a time (0, the default: keep forever). */
-  retentionMs?: number;
-  /** Emit REMOVE records (service identity) for readings retention drops. Default false. */
-  retentionRemoveRecords?: boolean;
-  /** Interval of the background retention pass (also run at open); 0 disables it. Default 60 s. */
-  retentionCheckMs?: number;
-  logger?: StoreLogger;
-  now?: () => number;
 }
 
 /** Entries fetched per native iterator call: large enough to amortise the crossing, small enough to bound memory. */

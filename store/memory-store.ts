@@ -6,7 +6,7 @@
  * what the LevelDB store drops.
  */
 import { MemoryChangeLog } from '../streams/memory-log.js';
-import type { BatchOp, ChangeLog } from '../streams/types.js';
+import type { BatchOp } from '../streams/types.js';
 import {
   TelemetryStoreEngine,
   type BatchReadResult,
@@ -17,32 +17,19 @@ import {
   type PartitionItem,
   type ScanQuery,
   type StoreBackend,
-  type StoreLogger,
   type StoredItem,
   type StreamItem,
   type WritePlan,
+  type EngineOptions,
 } from './engine.js';
 import { compareItemKeys } from './items.js';
 import { partitionOf } from './keys.js';
 
-export interface MemoryTelemetryStoreOptions {
-  /** Defaults to a fresh `MemoryChangeLog` with 4 shards. */
-  changeLog?: ChangeLog;
-  /** Defaults to 2000. */
-  maxBatch?: number;
-  /** Defaults to 0. */
-  maxDelayMs?: number;
-  /** Width of a time partition; defaults to one day. */
-  partitionWindowMs?: number;
-  /** Defaults to 0 (keep forever). */
-  retentionMs?: number;
-  /** Defaults to false. */
-  retentionRemoveRecords?: boolean;
-  /** Defaults to 60 s; 0 disables the background pass. */
-  retentionCheckMs?: number;
-  logger?: StoreLogger;
-  now?: () => number;
-}
+/**
+ * The engine's options, all optional: a fresh 4-shard `MemoryChangeLog`, batches of 2000,
+ * no extra delay, one-day partitions, no retention.
+ */
+export type MemoryTelemetryStoreOptions = Partial<EngineOptions>;
 
 const DAY = 86_400_000;
 
