@@ -56,6 +56,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   const mappings: EventSourceMapping[] = [];
   let triggers: TriggerManager | undefined;
   let stopping: Promise<void> | undefined;
+  let trimTimer: NodeJS.Timeout | undefined;
+  let trimming: Promise<void> | undefined;
 
   async function start(): Promise<Addresses> {
     database = await Database.open(config.dataDir);
@@ -77,6 +79,22 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       logger: logger.child({ module: 'store' }),
     });
     store = openStore;
+    // Stream retention, as DynamoDB Streams' 24 hours: trimmed once now and every minute.
+    const streamLog = changeLog;
+    const trimStream = (): void => {
+      trimming ??= streamLog
+        .trim(Date.now() - config.streamRetention)
+        .then((removed) => {
+          if (removed > 0) logger.debug({ removed }, 'trimmed the change stream');
+        })
+        .catch((err: unknown) => logger.error({ err }, 'change-stream trim failed'))
+        .finally(() => {
+          trimming = undefined;
+        });
+    };
+    trimStream();
+    trimTimer = setInterval(trimStream, 60_000);
+    trimTimer.unref();
     const ingest = new TelemetryIngest({
       store: openStore,
       logger: logger.child({ module: 'ingest' }),
@@ -175,6 +193,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
 
   function stop(): Promise<void> {
     stopping ??= (async () => {
+      clearInterval(trimTimer);
       // Ingest first so no new writes arrive; then drain what is in flight.
       await broker?.close();
       await Promise.all(mappings.map((m) => m.stop()));
@@ -182,6 +201,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       await runtime?.close();
       await store?.close();
       await api?.close();
+      await trimming;
       await database?.close();
       logger.info('stopped');
     })();

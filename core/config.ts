@@ -53,6 +53,13 @@ export const SETTINGS = {
     "Put a REMOVE record on the change stream for every reading retention drops, marked like DynamoDB TTL deletions (userIdentity type Service, principal dynamodb.amazonaws.com). Off by default: a drop is then silent on the stream, because dropping a partition of a million readings would otherwise put a million records on it.",
   ),
   streamShards: setting<number>({ type: 'int', min: 1, max: 1024 }, 4, 'TRIBUTARY_STREAM_SHARDS', '--stream-shards', 'Number of change-stream shards; a device always maps to one shard. Fixed when the data directory is created.'),
+  streamRetention: setting<number>(
+    { type: 'duration' },
+    86_400_000,
+    'TRIBUTARY_STREAM_RETENTION',
+    '--stream-retention',
+    "How long change-stream records are kept, as DynamoDB Streams' 24 hours. Older records are trimmed in the background (every minute and at start); each shard always keeps its last record.",
+  ),
   maxPayloadBytes: setting<number>({ type: 'int', min: 64, max: 16 * 1024 * 1024 }, 128 * 1024, 'TRIBUTARY_MAX_PAYLOAD_BYTES', '--max-payload-bytes', 'Largest telemetry payload accepted over MQTT or HTTP, in bytes.'),
   commitMaxBatch: setting<number>({ type: 'int', min: 1, max: 100_000 }, 2000, 'TRIBUTARY_COMMIT_MAX_BATCH', '--commit-max-batch', 'Most readings in one group commit (one synced LevelDB batch).'),
   commitMaxDelayMs: setting<number>({ type: 'int', min: 0, max: 1000 }, 0, 'TRIBUTARY_COMMIT_MAX_DELAY_MS', '--commit-max-delay-ms', 'Extra time a group commit waits to gather writes when idle. 0: commit at once when idle, batch while a commit is in flight.'),

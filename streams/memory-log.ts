@@ -23,6 +23,15 @@ export class MemoryChangeLog extends SequencedLog {
     return start < 0 ? [] : list.slice(start, start + limit);
   }
 
+  protected async removeRange(shard: number, first: number, cut: number): Promise<number> {
+    const list = this.records[shard] ?? [];
+    let end = 0;
+    while (end < list.length && (list[end] as ChangeRecord).sequenceNumber < cut) end++;
+    let start = 0;
+    while (start < end && (list[start] as ChangeRecord).sequenceNumber < first) start++;
+    return list.splice(start, end - start).length;
+  }
+
   protected async firstSequenceNumber(shard: number): Promise<number | null> {
     return this.records[shard]?.[0]?.sequenceNumber ?? null;
   }

@@ -106,7 +106,28 @@ export abstract class SequencedLog implements ChangeLog {
     return lo > last ? [] : this.read(shard, lo - 1, limit);
   }
 
+  /**
+   * Finds each shard's cut with {@link readFromTime} (the first record not older than
+   * `olderThanMs`, or the last committed record when all are older: it is always kept)
+   * and has the subclass remove the records before it.
+   */
+  async trim(olderThanMs: number): Promise<number> {
+    let removed = 0;
+    for (let shard = 0; shard < this.shardCount; shard++) {
+      const last = this.committed[shard] ?? 0;
+      if (last === 0) continue;
+      const first = await this.firstSequenceNumber(shard);
+      if (first === null) continue;
+      const [keep] = await this.readFromTime(shard, olderThanMs, 1);
+      const cut = Math.min(keep?.sequenceNumber ?? last, last);
+      if (cut > first) removed += await this.removeRange(shard, first, cut);
+    }
+    return removed;
+  }
+
   abstract read(shard: number, after: number, limit: number): Promise<ChangeRecord[]>;
+  /** Removes the shard's committed records with sequence numbers in [first, cut); resolves with how many. */
+  protected abstract removeRange(shard: number, first: number, cut: number): Promise<number>;
   /** Adds the record's write to the caller's batch (or keeps it aside until commit). */
   protected abstract persist(ops: BatchOp[], record: ChangeRecord): void;
   protected abstract firstSequenceNumber(shard: number): Promise<number | null>;

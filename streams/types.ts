@@ -70,6 +70,14 @@ export interface ChangeLog {
    * answer approximate, as DynamoDB's own `ApproximateCreationDateTime` is.
    */
   readFromTime(shard: number, timestampMs: number, limit: number): Promise<ChangeRecord[]>;
+  /**
+   * Retention, as DynamoDB Streams' 24-hour window: removes, per shard, the leading
+   * committed records with `createdAt < olderThanMs`, but never a shard's last committed
+   * record (so numbering continues after a restart). Readers then start at the first
+   * retained record and `shards()` reports it as `firstSequenceNumber`. Resolves with the
+   * number of records removed.
+   */
+  trim(olderThanMs: number): Promise<number>;
   /** Called with each committed group of records, in commit order. */
   onCommit(listener: (records: readonly ChangeRecord[]) => void): () => void;
 }

@@ -294,6 +294,67 @@ export function runChangeLogSuite({ name, supports, factory }: ChangeLogSuiteOpt
       });
     });
 
+    describe('trim (retention)', () => {
+      it('removes only the records committed before the cut, and read() starts after them', async () => {
+        const f = await fixture();
+        const [d0, d1] = devicePerShard(f.log) as [string, string];
+        await write(f, [insert(d0, 1), insert(d1, 1)], NOW);
+        await write(f, [insert(d0, 2), insert(d0, 3)], NOW + 10);
+        await write(f, [insert(d0, 4), insert(d1, 4)], NOW + 20);
+        expect(await f.log.trim(NOW)).toBe(0);
+        // Shard 0: 1 (NOW), 2 and 3 (NOW + 10) go; shard 1: 1 (NOW) goes.
+        expect(await f.log.trim(NOW + 20)).toBe(4);
+        expect((await readAll(f.log, 0)).map((r) => [r.sequenceNumber, r.ts])).toEqual([[4, 4]]);
+        expect((await readAll(f.log, 1)).map((r) => [r.sequenceNumber, r.ts])).toEqual([[2, 4]]);
+        expect((await f.log.read(0, 0, 1)).map((r) => r.sequenceNumber)).toEqual([4]);
+        expect((await f.log.read(0, 2, 10)).map((r) => r.sequenceNumber)).toEqual([4]);
+        expect((await f.log.readFromTime(0, 0, 10)).map((r) => r.sequenceNumber)).toEqual([4]);
+        const shards = await f.log.shards();
+        expect(shards[0]).toMatchObject({ firstSequenceNumber: 4, lastSequenceNumber: 4 });
+        expect(shards[1]).toMatchObject({ firstSequenceNumber: 2, lastSequenceNumber: 2 });
+        expect(shards[2]).toMatchObject({ firstSequenceNumber: null, lastSequenceNumber: null });
+        expect(await f.log.trim(NOW + 20)).toBe(0);
+      });
+
+      it('keeps the last committed record of every shard, however old', async () => {
+        const f = await fixture();
+        const [d0, d1] = devicePerShard(f.log) as [string, string];
+        await write(f, [insert(d0, 1), insert(d0, 2), insert(d0, 3), insert(d1, 1)], NOW);
+        // Staged only: neither removed nor counted as the shard's last record.
+        const staged = f.log.stage([], [insert(d0, 9)], NOW);
+        expect(await f.log.trim(NOW + 1_000_000)).toBe(2);
+        f.log.abort(staged);
+        expect((await readAll(f.log, 0)).map((r) => r.sequenceNumber)).toEqual([3]);
+        expect((await readAll(f.log, 1)).map((r) => r.sequenceNumber)).toEqual([1]);
+        expect((await f.log.shards()).slice(0, 2)).toMatchObject([
+          { firstSequenceNumber: 3, lastSequenceNumber: 3 },
+          { firstSequenceNumber: 1, lastSequenceNumber: 1 },
+        ]);
+      });
+
+      it('trims a long shard in one call', async () => {
+        const f = await fixture();
+        const shard = f.log.shardOf('d1');
+        for (let i = 0; i < 50; i++) await write(f, Array.from({ length: 50 }, (_, j) => insert('d1', i * 50 + j)), NOW + i * 1000);
+        expect(await f.log.trim(NOW + 40 * 1000)).toBe(2000);
+        const left = await readAll(f.log, shard);
+        expect(left).toHaveLength(500);
+        expect(left[0]?.sequenceNumber).toBe(2001);
+        expect((await f.log.shards())[shard]).toMatchObject({ firstSequenceNumber: 2001, lastSequenceNumber: 2500 });
+      });
+
+      it('sequence numbering continues after a trim', async () => {
+        const f = await fixture();
+        const [d0] = devicePerShard(f.log) as [string];
+        await write(f, [insert(d0, 1), insert(d0, 2)], NOW);
+        expect(await f.log.trim(NOW + 1)).toBe(1);
+        const next = await write(f, [insert(d0, 3)], NOW + 2);
+        expect(next.map((r) => r.sequenceNumber)).toEqual([3]);
+        expect((await readAll(f.log, 0)).map((r) => r.sequenceNumber)).toEqual([2, 3]);
+        expect((await f.log.shards())[0]).toMatchObject({ firstSequenceNumber: 2, lastSequenceNumber: 3 });
+      });
+    });
+
     describe('commit listeners', () => {
       it('get each committed group in commit order, and stop after unsubscribing', async () => {
         const f = await fixture();
@@ -384,6 +445,32 @@ export function runChangeLogSuite({ name, supports, factory }: ChangeLogSuiteOpt
           expect((await log.shards()).slice(0, 2)).toMatchObject([
             { firstSequenceNumber: 1, lastSequenceNumber: 3 },
             { firstSequenceNumber: 1, lastSequenceNumber: 3 },
+          ]);
+        });
+
+        it('continues each shard’s sequence after a trim and a reopen', async () => {
+          const f = await durable();
+          const [d0, d1] = devicePerShard(f.log) as [string, string];
+          await write(f, [insert(d0, 1), insert(d0, 2), insert(d1, 3)], NOW);
+          await write(f, [insert(d0, 4)], NOW + 10);
+          expect(await f.log.trim(NOW + 1_000)).toBe(2);
+          const log = await f.reopen();
+          expect((await log.shards()).slice(0, 2)).toMatchObject([
+            { firstSequenceNumber: 3, lastSequenceNumber: 3 },
+            { firstSequenceNumber: 1, lastSequenceNumber: 1 },
+          ]);
+          const next = await write(f, [insert(d0, 5), insert(d1, 6)], NOW + 20);
+          expect(next.map((r) => [r.shard, r.sequenceNumber])).toEqual([
+            [0, 4],
+            [1, 2],
+          ]);
+          expect((await readAll(log, 0)).map((r) => [r.sequenceNumber, r.ts])).toEqual([
+            [3, 4],
+            [4, 5],
+          ]);
+          expect((await readAll(log, 1)).map((r) => [r.sequenceNumber, r.ts])).toEqual([
+            [1, 3],
+            [2, 6],
           ]);
         });
 
