@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
-import { pino } from 'pino';
+import { minimalApiDeps } from './app-harness.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildApi } from '../api/index.js';
 import { MemoryTelemetryStore } from '../store/index.js';
@@ -47,11 +47,7 @@ let routes: Array<{ method: string; url: string }>;
 beforeEach(async () => {
   store = new MemoryTelemetryStore({ changeLog: new MemoryChangeLog({ shards: 2 }) });
   app = buildApi({
-    store,
-    logger: pino({ level: 'silent' }),
-    ready: () => true,
-    ingest: async () => ({ accepted: 0, items: [] }),
-    maxBodyBytes: 1024,
+    ...minimalApiDeps(store),
     metrics: { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async () => 'up 1\n' },
     changeLog: store.changeLog,
   });

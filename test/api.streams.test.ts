@@ -8,7 +8,7 @@
 import { get, type IncomingMessage } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { fastify, type FastifyInstance, type LightMyRequestResponse } from 'fastify';
-import { pino } from 'pino';
+import { minimalApiDeps } from './app-harness.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { buildApi } from '../api/index.js';
 import { errorHandling } from '../api/errors.js';
@@ -85,12 +85,8 @@ function harness(): Harness {
   const log = new CountingChangeLog({ shards: SHARDS });
   const store = new MemoryTelemetryStore({ changeLog: new MemoryChangeLog({ shards: 1 }) });
   const app = buildApi({
-    store,
+    ...minimalApiDeps(store),
     changeLog: log,
-    logger: pino({ level: 'silent' }),
-    ready: () => true,
-    ingest: async () => ({ accepted: 0, items: [] }),
-    maxBodyBytes: 1024,
   });
   app.addHook('onClose', () => store.close());
   open.push(app);

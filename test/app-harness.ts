@@ -2,6 +2,8 @@ import mqtt, { type MqttClient, type IClientOptions } from 'mqtt';
 import { createApp, type Addresses, type App } from '../app.js';
 import { configWith, type SettingKey } from '../core/config.js';
 import { createLogger } from '../core/logger.js';
+import type { ApiDeps } from '../api/index.js';
+import type { TelemetryStore } from '../store/types.js';
 import { tempDir } from './helpers.js';
 
 export interface RunningApp {
@@ -59,4 +61,12 @@ export async function call(base: string, method: string, path: string, body?: un
   const res = await fetch(`${base}${path}`, init);
   const text = await res.text();
   return { status: res.status, body: text === '' ? undefined : (JSON.parse(text) as unknown) };
+}
+
+/**
+ * The dependencies `buildApi` needs when a test is about other routes: a silent logger,
+ * always ready, an ingest that accepts nothing, a small body limit. Spread, then override.
+ */
+export function minimalApiDeps(store: TelemetryStore): Pick<ApiDeps, 'store' | 'logger' | 'ready' | 'ingest' | 'maxBodyBytes'> {
+  return { store, logger: createLogger('silent'), ready: () => true, ingest: async () => ({ accepted: 0, items: [] }), maxBodyBytes: 1024 };
 }

@@ -5,7 +5,7 @@
  * `app.inject()` with the in-memory implementations.
  */
 import type { FastifyInstance } from 'fastify';
-import { pino } from 'pino';
+import { minimalApiDeps } from './app-harness.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { buildApi } from '../api/index.js';
 import { TributaryError } from '../core/errors.js';
@@ -309,11 +309,7 @@ describe('/v1/dlq', () => {
     const queue = new MemoryDeadLetterQueue();
     const invoker = new FakeInvoker();
     app = buildApi({
-      store,
-      logger: pino({ level: 'silent' }),
-      ready: () => true,
-      ingest: async () => ({ accepted: 0, items: [] }),
-      maxBodyBytes: 1024,
+      ...minimalApiDeps(store),
       dlq: { queue, redrive: { log, invoke: invoker.invoke } },
     });
     return { app, queue, invoker, meta: metadata({ streamArn: log.streamArn, firstSequenceNumber: 1, lastSequenceNumber: 3, count: 3 }) };
