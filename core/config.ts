@@ -63,6 +63,15 @@ export const SETTINGS = {
   maxPayloadBytes: setting<number>({ type: 'int', min: 64, max: 16 * 1024 * 1024 }, 128 * 1024, 'TRIBUTARY_MAX_PAYLOAD_BYTES', '--max-payload-bytes', 'Largest telemetry payload accepted over MQTT or HTTP, in bytes.'),
   commitMaxBatch: setting<number>({ type: 'int', min: 1, max: 100_000 }, 2000, 'TRIBUTARY_COMMIT_MAX_BATCH', '--commit-max-batch', 'Most readings in one group commit (one synced LevelDB batch).'),
   commitMaxDelayMs: setting<number>({ type: 'int', min: 0, max: 1000 }, 0, 'TRIBUTARY_COMMIT_MAX_DELAY_MS', '--commit-max-delay-ms', 'Extra time a group commit waits to gather writes when idle. 0: commit at once when idle, batch while a commit is in flight.'),
+  secure: setting<boolean>(
+    { type: 'bool' },
+    false,
+    'TRIBUTARY_SECURE',
+    '--secure',
+    'Secured mode even on loopback: devices need credentials and the HTTP API an API key. Binding MQTT or HTTP to a non-loopback address always means secured mode.',
+  ),
+  tlsCert: setting<string>({ type: 'path' }, '', 'TRIBUTARY_TLS_CERT', '--tls-cert', 'PEM certificate (chain). With --tls-key, MQTT (TCP and WebSocket) and the HTTP API are served over TLS. Empty: plain TCP.'),
+  tlsKey: setting<string>({ type: 'path' }, '', 'TRIBUTARY_TLS_KEY', '--tls-key', 'PEM private key that goes with --tls-cert.'),
   functionTimeoutMs: setting<number>({ type: 'int', min: 1, max: 900_000 }, 3000, 'TRIBUTARY_FUNCTION_TIMEOUT_MS', '--function-timeout-ms', 'Default handler timeout for functions that do not set their own.'),
   functionMemoryMb: setting<number>({ type: 'int', min: 16, max: 10_240 }, 128, 'TRIBUTARY_FUNCTION_MEMORY_MB', '--function-memory-mb', 'Default memory cap of a function process (JS heap and RSS watchdog).'),
 } as const;

@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { Aedes, type AedesPublishPacket, type Client, type PublishPacket } from 'aedes';
+import { Aedes, type AedesOptions, type AedesPublishPacket, type Client, type PublishPacket } from 'aedes';
 import type { Logger } from '../core/logger.js';
 import { RejectedPayload } from './payload.js';
 import type { TelemetryIngest } from './telemetry-ingest.js';
@@ -17,6 +17,20 @@ export interface MqttBrokerOptions {
    * pass `maxPacketBytesFor(config.maxPayloadBytes)` to tie it to the payload limit.
    */
   maxPacketBytes?: number;
+  /** Who may connect, publish and subscribe; without it every client is allowed (open mode). */
+  access?: BrokerAccess;
+}
+
+/**
+ * The broker's access control (ingest/mqtt-auth.ts implements it): aedes' own hooks for
+ * CONNECT, SUBSCRIBE and forwarding, and a check that runs first in the publish path.
+ */
+export interface BrokerAccess {
+  authenticate: NonNullable<AedesOptions['authenticate']>;
+  authorizeSubscribe: NonNullable<AedesOptions['authorizeSubscribe']>;
+  authorizeForward?: AedesOptions['authorizeForward'];
+  /** An error when `client` may not publish `packet` (also called for its will and retained messages). */
+  checkPublish(client: Client, packet: PublishPacket): Error | null;
 }
 
 /**
@@ -59,7 +73,18 @@ export class MqttBroker {
     const aedes = await Aedes.createBroker({
       // Device ids may be up to 128 characters; aedes' default only applies to MQTT 3.1.
       maxClientsIdLength: 128,
-      authorizePublish: (client, packet, callback) => authorizePublish(opts.ingest, logger, client, packet, callback),
+      authorizePublish: (client, packet, callback) => {
+        const denied = client !== null && opts.access !== undefined ? opts.access.checkPublish(client, packet) : null;
+        if (denied !== null) return callback(denied);
+        authorizePublish(opts.ingest, logger, client, packet, callback);
+      },
+      ...(opts.access === undefined
+        ? {}
+        : {
+            authenticate: opts.access.authenticate,
+            authorizeSubscribe: opts.access.authorizeSubscribe,
+            ...(opts.access.authorizeForward === undefined ? {} : { authorizeForward: opts.access.authorizeForward }),
+          }),
     });
     aedes.on('clientError', (client: Client, err: Error) => logger.debug({ clientId: client.id, err: err.message }, 'mqtt client error'));
     aedes.on('connectionError', (client: Client, err: Error) => logger.debug({ clientId: client?.id, err: err.message }, 'mqtt connection error'));

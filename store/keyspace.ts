@@ -16,6 +16,11 @@
  * | `F` | function registry: a deployed version / a name's last version number | name · 0x00 · version (u32 BE) / name · 0x01 |
  * | `G` | triggers (event source mappings, functions/triggers.ts) | function · 0x00 · trigger id |
  * | `X` | dead-letter queue of stream mappings (functions/dlq.ts) | id (`<createdAt ms, 15 digits>-<16 hex>`, utf8) |
+ * | `S` | device credentials (access/device-credentials.ts) | deviceId |
+ * | `A` | API keys (access/api-keys.ts) | key id |
+ * | `U` | audit log of administrative actions | time (u64 BE) · id |
+ * | `R` | rejects log (ingest) | time (u64 BE) · seq |
+ * | `W` | function logs | function · 0x00 · time (u64 BE) · seq |
  * | `!` | sublevels of libraries (e.g. `!mqtt!` for aedes persistence) | — |
  */
 export const Prefix = {
@@ -30,6 +35,11 @@ export const Prefix = {
   function: 0x46, // F
   deadLetter: 0x58, // X
   trigger: 0x47, // G
+  credential: 0x53, // S
+  apiKey: 0x41, // A
+  audit: 0x55, // U
+  reject: 0x52, // R
+  functionLog: 0x57, // W
 } as const;
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
