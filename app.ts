@@ -14,13 +14,25 @@ import { functionsFromDirectory } from './functions/directory.js';
 import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
 import { ProcessFunctionRuntime } from './functions/index.js';
 import { LevelDeadLetterQueue } from './functions/dlq.js';
+import { FunctionLogStore } from './functions/logs.js';
 import { FunctionRegistry } from './functions/registry.js';
+import { ReplayManager } from './functions/replay.js';
 import type { FunctionSpec } from './functions/types.js';
 import { TriggerManager } from './functions/triggers.js';
 import type { FunctionRuntime } from './functions/types.js';
 import { MqttBroker, maxPacketBytesFor } from './ingest/mqtt-broker.js';
-import { TelemetryIngest } from './ingest/telemetry-ingest.js';
-import { commandTopic } from './ingest/topics.js';
+import { levelPersistence, MQTT_SUBLEVEL } from './ingest/mqtt-persistence.js';
+import { loadTlsCredentials, MQTT_WEBSOCKET_PATH } from './ingest/mqtt-transports.js';
+import { deviceAccess } from './ingest/mqtt-auth.js';
+import { DeviceCredentials } from './access/device-credentials.js';
+import { LoginThrottle } from './access/login-throttle.js';
+import { securityMode } from './access/mode.js';
+import { loadOrCreateAdminKey } from './access/admin-key.js';
+import { ApiKeyStore } from './access/api-keys.js';
+import { AuditLog } from './access/audit-log.js';
+import { ingestMetricsOf, TelemetryIngest } from './ingest/telemetry-ingest.js';
+import { PublishRate } from './ingest/publish-rate.js';
+import { RejectsLog } from './ingest/rejects-log.js';
 import { Database } from './store/database.js';
 import { LevelTelemetryStore } from './store/level-store.js';
 import type { TelemetryStore } from './store/types.js';
@@ -28,9 +40,15 @@ import { EmbeddedChangeLog } from './streams/embedded-log.js';
 import type { ChangeLog } from './streams/types.js';
 
 export interface Addresses {
+  /** `mqtt://` or, with TLS, `mqtts://`. */
   mqtt: string;
+  /** `http://` or, with TLS, `https://`. */
   http: string;
+  /** MQTT over WebSocket on the HTTP port: `ws://…/mqtt` or, with TLS, `wss://…/mqtt`. */
+  ws: string;
   dataDir: string;
+  /** The bootstrap admin key, only on the secured start that generated it (print it once; it is also in `<dataDir>/admin.key`). */
+  adminKey?: string;
 }
 
 export interface App {
@@ -53,13 +71,18 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   let broker: MqttBroker | undefined;
   let api: FastifyInstance | undefined;
   let runtime: FunctionRuntime | undefined;
+  let functionLogs: FunctionLogStore | undefined;
+  let replays: ReplayManager | undefined;
   const mappings: EventSourceMapping[] = [];
   let triggers: TriggerManager | undefined;
   let stopping: Promise<void> | undefined;
   let trimTimer: NodeJS.Timeout | undefined;
+  let rejects: RejectsLog | undefined;
   let trimming: Promise<void> | undefined;
 
   async function start(): Promise<Addresses> {
+    // Before anything opens: a bad certificate or key is a configuration error.
+    const tls = loadTlsCredentials(config);
     database = await Database.open(config.dataDir);
     metrics.storeWritable.set(1);
     database.onWritableChange((writable, error) => {
@@ -95,13 +118,28 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     trimStream();
     trimTimer = setInterval(trimStream, 60_000);
     trimTimer.unref();
+    // Rejected payloads with their reasons (table R), bounded by age and count; GET /v1/rejects.
+    const rejectsLog = await RejectsLog.open(database, { retentionMs: config.rejectsRetention, maxEntries: config.rejectsMaxEntries });
+    rejects = rejectsLog;
     const ingest = new TelemetryIngest({
       store: openStore,
+      rejects: rejectsLog,
       logger: logger.child({ module: 'ingest' }),
-      metrics: { readings: metrics.ingestReadings, rejects: metrics.ingestRejects },
+      metrics: ingestMetricsOf(metrics),
       maxPayloadBytes: config.maxPayloadBytes,
+      maxKeysPerReading: config.maxKeysPerReading,
+      maxClockSkewMs: config.maxClockSkew,
+      retentionMs: config.retention,
+      ...(config.devicePublishRate > 0 ? { publishRate: new PublishRate({ ratePerSecond: config.devicePublishRate }) } : {}),
     });
 
+    // Device secrets (table S), held in memory; the broker checks them in secured mode.
+    const credentials = await DeviceCredentials.open(database);
+    const mode = securityMode(config);
+    const deviceLogins =
+      mode === 'secured'
+        ? { access: deviceAccess({ credentials, throttle: new LoginThrottle(), logger: logger.child({ module: 'mqtt-auth' }), failures: metrics.mqttAuthFailures }) }
+        : {};
     const mqtt = await MqttBroker.start({
       host: config.mqttHost,
       port: config.mqttPort,
@@ -109,47 +147,69 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       logger: logger.child({ module: 'mqtt' }),
       // A connection may announce at most one payload's worth (plus headers) before it is dropped.
       maxPacketBytes: maxPacketBytesFor(config.maxPayloadBytes),
+      ...deviceLogins,
+      // Sessions, queued QoS 1 messages and retained messages, in the same database (!mqtt!).
+      persistence: levelPersistence(database.sublevel(MQTT_SUBLEVEL)),
+      ...(tls === undefined ? {} : { tls }),
+      limits: { maxConnections: config.mqttMaxConnections, maxInflight: config.mqttMaxInflight, maxSubscriptions: config.mqttMaxSubscriptions, drainTimeoutMs: config.mqttDrainTimeoutMs },
+      metrics: { connectedClients: metrics.mqttConnectedClients, messagesOut: metrics.mqttMessagesOut },
     });
     broker = mqtt;
 
+    // Captured function logs (table W): written in batches, trimmed by age and by size per function.
+    const fnLogs = new FunctionLogStore({
+      database,
+      logger: logger.child({ module: 'functions' }),
+      retentionMs: config.functionLogRetention,
+      maxBytesPerFunction: config.functionLogMaxBytes,
+    });
+    functionLogs = fnLogs;
+    fnLogs.startRetention();
     const fnRuntime = new ProcessFunctionRuntime({
       logger: logger.child({ module: 'functions' }),
+      metrics,
+      onInvoked: fnLogs.onInvoked,
       services: {
         put: async (deviceId, reading) => {
           await ingest.ingestBody(deviceId, reading);
         },
         publish: async (deviceId, command) => {
-          await mqtt.publish({ topic: commandTopic(deviceId, command.name), payload: Buffer.from(JSON.stringify(command.payload ?? null)), qos: 1, retain: false });
+          await mqtt.sendCommand(deviceId, command.name, command.payload, 1);
         },
       },
     });
     runtime = fnRuntime;
-    // Functions deployed over the API (code under <dataDir>/functions).
+    const dirSpecs = config.functionsDir ? functionsFromDirectory(config.functionsDir, { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb }) : [];
+    const dirFunctions = new Map<string, FunctionSpec>(dirSpecs.map((fn) => [fn.name, fn]));
+    // Functions deployed over the API (code under <dataDir>/functions); names of --functions-dir files are refused.
     const registry = await FunctionRegistry.open({
       database,
       dataDir: config.dataDir,
       defaults: { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb },
       logger: logger.child({ module: 'functions' }),
+      reserved: (name) => {
+        const fn = dirFunctions.get(name);
+        return fn && `the --functions-dir file ${fn.codePath}`;
+      },
     });
+    const resolveFunction = async (name: string): Promise<FunctionSpec> => dirFunctions.get(name) ?? registry.spec(name);
+    // Replays of a stream window through a function (asynchronous jobs, /v1/functions/{name}/replay).
+    const replayManager = new ReplayManager({ log: changeLog, runtime: fnRuntime, resolve: resolveFunction, logs: fnLogs, logger: logger.child({ module: 'functions' }) });
+    replays = replayManager;
     // Batches that mappings give up on (table X); listed, redriven and deleted under /v1/dlq.
     const dlq = new LevelDeadLetterQueue(database);
-    const dirFunctions = new Map<string, FunctionSpec>();
-    if (config.functionsDir) {
-      const specs = functionsFromDirectory(config.functionsDir, { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb });
-      for (const fn of specs) {
-        dirFunctions.set(fn.name, fn);
-        const mapping = new EventSourceMapping(fn, { id: 'functions-dir', ...DEFAULT_TRIGGER }, {
-          log: changeLog,
-          runtime: fnRuntime,
-          checkpoints: new LevelCheckpointStore(database),
-          logger: logger.child({ module: 'functions' }),
-          metrics,
-          onDiscard: dlq.onDiscard,
-        });
-        await mapping.start();
-        mappings.push(mapping);
-        logger.info({ function: fn.name, codePath: fn.codePath }, 'function attached to the change stream');
-      }
+    for (const fn of dirSpecs) {
+      const mapping = new EventSourceMapping(fn, { id: 'functions-dir', ...DEFAULT_TRIGGER }, {
+        log: changeLog,
+        runtime: fnRuntime,
+        checkpoints: new LevelCheckpointStore(database),
+        logger: logger.child({ module: 'functions' }),
+        metrics,
+        onDiscard: dlq.onDiscard,
+      });
+      await mapping.start();
+      mappings.push(mapping);
+      logger.info({ function: fn.name, codePath: fn.codePath }, 'function attached to the change stream');
     }
 
     // Triggers created over the API: one mapping per enabled trigger, started now and
@@ -163,6 +223,11 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     triggers = triggerManager;
     await triggerManager.start();
 
+    // API keys (table A) and, in secured mode, the bootstrap admin key (<dataDir>/admin.key).
+    const adminKey = mode === 'secured' ? loadOrCreateAdminKey(config.dataDir) : undefined;
+    if (adminKey?.looseMode) logger.warn({ path: adminKey.path }, 'the admin key file is readable by other users; chmod 600 it');
+    const apiKeys = await ApiKeyStore.open({ database, ...(adminKey === undefined ? {} : { adminDigest: adminKey.digest }) });
+
     api = buildApi({
       store: openStore,
       changeLog,
@@ -175,19 +240,32 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
         return { accepted: result.items.length, items: result.items };
       },
       maxBodyBytes: config.maxPayloadBytes,
-      functions: { registry, runtime: fnRuntime },
+      access: { mode, keys: apiKeys, audit: new AuditLog(database) },
+      corsOrigins: config.corsOrigins.split(',').map((o) => o.trim()).filter((o) => o !== ''),
+      rateLimit: config.apiRateLimit,
+      functions: { registry, runtime: fnRuntime, resolve: resolveFunction, logs: fnLogs, replays: replayManager },
       triggers: triggerManager,
+      rejects: rejectsLog,
+      credentials,
+      // aedes keeps live clients by id; its typings do not declare the map.
+      commands: mqtt,
+      ...(tls === undefined ? {} : { https: tls }),
+      disconnectDevice: (deviceId) => mqtt.disconnect(deviceId),
       dlq: {
         queue: dlq,
-        redrive: { log: changeLog, invoke: async (name, event) => fnRuntime.invoke(dirFunctions.get(name) ?? (await registry.spec(name)), event) },
+        redrive: { log: changeLog, invoke: async (name, event) => fnRuntime.invoke(await resolveFunction(name), event) },
       },
     });
+    // MQTT over WebSocket shares the HTTP server (its upgrade event), so it is attached before listening.
+    mqtt.attachWebSocket(api.server);
     await api.listen({ host: config.httpHost, port: config.httpPort });
     const httpAddr = api.server.address() as AddressInfo;
     return {
-      mqtt: `mqtt://${formatHost(mqtt.address.host)}:${mqtt.address.port}`,
-      http: `http://${formatHost(httpAddr.address)}:${httpAddr.port}`,
+      mqtt: `${tls ? 'mqtts' : 'mqtt'}://${formatHost(mqtt.address.host)}:${mqtt.address.port}`,
+      http: `${tls ? 'https' : 'http'}://${formatHost(httpAddr.address)}:${httpAddr.port}`,
+      ws: `${tls ? 'wss' : 'ws'}://${formatHost(httpAddr.address)}:${httpAddr.port}${MQTT_WEBSOCKET_PATH}`,
       dataDir: config.dataDir,
+      ...(adminKey?.generated === undefined ? {} : { adminKey: adminKey.generated }),
     };
   }
 
@@ -196,10 +274,16 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       clearInterval(trimTimer);
       // Ingest first so no new writes arrive; then drain what is in flight.
       await broker?.close();
+      // Replays stop after their batch in flight, which closing the runtime cuts short.
+      const replaysStopped = replays?.close();
       await Promise.all(mappings.map((m) => m.stop()));
       await triggers?.stop();
       await runtime?.close();
+      await replaysStopped;
+      // After the runtime: the last invocations' lines are written too.
+      await functionLogs?.close();
       await store?.close();
+      await rejects?.close();
       await api?.close();
       await trimming;
       await database?.close();

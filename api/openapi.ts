@@ -48,6 +48,7 @@ const TAGS = [
   { name: 'telemetry', description: 'Ingest, range queries, aggregation and latest readings.' },
   { name: 'streams', description: 'DynamoDB-Streams-style change stream: shards, records and a live tail.' },
   { name: 'functions', description: 'Deployed functions: versions and invocation.' },
+  { name: 'access', description: 'API keys with their policies, and the audit log of administrative requests.' },
 ];
 
 /**
@@ -91,7 +92,19 @@ export const openApi: FastifyPluginAsync = async (app) => {
       },
       // No `servers`: paths are relative to wherever the document was fetched from.
       tags: TAGS,
+      components: {
+        securitySchemes: {
+          apiKey: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'An API key (`tak_...`) as `Authorization: Bearer <key>`. Required in secured mode; open mode (loopback only) accepts anonymous requests.',
+          },
+        },
+      },
+      security: [{ apiKey: [] }],
     },
+    // Routes open in every mode (api/auth.ts) say so: an empty `security` overrides the default.
+    transform: ({ schema, url, route }) => ({ schema: route.config?.access === 'public' && schema !== undefined ? { ...schema, security: [] } : schema, url }),
     transformObject: (doc) => ('openapiObject' in doc ? relabelTextResponses(doc.openapiObject as LooseDocument) : doc.swaggerObject) as ReturnType<SwaggerTransformObject>,
   });
 

@@ -12,6 +12,7 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { DEVICE_ID_PATTERN } from '../core/ids.js';
+import { COMMAND_NAME_PATTERN } from '../ingest/topics.js';
 import { AGGREGATES } from '../store/types.js';
 
 /** Largest page a list route returns (`API.md`: default 100, max 10,000). */
@@ -261,3 +262,27 @@ export const IngestResult = Type.Object({
 
 export const Health = Type.Object({ status: Type.Literal('ok') });
 export const Ready = Type.Object({ status: Type.Literal('ready') });
+
+/** `POST /v1/devices/:id/commands/:name` (the name pattern is the broker's, ingest/mqtt-broker.ts). */
+export const CommandParams = Type.Object(
+  {
+    id: Type.String({ pattern: DEVICE_ID_PATTERN, description: 'Device id: 1-128 characters of A-Z a-z 0-9 . _ : -' }),
+    name: Type.String({ pattern: COMMAND_NAME_PATTERN, description: 'Command name: one MQTT topic level of 1-128 characters, without / + # or control characters' }),
+  },
+  { additionalProperties: false },
+);
+export type CommandParams = Static<typeof CommandParams>;
+
+export const CommandBody = Type.Object(
+  {
+    payload: Type.Optional(Type.Unknown({ description: 'Any JSON value; the device receives it as JSON text. Absent: null.' })),
+    qos: Type.Optional(Type.Union([Type.Literal(0), Type.Literal(1)], { description: 'MQTT QoS of the command (default 1). QoS 1 is queued for a device with a persistent session while it is offline.' })),
+  },
+  { additionalProperties: false },
+);
+export type CommandBody = Static<typeof CommandBody>;
+
+export const CommandResult = Type.Object({
+  topic: Type.String({ description: 'The topic the command was published on: devices/{id}/commands/{name}.' }),
+  qos: Type.Integer(),
+});

@@ -8,17 +8,27 @@ import { fastify, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { DeadLetterQueue, RedriveDeps } from '../functions/dlq.js';
-import type { FunctionRegistry } from '../functions/registry.js';
 import type { TriggerManager } from '../functions/triggers.js';
-import type { FunctionRuntime } from '../functions/types.js';
+import type { RejectsLog } from '../ingest/rejects-log.js';
+import type { CommandSender } from '../ingest/mqtt-broker.js';
+import type { TlsCredentials } from '../ingest/mqtt-transports.js';
+import type { DeviceCredentials } from '../access/device-credentials.js';
 import type { TelemetryStore } from '../store/types.js';
 import type { ChangeLog } from '../streams/types.js';
+import fastifyCors from '@fastify/cors';
+import fastifyRateLimit from '@fastify/rate-limit';
+import { accessControl, type AuthOptions } from './auth.js';
 import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
 import { openApi } from './openapi.js';
+import { auditRoutes } from './routes/audit.js';
+import { credentialRoutes } from './routes/credentials.js';
 import { deviceRoutes } from './routes/devices.js';
+import { commandRoutes } from './routes/commands.js';
 import { dlqRoutes } from './routes/dlq.js';
-import { functionRoutes } from './routes/functions.js';
+import { rejectRoutes } from './routes/rejects.js';
+import { functionRoutes, type FunctionRoutesOptions } from './routes/functions.js';
 import { healthRoutes, type MetricsSource } from './routes/health.js';
+import { keyRoutes } from './routes/keys.js';
 import { streamRoutes } from './routes/streams.js';
 import { telemetryRoutes, type IngestFn } from './routes/telemetry.js';
 import { triggerRoutes } from './routes/triggers.js';
@@ -38,12 +48,35 @@ export interface ApiDeps {
   metrics?: MetricsSource;
   /** The change log behind `/v1/streams/...`; those routes exist only when one is given. */
   changeLog?: ChangeLog;
-  /** Deployed functions and the runtime that invokes them; `/v1/functions/...` exists only when given. */
-  functions?: { registry: FunctionRegistry; runtime: FunctionRuntime };
+  /**
+   * Deployed functions and the runtime that invokes them; `/v1/functions/...` exists only
+   * when given (logs and replay routes only with `logs` / `replays`).
+   */
+  functions?: FunctionRoutesOptions;
   /** The dead-letter queue of stream mappings and what a redrive needs; `/v1/dlq` exists only when given. */
   dlq?: { queue: DeadLetterQueue; redrive: RedriveDeps };
   /** Event source mappings; `/v1/functions/{name}/triggers` exists only when given. */
   triggers?: TriggerManager;
+  /** The rejects log of ingest; `GET /v1/rejects` exists only when given. */
+  rejects?: Pick<RejectsLog, 'list'>;
+  /** Device secrets: `POST /v1/devices/{id}/credentials` exists only when given, and `DELETE /v1/devices/{id}` revokes them. */
+  credentials?: DeviceCredentials;
+  /** Closes a device's live MQTT connection (after its secret is rotated or the device is deleted). */
+  disconnectDevice?: (deviceId: string) => void;
+  /**
+   * Access control (api/auth.ts): the security mode, the keys that verify bearer tokens
+   * and the audit log. `/v1/keys` and `/v1/audit` exist only when keys and audit log are
+   * given. Absent: open mode.
+   */
+  access?: AuthOptions;
+  /** Origins whose pages may call the API (CORS; `*`: any). Absent or empty: CORS off. */
+  corsOrigins?: string[];
+  /** Requests per second per API key (per client address in open mode). Absent or 0: no limit. */
+  rateLimit?: number;
+  /** The broker's command sender; `POST /v1/devices/{id}/commands/{name}` exists only when given. */
+  commands?: CommandSender;
+  /** Serve the API over HTTPS with this PEM certificate and key (and MQTT over WebSocket as wss). */
+  https?: TlsCredentials;
 }
 
 /**
@@ -62,6 +95,8 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   const loggerInstance: FastifyBaseLogger = deps.logger;
   const app = fastify({
     loggerInstance,
+    // Typed as plain HTTP: an HTTPS server is an http.Server to everything that uses it here.
+    ...((deps.https === undefined ? {} : { https: deps.https }) as object),
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     frameworkErrors,
     schemaErrorFormatter: formatSchemaErrors,
@@ -91,14 +126,48 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   });
 
   void app.register(errorHandling);
+  // Before every route plugin (the self-description and CORS preflight included), so each route is checked.
+  void app.register(accessControl, deps.access ?? { mode: 'open' });
+  if (deps.corsOrigins !== undefined && deps.corsOrigins.length > 0) {
+    // Bearer keys, not cookies: no credentials mode. Preflights are answered in a hook, before auth.
+    void app.register(fastifyCors, { origin: deps.corsOrigins.includes('*') ? '*' : deps.corsOrigins, exposedHeaders: ['x-request-id', 'retry-after'] });
+  }
+  const rateLimit = deps.rateLimit ?? 0;
+  if (rateLimit > 0) {
+    // Its per-route onRequest hook runs after the root's, so the key is already known.
+    void app.register(fastifyRateLimit, {
+      max: rateLimit,
+      timeWindow: 1000,
+      keyGenerator: (request) => (request.access?.keyId == null ? `ip:${request.ip}` : `key:${request.access.keyId}`),
+      allowList: (request) => request.routeOptions.config.access === 'public',
+      errorResponseBuilder: (_request, context) => new TributaryError('Throttled', `more than ${context.max} requests per second from this API key (or, in open mode, this address); retry in ${context.after}`),
+    });
+  }
   // Before the route plugins: the document generator only sees routes declared after it.
   void app.register(openApi);
   void app.register(healthRoutes, deps.metrics === undefined ? { ready: deps.ready } : { ready: deps.ready, metrics: deps.metrics });
-  void app.register(deviceRoutes, { prefix: '/v1', store: deps.store });
+  void app.register(deviceRoutes, {
+    prefix: '/v1',
+    store: deps.store,
+    ...(deps.credentials === undefined ? {} : { credentials: deps.credentials }),
+    ...(deps.disconnectDevice === undefined ? {} : { disconnect: deps.disconnectDevice }),
+  });
+  if (deps.credentials !== undefined) {
+    void app.register(credentialRoutes, {
+      prefix: '/v1',
+      credentials: deps.credentials,
+      store: deps.store,
+      ...(deps.disconnectDevice === undefined ? {} : { disconnect: deps.disconnectDevice }),
+    });
+  }
   void app.register(telemetryRoutes, { prefix: '/v1', store: deps.store, ingest: deps.ingest, maxBodyBytes: deps.maxBodyBytes });
+  if (deps.rejects !== undefined) void app.register(rejectRoutes, { prefix: '/v1', rejects: deps.rejects });
   if (deps.changeLog !== undefined) void app.register(streamRoutes, { prefix: '/v1', changeLog: deps.changeLog });
-  if (deps.functions !== undefined) void app.register(functionRoutes, { prefix: '/v1', registry: deps.functions.registry, runtime: deps.functions.runtime });
+  if (deps.functions !== undefined) void app.register(functionRoutes, { prefix: '/v1', ...deps.functions });
   if (deps.triggers !== undefined) void app.register(triggerRoutes, { prefix: '/v1', triggers: deps.triggers });
   if (deps.dlq !== undefined) void app.register(dlqRoutes, { prefix: '/v1', queue: deps.dlq.queue, redrive: deps.dlq.redrive });
+  if (deps.commands !== undefined) void app.register(commandRoutes, { prefix: '/v1', commands: deps.commands });
+  if (deps.access?.keys !== undefined) void app.register(keyRoutes, { prefix: '/v1', keys: deps.access.keys });
+  if (deps.access?.audit !== undefined) void app.register(auditRoutes, { prefix: '/v1', audit: deps.access.audit });
   return app;
 }

@@ -1,21 +1,34 @@
 /**
  * Ingest benchmark: durable QoS 1 readings/s and publish→PUBACK latency through
  * Tributary, against bare aedes (no storage) and, when installed, Debian's mosquitto
- * (no persistence), all started by the bench as child processes on free ports.
+ * (no persistence), all started by the bench as child processes on free ports. Also the
+ * broker's CPU per reading (from /proc/<pid>/stat) and the load generator's, the memory
+ * of many idle connections, and how long a reconnect storm takes.
+ *
+ * Tributary runs with `--device-publish-rate 0`: one connection here is one device with
+ * up to 1,000 publishes in flight, far over the default per-device rate, and this
+ * measures the durable write path, not the pacing. Its connection limit is raised above
+ * the idle-connection count (bare aedes and mosquitto have none).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { generate } from 'mqtt-packet';
 import { runLoad, type LoadResult } from './load.js';
 import { fmt, median, printTable, progress, sampleValues, scratchDir, type Row } from './harness.js';
 
 const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 5000);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const IDLE_CONNECTIONS = Number(process.env.BENCH_IDLE_CONNECTIONS ?? 10_000);
 const DIST = fileURLToPath(new URL('..', import.meta.url));
+const TICKS_PER_SECOND = 100; // USER_HZ on Linux
 
 interface Broker {
   url: string;
+  port: number;
+  pid: number;
   stop: () => Promise<void>;
 }
 
@@ -46,17 +59,25 @@ function stopper(child: ChildProcess, cleanup?: () => void): () => Promise<void>
     });
 }
 
+function broker(url: string, child: ChildProcess, cleanup?: () => void): Broker {
+  return { url, port: Number(new URL(url).port), pid: child.pid as number, stop: stopper(child, cleanup) };
+}
+
 async function startTributary(): Promise<Broker> {
   const dir = scratchDir('ingest');
-  const child = spawn(process.execPath, [`${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dir.path, '--log-level', 'error'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(
+    process.execPath,
+    [`${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dir.path, '--log-level', 'error', '--device-publish-rate', '0', '--mqtt-max-connections', String(2 * IDLE_CONNECTIONS)],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   const m = await waitForLine(child, /MQTT {2}(mqtt:\/\/\S+)/);
-  return { url: m[1] as string, stop: stopper(child, dir.cleanup) };
+  return broker(m[1] as string, child, dir.cleanup);
 }
 
 async function startBareAedes(): Promise<Broker> {
   const child = spawn(process.execPath, [`${DIST}bench/bare-aedes.js`], { stdio: ['ignore', 'pipe', 'inherit'] });
   const m = await waitForLine(child, /PORT (\d+)/);
-  return { url: `mqtt://127.0.0.1:${m[1]}`, stop: stopper(child) };
+  return broker(`mqtt://127.0.0.1:${m[1]}`, child);
 }
 
 async function freePort(): Promise<number> {
@@ -72,7 +93,7 @@ async function startMosquitto(): Promise<Broker | undefined> {
   const port = await freePort();
   const dir = scratchDir('mosquitto');
   const conf = `${dir.path}/mosquitto.conf`;
-  (await import('node:fs')).writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\n`);
+  writeFileSync(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\nmax_connections -1\n`);
   const child = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
   // mosquitto logs to stderr once listening; poll the port instead of parsing its log.
   for (let i = 0; i < 100; i++) {
@@ -84,27 +105,120 @@ async function startMosquitto(): Promise<Broker | undefined> {
     if (ok) break;
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { url: `mqtt://127.0.0.1:${port}`, stop: stopper(child, dir.cleanup) };
+  return broker(`mqtt://127.0.0.1:${port}`, child, dir.cleanup);
+}
+
+/** CPU time (user + system) of a process so far, in µs. */
+function cpuMicros(pid: number): number {
+  // Fields 14 and 15 of /proc/<pid>/stat, counted after the ")" that ends the command name.
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / TICKS_PER_SECOND;
+}
+
+function rssKb(pid: number): number {
+  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
 }
 
 const payload = (i: number) => JSON.stringify(sampleValues(i));
 
-async function measure(start: () => Promise<Broker | undefined>, connections: number, mode: { window?: number; ratePerSecond?: number }): Promise<LoadResult[] | undefined> {
-  const results: LoadResult[] = [];
+interface Measured extends LoadResult {
+  /** Broker CPU per acknowledged publish, µs. */
+  brokerUs: number;
+  /** Load generator CPU per acknowledged publish, µs. */
+  generatorUs: number;
+}
+
+async function measure(start: () => Promise<Broker | undefined>, connections: number, mode: { window?: number; ratePerSecond?: number }): Promise<Measured[] | undefined> {
+  const results: Measured[] = [];
   for (let r = 0; r < RUNS; r++) {
-    const broker = await start();
-    if (!broker) return undefined;
+    const b = await start();
+    if (!b) return undefined;
     try {
-      results.push(await runLoad({ url: broker.url, connections, durationMs: DURATION_MS, qos: 1, topic: (d) => `devices/device-${d}/telemetry`, payload, ...mode }));
+      const cpu0 = cpuMicros(b.pid);
+      const gen0 = process.cpuUsage();
+      const load = await runLoad({ url: b.url, connections, durationMs: DURATION_MS, qos: 1, topic: (d) => `devices/device-${d}/telemetry`, payload, ...mode });
+      const gen = process.cpuUsage(gen0);
+      results.push({ ...load, brokerUs: (cpuMicros(b.pid) - cpu0) / load.count, generatorUs: (gen.user + gen.system) / load.count });
     } finally {
-      await broker.stop();
+      await b.stop();
     }
   }
   return results;
 }
 
-function summarize(rs: LoadResult[] | undefined): { rate: number; p99: number } | undefined {
-  return rs && { rate: median(rs.map((r) => r.rate)), p99: median(rs.map((r) => r.p99)) };
+function summarize(rs: Measured[] | undefined): { rate: number; p99: number; brokerUs: number; generatorUs: number } | undefined {
+  return rs && { rate: median(rs.map((r) => r.rate)), p99: median(rs.map((r) => r.p99)), brokerUs: median(rs.map((r) => r.brokerUs)), generatorUs: median(rs.map((r) => r.generatorUs)) };
+}
+
+/**
+ * One raw MQTT connection (a CONNECT, no keepalive), far lighter than an mqtt.js client so
+ * that one process can hold thousands. Like a device, it tries again (after a random pause
+ * of up to 500 ms) when the connection fails or closes before its CONNACK; resolves at the
+ * CONNACK.
+ */
+async function rawConnect(port: number, clientId: string): Promise<Socket> {
+  for (let attempt = 1; ; attempt++) {
+    const socket = await new Promise<Socket | undefined>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.setNoDelay(true);
+      const fail = () => {
+        s.destroy();
+        resolve(undefined);
+      };
+      s.once('error', fail);
+      s.once('close', fail);
+      s.once('connect', () => s.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 0 })));
+      s.once('data', (d: Buffer) => {
+        if (d[0] !== 0x20 || d[3] !== 0) return fail();
+        s.off('error', fail);
+        s.off('close', fail);
+        s.on('error', () => {});
+        resolve(s);
+      });
+    });
+    if (socket !== undefined) return socket;
+    if (attempt === 20) throw new Error(`${clientId}: no CONNACK after ${attempt} attempts`);
+    await new Promise((r) => setTimeout(r, Math.random() * 500));
+  }
+}
+
+/** Connects `n` raw clients at once; resolves with the sockets and how long until the last CONNACK. */
+async function connectAll(port: number, n: number, prefix: string): Promise<{ sockets: Socket[]; ms: number }> {
+  const t0 = performance.now();
+  const sockets = await Promise.all(Array.from({ length: n }, (_, i) => rawConnect(port, `${prefix}-${i}`)));
+  return { sockets, ms: performance.now() - t0 };
+}
+
+function closeAll(sockets: Socket[]): Promise<void> {
+  return Promise.all(sockets.map((s) => new Promise<void>((r) => (s.destroyed ? r() : (s.once('close', () => r()), s.destroy()))))).then(() => undefined);
+}
+
+interface ConnectionFigures {
+  /** RSS per idle connection, KB. */
+  kbPerConnection: number;
+  /** All connecting at once on an idle broker, ms. */
+  firstMs: number;
+  /** All dropped and reconnecting at once (same client ids), ms. */
+  reconnectMs: number;
+}
+
+async function connectionFigures(start: () => Promise<Broker | undefined>): Promise<ConnectionFigures | undefined> {
+  const b = await start();
+  if (!b) return undefined;
+  try {
+    await closeAll((await connectAll(b.port, 50, 'warm')).sockets);
+    const before = rssKb(b.pid);
+    const first = await connectAll(b.port, IDLE_CONNECTIONS, 'idle');
+    // Let the broker settle (and collect what connecting left behind) before reading RSS.
+    await new Promise((r) => setTimeout(r, 2000));
+    const kbPerConnection = (rssKb(b.pid) - before) / IDLE_CONNECTIONS;
+    await closeAll(first.sockets);
+    const again = await connectAll(b.port, IDLE_CONNECTIONS, 'idle');
+    await closeAll(again.sockets);
+    return { kbPerConnection, firstMs: first.ms, reconnectMs: again.ms };
+  } finally {
+    await b.stop();
+  }
 }
 
 export async function benchIngest(): Promise<void> {
@@ -121,7 +235,14 @@ export async function benchIngest(): Promise<void> {
       measured: fmt(ours.rate),
       baseline: `${fmt(bare.rate)} bare aedes${mosq ? `; ${fmt(mosq.rate)} mosquitto` : ''}`,
       ratio: `${fmt(ours.rate / bare.rate, 2)}× aedes${mosq ? `; ${fmt(ours.rate / mosq.rate, 2)}× mosquitto` : ''}`,
-      note: 'durable (synced) vs nothing stored',
+      note: 'durable (synced) vs nothing stored; targets ≥ 0.8× aedes, ≥ 1.0× mosquitto',
+    });
+    rows.push({
+      case: `broker CPU µs per reading, ${connections} conn`,
+      measured: fmt(ours.brokerUs, 1),
+      baseline: `${fmt(bare.brokerUs, 1)} bare aedes${mosq ? `; ${fmt(mosq.brokerUs, 1)} mosquitto` : ''}`,
+      ratio: `${fmt(ours.brokerUs / bare.brokerUs, 2)}× aedes`,
+      note: `load generator: ${fmt(ours.generatorUs, 1)} µs/reading (tributary run), ${fmt(bare.generatorUs, 1)} (aedes run)`,
     });
   }
   progress('ingest: publish→PUBACK latency at 5,000 msg/s, 100 connections');
@@ -129,6 +250,25 @@ export async function benchIngest(): Promise<void> {
   const bare = summarize(await measure(startBareAedes, 100, { ratePerSecond: 5000 }));
   if (ours && bare) {
     rows.push({ case: 'publish→PUBACK p99 at 5,000 msg/s', measured: `${fmt(ours.p99, 2)} ms`, baseline: `${fmt(bare.p99, 2)} ms bare aedes`, ratio: `${fmt(ours.p99 / bare.p99, 2)}×`, note: 'target < 3 ms' });
+  }
+  progress(`ingest: ${fmt(IDLE_CONNECTIONS)} idle connections, then all reconnecting at once`);
+  const oursConn = await connectionFigures(startTributary);
+  const bareConn = await connectionFigures(startBareAedes);
+  if (oursConn && bareConn) {
+    rows.push({
+      case: `RSS per idle connection (${fmt(IDLE_CONNECTIONS)} connected)`,
+      measured: `${fmt(oursConn.kbPerConnection, 1)} KB`,
+      baseline: `${fmt(bareConn.kbPerConnection, 1)} KB bare aedes`,
+      ratio: `${fmt(oursConn.kbPerConnection / bareConn.kbPerConnection, 2)}×`,
+      note: 'target ≤ 50 KB',
+    });
+    rows.push({
+      case: `${fmt(IDLE_CONNECTIONS)} devices (re)connecting at once: until all CONNACKed`,
+      measured: `${fmt(oursConn.reconnectMs)} ms (first connect ${fmt(oursConn.firstMs)} ms)`,
+      baseline: `${fmt(bareConn.reconnectMs)} ms bare aedes (first ${fmt(bareConn.firstMs)} ms)`,
+      ratio: `${fmt(oursConn.reconnectMs / bareConn.reconnectMs, 2)}×`,
+      note: 'clean sessions, no keepalive, open mode',
+    });
   }
   printTable('ingest (MQTT)', rows);
 }

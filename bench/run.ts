@@ -1,12 +1,15 @@
 /**
  * `npm run bench [suite...]`: runs the benchmarks and prints one table per suite, each
- * with its baseline measured in the same run. Suites: store, ingest, streams.
+ * with its baseline measured in the same run. Suites: store, ingest, streams, api, cluster
+ * (cluster needs KAFKA_BROKERS, e.g. from test/kafka/start-kafka.sh; without it the default run leaves it out).
  */
+import { benchApi } from './api.js';
+import { benchCluster } from './cluster.js';
 import { benchIngest } from './ingest.js';
 import { benchStore } from './store.js';
 import { benchStreams } from './streams.js';
 
-const SUITES: Record<string, () => Promise<void>> = { store: benchStore, ingest: benchIngest, streams: benchStreams };
+const SUITES: Record<string, () => Promise<void>> = { store: benchStore, ingest: benchIngest, streams: benchStreams, api: benchApi, cluster: benchCluster };
 
 const wanted = process.argv.slice(2);
 for (const name of wanted) {
@@ -16,6 +19,7 @@ for (const name of wanted) {
   }
 }
 process.stdout.write(`# tributary benchmarks — node ${process.version}, ${new Date().toISOString()}\n`);
-for (const name of wanted.length ? wanted : Object.keys(SUITES)) {
+const defaults = Object.keys(SUITES).filter((name) => name !== 'cluster' || process.env.KAFKA_BROKERS);
+for (const name of wanted.length ? wanted : defaults) {
   await (SUITES[name] as () => Promise<void>)();
 }

@@ -174,7 +174,14 @@ abstract class BaseDeadLetterQueue implements DeadLetterQueue {
         await this.remove(id);
         return { result, deleted: true, entry };
       }
-      const updated: DeadLetterEntry = { ...entry, invocations: entry.invocations + 1, redrives: entry.redrives + 1, lastOutcome: result.outcome };
+      // The version that failed last is the one the redrive ran (the latest), not the one that failed first.
+      const updated: DeadLetterEntry = {
+        ...entry,
+        functionVersion: result.functionVersion ?? entry.functionVersion,
+        invocations: entry.invocations + 1,
+        redrives: entry.redrives + 1,
+        lastOutcome: result.outcome,
+      };
       await this.save(updated);
       return { result, deleted: false, entry: updated };
     } finally {

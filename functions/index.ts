@@ -4,4 +4,4 @@
  * function).
  */
 export type { FunctionRuntime, FunctionSpec, HostServices, InvokeLog, InvokeOutcome, InvokeResult } from './types.js';
-export { ProcessFunctionRuntime, type ProcessFunctionRuntimeOptions } from './process-runtime.js';
+export { ProcessFunctionRuntime, runHandlerOnce, type ProcessFunctionRuntimeOptions, type RunOnceOptions, type ServiceCall } from './process-runtime.js';

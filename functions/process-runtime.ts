@@ -1,6 +1,9 @@
 /**
  * The function runtime: every deployed function runs in its own Node.js child process
  * (`host.js`), kept warm between invocations and replaced when a new version is deployed.
+ * Invocations of one function run one at a time; at most `maxQueuedInvocations` may wait,
+ * later ones are refused with `Throttled`. Every invocation, whoever asked for it, is
+ * counted here (per-function metrics) and handed to `onInvoked` (the durable logs).
  *
  * Isolation, and its limits:
  * - Node 20's permission model (`--experimental-permission`) with read access to the
@@ -24,12 +27,15 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import type { Logger } from '../core/logger.js';
+import { SETTINGS } from '../core/config.js';
+import { createLogger, type Logger } from '../core/logger.js';
 import { TributaryError } from '../core/errors.js';
-import type { FunctionRuntime, FunctionSpec, HostServices, InvokeLog, InvokeOutcome, InvokeResult } from './types.js';
+import type { Metrics } from '../core/metrics.js';
+import type { WriteOrigin } from '../streams/types.js';
+import type { FunctionRuntime, FunctionSpec, HostServices, InvocationObserver, InvokeLog, InvokeOptions, InvokeOutcome, InvokeResult } from './types.js';
 
 /** A thrown value as it crosses the IPC channel. */
 export interface WireError {
@@ -67,11 +73,24 @@ export type FromHost =
   | { type: 'exiting' }
   | { type: 'rss'; rss: number };
 
+/** The per-function metrics the runtime keeps (Lambda's Invocations, Errors, Throttles, Duration). */
+export type FunctionMetrics = Pick<Metrics, 'functionInvocations' | 'functionErrors' | 'functionThrottles' | 'functionDuration'>;
+
 /** Options of {@link ProcessFunctionRuntime}. */
 export interface ProcessFunctionRuntimeOptions {
   logger: Logger;
   /** What `context.put` and `context.publish` call. */
   services: HostServices;
+  /** Counted for every invocation, whoever asked for it (mappings, the API, redrives, replays). */
+  metrics?: FunctionMetrics;
+  /** Told about every finished invocation (the durable function logs plug in here). */
+  onInvoked?: InvocationObserver;
+  /**
+   * Invocations of one function that may wait behind the one running; more are refused
+   * with `Throttled` (Lambda's concurrency throttle), so a flood of API invokes cannot
+   * queue without bound. Default 100.
+   */
+  maxQueuedInvocations?: number;
   /** Captured log text kept per invocation, in bytes; a marker follows the cut. Default 256 KiB. */
   maxLogBytes?: number;
   /**
@@ -92,6 +111,7 @@ const DEFAULT_MAX_LOG_BYTES = 256 * 1024;
 const DEFAULT_INIT_TIMEOUT_MS = 10_000;
 const DEFAULT_MEMORY_POLL_MS = 50;
 const DEFAULT_IDLE_TIMEOUT_MS = 10 * 60_000;
+const DEFAULT_MAX_QUEUED = 100;
 /** An idle process can still grow (timers); it is checked, but less often. */
 const IDLE_MEMORY_POLL_MS = 1000;
 /** How long a child that closed its channel gets to exit by itself before it is killed. */
@@ -147,6 +167,8 @@ class LogSink {
 interface Invocation {
   requestId: string;
   sink: LogSink;
+  /** What the invocation's `context.put` writes are marked with (the self-retrigger guard). */
+  origin: WriteOrigin | undefined;
   /** `init`: waiting for the module to load; `run`: the handler has the event. */
   phase: 'init' | 'run';
   settle(outcome: InvokeOutcome): void;
@@ -231,6 +253,9 @@ async function readRss(pid: number): Promise<number | undefined> {
 interface RuntimeSettings {
   logger: Logger;
   services: HostServices;
+  metrics: FunctionMetrics | undefined;
+  onInvoked: InvocationObserver | undefined;
+  maxQueued: number;
   maxLogBytes: number;
   initTimeoutMs: number;
   memoryPollMs: number;
@@ -373,13 +398,14 @@ class FunctionProcess {
   }
 
   /** Runs one invocation: waits for the module to load, sends the event, awaits the outcome. */
-  invoke(requestId: string, event: unknown, sink: LogSink): Promise<InvokeOutcome> {
+  invoke(requestId: string, event: unknown, sink: LogSink, origin?: WriteOrigin): Promise<InvokeOutcome> {
     return new Promise<InvokeOutcome>((resolve) => {
       let initTimer: NodeJS.Timeout | undefined;
       let runTimer: NodeJS.Timeout | undefined;
       const invocation: Invocation = {
         requestId,
         sink,
+        origin,
         phase: 'init',
         settle: (outcome) => {
           if (this.current !== invocation) return;
@@ -530,7 +556,7 @@ class FunctionProcess {
       if (typeof deviceId !== 'string') throw new TypeError(`context.${m.method}: deviceId must be a string`);
       if (m.method === 'put') {
         if (!isRecord(arg) || !isRecord(arg['values'])) throw new TypeError('context.put: reading must be an object { ts?, values: {...} }');
-        await this.settings.services.put(deviceId, arg as Parameters<HostServices['put']>[1]);
+        await this.settings.services.put(deviceId, arg as Parameters<HostServices['put']>[1], this.current.origin);
       } else {
         if (!isRecord(arg) || typeof arg['name'] !== 'string') throw new TypeError('context.publish: command must be an object { name, payload }');
         await this.settings.services.publish(deviceId, { name: arg['name'], payload: arg['payload'] });
@@ -610,12 +636,15 @@ class FunctionSlot {
   private tail: Promise<unknown> = Promise.resolve();
   process: FunctionProcess | undefined;
   retired = false;
+  /** Tasks enqueued and not finished, the running one included. */
+  queued = 0;
 
   constructor(readonly fingerprint: string) {}
 
   /** Runs `task` after every earlier task of this slot has finished. */
   enqueue<T>(task: () => Promise<T>): Promise<T> {
-    const run = this.tail.then(task, task);
+    this.queued++;
+    const run = this.tail.then(task, task).finally(() => this.queued--);
     this.tail = run.catch(() => undefined);
     return run;
   }
@@ -644,6 +673,9 @@ export class ProcessFunctionRuntime implements FunctionRuntime {
     this.settings = {
       logger: options.logger.child({ module: 'functions' }),
       services: options.services,
+      metrics: options.metrics,
+      onInvoked: options.onInvoked,
+      maxQueued: options.maxQueuedInvocations ?? DEFAULT_MAX_QUEUED,
       maxLogBytes: options.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES,
       initTimeoutMs: options.initTimeoutMs ?? DEFAULT_INIT_TIMEOUT_MS,
       memoryPollMs: options.memoryPollMs ?? DEFAULT_MEMORY_POLL_MS,
@@ -653,9 +685,10 @@ export class ProcessFunctionRuntime implements FunctionRuntime {
 
   /**
    * Invokes `fn` with `event`. Never rejects because of the handler: errors, timeouts and
-   * crashes are outcomes. Rejects only when the runtime is closed.
+   * crashes are outcomes. Rejects when too many invocations of `fn` wait (`Throttled`)
+   * and when the runtime is closed.
    */
-  async invoke(fn: FunctionSpec, event: unknown): Promise<InvokeResult> {
+  async invoke(fn: FunctionSpec, event: unknown, options: InvokeOptions = {}): Promise<InvokeResult> {
     if (this.closed) throw new TributaryError('InternalError', 'the function runtime is closed');
     const fp = fingerprint(fn);
     let slot = this.slots.get(fn.name);
@@ -664,8 +697,18 @@ export class ProcessFunctionRuntime implements FunctionRuntime {
       slot = new FunctionSlot(fp);
       this.slots.set(fn.name, slot);
     }
+    // `queued` counts the running invocation too.
+    if (slot.queued > this.settings.maxQueued) {
+      this.settings.metrics?.functionThrottles.inc({ function: fn.name });
+      throw new TributaryError(
+        'Throttled',
+        `function ${fn.name} is busy: ${slot.queued} invocations are running or waiting (it runs one at a time, and at most ${this.settings.maxQueued} may wait); retry later`,
+      );
+    }
     const s = slot;
-    return s.enqueue(() => this.runOne(s, fn, event));
+    const result = await s.enqueue(() => this.runOne(s, fn, event, options.origin));
+    this.observe(fn, result);
+    return result;
   }
 
   /** Kills every function process and waits for them to exit. */
@@ -677,12 +720,27 @@ export class ProcessFunctionRuntime implements FunctionRuntime {
     this.slots.clear();
   }
 
-  private async runOne(slot: FunctionSlot, fn: FunctionSpec, event: unknown): Promise<InvokeResult> {
+  /** Metrics and the observer; neither may fail an invocation that has happened. */
+  private observe(fn: FunctionSpec, result: InvokeResult): void {
+    const { metrics, onInvoked } = this.settings;
+    const labels = { function: fn.name };
+    metrics?.functionInvocations.inc({ ...labels, outcome: result.outcome.status });
+    if (result.outcome.status !== 'ok') metrics?.functionErrors.inc(labels);
+    metrics?.functionDuration.observe(labels, result.durationMs / 1000);
+    try {
+      onInvoked?.(fn, result);
+    } catch (err) {
+      this.settings.logger.error({ err, function: fn.name }, 'invocation observer failed');
+    }
+  }
+
+  private async runOne(slot: FunctionSlot, fn: FunctionSpec, event: unknown, origin: WriteOrigin | undefined): Promise<InvokeResult> {
     const requestId = randomUUID();
     const started = performance.now();
     const sink = new LogSink(this.settings.maxLogBytes);
     const result = (outcome: InvokeOutcome): InvokeResult => ({
       requestId,
+      functionVersion: fn.version,
       outcome,
       durationMs: Math.round((performance.now() - started) * 1000) / 1000,
       logs: sink.entries,
@@ -699,11 +757,63 @@ export class ProcessFunctionRuntime implements FunctionRuntime {
         const p = proc;
         void p.exited.then(() => this.processes.delete(p));
       }
-      return result(await proc.invoke(requestId, event, sink));
+      return result(await proc.invoke(requestId, event, sink, origin));
     } catch (err) {
       // A bug here must not reject into the caller's stream processing.
       this.settings.logger.error({ err, function: fn.name }, 'function runtime failure');
       return result({ status: 'crashed', reason: `internal error: ${(err as Error).message}` });
     }
+  }
+}
+
+/** A `context.put` / `context.publish` made by a handler run with {@link runHandlerOnce}. */
+export type ServiceCall =
+  | { method: 'put'; deviceId: string; reading: Parameters<HostServices['put']>[1] }
+  | { method: 'publish'; deviceId: string; command: Parameters<HostServices['publish']>[1] };
+
+/** What {@link runHandlerOnce} takes: a handler module and the event; the rest as a deployed function's. */
+export interface RunOnceOptions {
+  codePath: string;
+  event: unknown;
+  /** Default: the file name without its extension. */
+  functionName?: string;
+  /** Default: the server's default `--function-timeout-ms`. */
+  timeoutMs?: number;
+  /** Default: the server's default `--function-memory-mb`. */
+  memoryMb?: number;
+  environment?: Record<string, string>;
+  /** Default: calls are only recorded (and succeed), nothing is written or sent. */
+  services?: HostServices;
+  /** The runtime's own log (process starts, kills). Default: silent. */
+  logger?: Logger;
+}
+
+/**
+ * Runs a handler module once, locally, in the same runtime (child process, permission
+ * model, limits, context) a server uses, without a server: what `tributary fn test` runs.
+ * Resolves with the invocation and the `context.put`/`context.publish` calls it made.
+ */
+export async function runHandlerOnce(options: RunOnceOptions): Promise<{ result: InvokeResult; calls: ServiceCall[] }> {
+  const calls: ServiceCall[] = [];
+  const recording: HostServices = {
+    put: async (deviceId, reading) => {
+      calls.push({ method: 'put', deviceId, reading });
+      await options.services?.put(deviceId, reading);
+    },
+    publish: async (deviceId, command) => {
+      calls.push({ method: 'publish', deviceId, command });
+      await options.services?.publish(deviceId, command);
+    },
+  };
+  const runtime = new ProcessFunctionRuntime({ logger: options.logger ?? createLogger('silent'), services: recording });
+  const name = options.functionName ?? basename(options.codePath).replace(/\.[^.]*$/, '');
+  try {
+    const result = await runtime.invoke(
+      { name, version: 1, codePath: options.codePath, timeoutMs: options.timeoutMs ?? SETTINGS.functionTimeoutMs.default, memoryMb: options.memoryMb ?? SETTINGS.functionMemoryMb.default, environment: options.environment ?? {} },
+      options.event,
+    );
+    return { result, calls };
+  } finally {
+    await runtime.close();
   }
 }

@@ -73,6 +73,12 @@ export interface FunctionRegistryOptions {
   /** Limits of functions that do not set their own. */
   defaults: { timeoutMs: number; memoryMb: number };
   logger?: Pick<Logger, 'info' | 'warn'>;
+  /**
+   * Names taken by functions from elsewhere (`--functions-dir`): returns what holds the
+   * name, or undefined. One name is one function (its process, logs, metrics, DLQ entries),
+   * so deploying such a name is refused, and so is opening a registry that already has one.
+   */
+  reserved?: (name: string) => string | undefined;
 }
 
 export const FUNCTION_NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -202,6 +208,7 @@ export class FunctionRegistry {
   private readonly root: string;
   private readonly defaults: { timeoutMs: number; memoryMb: number };
   private readonly logger: Pick<Logger, 'info' | 'warn'> | undefined;
+  private readonly reserved: ((name: string) => string | undefined) | undefined;
   /** Deploys and deletes run one at a time (version numbers, folders). */
   private tail: Promise<unknown> = Promise.resolve();
 
@@ -210,6 +217,7 @@ export class FunctionRegistry {
     this.root = resolve(options.dataDir, 'functions');
     this.defaults = options.defaults;
     this.logger = options.logger;
+    this.reserved = options.reserved;
   }
 
   /** Opens the registry and removes code folders no committed version refers to (left by a crash). */
@@ -217,12 +225,17 @@ export class FunctionRegistry {
     const registry = new FunctionRegistry(options);
     mkdirSync(registry.root, { recursive: true, mode: 0o700 });
     await registry.sweep();
+    await registry.checkReserved();
     return registry;
   }
 
   /** Deploys a new version of `name` (version 1 for a new name) and returns it. */
   async deploy(name: string, input: DeployInput): Promise<FunctionVersion> {
     validateFunctionName(name);
+    const holder = this.reserved?.(name);
+    if (holder !== undefined) {
+      throw new TributaryError('Conflict', `function name ${name} is taken by ${holder}; deploy under another name or remove that file`, { field: 'name' });
+    }
     const { code } = input;
     if (typeof code !== 'string' || code.length === 0) throw validationError('code', 'code must be a non-empty string (the handler module source)');
     const bytes = Buffer.from(code, 'utf8');
@@ -332,6 +345,25 @@ export class FunctionRegistry {
         this.logger?.warn({ err, function: name }, 'cannot remove the code of a deleted function; it is removed at the next start');
       }
     });
+  }
+
+  /** Refuses to open over a name that is both deployed here and reserved elsewhere. */
+  private async checkReserved(): Promise<void> {
+    if (this.reserved === undefined) return;
+    for (let cursor: string | undefined; ; ) {
+      const page = await this.list(cursor === undefined ? { limit: 1000 } : { limit: 1000, cursor });
+      for (const fn of page.items) {
+        const holder = this.reserved(fn.name);
+        if (holder !== undefined) {
+          throw new Error(
+            `function ${fn.name} is deployed over the API (version ${fn.version}) and is also ${holder}: one name is one function. ` +
+              `Rename or remove the file, or start without it and DELETE /v1/functions/${fn.name}.`,
+          );
+        }
+      }
+      if (page.nextCursor === null) return;
+      cursor = page.nextCursor;
+    }
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {

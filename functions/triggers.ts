@@ -4,8 +4,11 @@
  * {@link EventSourceMapping} per enabled trigger.
  *
  * Decisions:
- * - `maximumBatchingWindowMs` must be 0 for now (a batch is whatever is there when the
- *   poller reads); non-zero values are rejected instead of being silently ignored.
+ * - `maximumBatchingWindowMs` is Lambda's MaximumBatchingWindowInSeconds in ms (0..300000):
+ *   the poller gathers records until a read is full or the window has passed.
+ * - `parallelizationFactor` (1..10) and `tumblingWindowSeconds` (0..900) as in Lambda;
+ *   they cannot be combined (a window's state is one per shard, and parallel batches of a
+ *   shard would race on it).
  * - `startingPosition: AT_TIMESTAMP` takes `startingPositionTimestamp` in epoch ms (the
  *   API's unit; Lambda's is seconds): on the first start, each shard's checkpoint is put
  *   just before the first record committed at or after it.
@@ -47,10 +50,15 @@ export interface Trigger {
   bisectBatchOnFunctionError: boolean;
   maximumRecordAgeSeconds: number;
   functionResponseTypes: Array<'ReportBatchItemFailures'>;
+  parallelizationFactor: number;
+  tumblingWindowSeconds: number;
   enabled: boolean;
   /** Epoch ms. */
   createdAt: number;
 }
+
+/** A trigger as the API answers: with the filter patterns' warnings (valid parts that can never match), when there are any. */
+export type TriggerView = Trigger & { warnings?: string[] };
 
 /** The settable fields (create: all optional; update: the ones given change). */
 export type TriggerInput = Partial<Omit<Trigger, 'id' | 'functionName' | 'createdAt'>>;
@@ -65,6 +73,8 @@ const SETTABLE = [
   'bisectBatchOnFunctionError',
   'maximumRecordAgeSeconds',
   'functionResponseTypes',
+  'parallelizationFactor',
+  'tumblingWindowSeconds',
   'enabled',
 ] as const;
 
@@ -76,6 +86,8 @@ export const TRIGGER_DEFAULTS = {
   bisectBatchOnFunctionError: false,
   maximumRecordAgeSeconds: -1,
   functionResponseTypes: [],
+  parallelizationFactor: 1,
+  tumblingWindowSeconds: 0,
   enabled: true,
 } as const satisfies TriggerInput;
 
@@ -91,7 +103,11 @@ function intIn(value: unknown, field: string, min: number, max: number): void {
 export function validateTrigger(t: Trigger): void {
   intIn(t.batchSize, 'batchSize', 1, 10_000);
   intIn(t.maximumBatchingWindowMs, 'maximumBatchingWindowMs', 0, 300_000);
-  if (t.maximumBatchingWindowMs !== 0) throw invalid('maximumBatchingWindowMs', 'maximumBatchingWindowMs is not supported yet; it must be 0 (batches are sent as soon as records are there)');
+  intIn(t.parallelizationFactor, 'parallelizationFactor', 1, 10);
+  intIn(t.tumblingWindowSeconds, 'tumblingWindowSeconds', 0, 900);
+  if (t.tumblingWindowSeconds > 0 && t.parallelizationFactor > 1) {
+    throw invalid('parallelizationFactor', 'parallelizationFactor must be 1 with tumblingWindowSeconds: a window\'s state is kept per shard, and parallel batches of one shard would race on it');
+  }
   if (!['TRIM_HORIZON', 'LATEST', 'AT_TIMESTAMP'].includes(t.startingPosition)) throw invalid('startingPosition', 'startingPosition must be one of TRIM_HORIZON, LATEST, AT_TIMESTAMP');
   if (t.startingPosition === 'AT_TIMESTAMP') {
     if (t.startingPositionTimestamp === undefined) throw invalid('startingPositionTimestamp', 'startingPositionTimestamp (epoch ms) is required with startingPosition AT_TIMESTAMP');
@@ -141,6 +157,17 @@ function after(prefix: Buffer): Buffer {
   return end;
 }
 
+/** A stored row; settings added since it was written take their defaults. */
+function fromRow(value: Buffer): Trigger {
+  return { ...TRIGGER_DEFAULTS, functionResponseTypes: [], ...(JSON.parse(value.toString('utf8')) as Partial<Trigger>) } as Trigger;
+}
+
+/** What the API answers for `t`: the filter patterns' warnings (parts that can never match) join it, so the caller sees them. */
+export function triggerView(t: Trigger): TriggerView {
+  const { warnings } = compileFilterCriteria(t.filterCriteria);
+  return warnings.length === 0 ? t : { ...t, warnings: [...warnings] };
+}
+
 /** Trigger rows in the database: `G · functionName · 0x00 · id` → JSON. */
 export class TriggerStore {
   constructor(private readonly database: Database) {}
@@ -150,14 +177,14 @@ export class TriggerStore {
     const lt = after(gte);
     return this.database.read(async (db) => {
       const out: Trigger[] = [];
-      for await (const value of db.values({ gte, lt })) out.push(JSON.parse(value.toString('utf8')) as Trigger);
+      for await (const value of db.values({ gte, lt })) out.push(fromRow(value));
       return out;
     });
   }
 
   async get(functionName: string, id: string): Promise<Trigger | undefined> {
     const v = await this.database.read((db) => db.get(rowKey(functionName, id)));
-    return v === undefined ? undefined : (JSON.parse(v.toString('utf8')) as Trigger);
+    return v === undefined ? undefined : fromRow(v);
   }
 
   async put(t: Trigger): Promise<void> {
@@ -218,34 +245,38 @@ export class TriggerManager {
   }
 
   /** A function's triggers; those of a deleted function stay listed (and deletable). */
-  async list(functionName: string): Promise<Trigger[]> {
+  async list(functionName: string): Promise<TriggerView[]> {
     const rows = await this.store.list(functionName);
     if (rows.length === 0) await this.options.registry.get(functionName);
-    return rows;
+    return rows.map(triggerView);
   }
 
-  async get(functionName: string, id: string): Promise<Trigger> {
+  async get(functionName: string, id: string): Promise<TriggerView> {
+    return triggerView(await this.row(functionName, id));
+  }
+
+  private async row(functionName: string, id: string): Promise<Trigger> {
     const t = await this.store.get(functionName, id);
     if (t !== undefined) return t;
     await this.options.registry.get(functionName);
     throw notFound(functionName, id);
   }
 
-  async create(functionName: string, input: unknown): Promise<Trigger> {
+  async create(functionName: string, input: unknown): Promise<TriggerView> {
     return this.exclusive(async () => {
       await this.options.registry.get(functionName);
       const base: Trigger = { id: randomUUID(), functionName, ...TRIGGER_DEFAULTS, functionResponseTypes: [], createdAt: Date.now() };
       const t = mergeTrigger(base, input ?? {});
       await this.store.put(t);
       if (t.enabled) await this.startMapping(t);
-      return t;
+      return triggerView(t);
     });
   }
 
-  async update(functionName: string, id: string, input: unknown): Promise<Trigger> {
+  async update(functionName: string, id: string, input: unknown): Promise<TriggerView> {
     return this.exclusive(async () => {
       await this.options.registry.get(functionName);
-      const current = await this.get(functionName, id);
+      const current = await this.row(functionName, id);
       const t = mergeTrigger(current, input ?? {});
       // As in Lambda: where a mapping starts is fixed once it has run (its checkpoints decide).
       if (t.startingPosition !== current.startingPosition) throw invalid('startingPosition', 'startingPosition cannot be changed; delete the trigger and create a new one');
@@ -253,13 +284,13 @@ export class TriggerManager {
       await this.stopMapping(id);
       await this.store.put(t);
       if (t.enabled) await this.startMapping(t);
-      return t;
+      return triggerView(t);
     });
   }
 
   async delete(functionName: string, id: string): Promise<void> {
     return this.exclusive(async () => {
-      await this.get(functionName, id);
+      await this.row(functionName, id);
       await this.stopMapping(id);
       await this.store.delete(functionName, id);
     });
@@ -282,6 +313,9 @@ export class TriggerManager {
     const config: TriggerConfig = {
       id: t.id,
       batchSize: t.batchSize,
+      maximumBatchingWindowMs: t.maximumBatchingWindowMs,
+      parallelizationFactor: t.parallelizationFactor,
+      tumblingWindowSeconds: t.tumblingWindowSeconds,
       startingPosition: t.startingPosition === 'TRIM_HORIZON' ? 'TRIM_HORIZON' : 'LATEST',
       maximumRetryAttempts: t.maximumRetryAttempts,
       bisectBatchOnFunctionError: t.bisectBatchOnFunctionError,
@@ -291,7 +325,7 @@ export class TriggerManager {
     if (t.filterCriteria !== undefined) config.filterCriteria = t.filterCriteria;
     // Each batch goes to the latest version deployed at that moment.
     const runtime: FunctionRuntime = {
-      invoke: async (fn, event) => mapping.runtime.invoke(await registry.spec(fn.name), event),
+      invoke: async (fn, event, options) => mapping.runtime.invoke(await registry.spec(fn.name), event, options),
       close: async () => {},
     };
     const checkpoints = new LevelCheckpointStore(database);

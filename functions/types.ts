@@ -3,6 +3,7 @@
  * the server's process, with a timeout and a memory cap.
  */
 import type { Values } from '../store/types.js';
+import type { WriteOrigin } from '../streams/types.js';
 
 export interface FunctionSpec {
   name: string;
@@ -28,6 +29,11 @@ export type InvokeOutcome =
 
 export interface InvokeResult {
   requestId: string;
+  /**
+   * The version that ran, which can be newer than the spec a caller started from (a
+   * trigger resolves the latest version per batch). Always set by `ProcessFunctionRuntime`.
+   */
+  functionVersion?: number;
   outcome: InvokeOutcome;
   durationMs: number;
   logs: InvokeLog[];
@@ -35,12 +41,29 @@ export interface InvokeResult {
 
 /** What a handler may ask of the server through `context`. */
 export interface HostServices {
-  put(deviceId: string, reading: { ts?: number; values: Values }): Promise<void>;
+  /** `origin`: the invocation's {@link InvokeOptions.origin}, carried to the change records of the write. */
+  put(deviceId: string, reading: { ts?: number; values: Values }, origin?: WriteOrigin): Promise<void>;
   publish(deviceId: string, command: { name: string; payload: unknown }): Promise<void>;
 }
 
+/** Told about every finished invocation (durable logs); must not throw. */
+export type InvocationObserver = (fn: FunctionSpec, result: InvokeResult) => void;
+
 export interface FunctionRuntime {
-  invoke(fn: FunctionSpec, event: unknown): Promise<InvokeResult>;
+  /**
+   * Runs `fn` once with `event`. Handler failures are outcomes, never rejections.
+   * @throws TributaryError `Throttled` when too many invocations of `fn` are already
+   * waiting; `InternalError` once the runtime is closed.
+   */
+  invoke(fn: FunctionSpec, event: unknown, options?: InvokeOptions): Promise<InvokeResult>;
   /** Stops every function process. */
   close(): Promise<void>;
+}
+
+export interface InvokeOptions {
+  /**
+   * What `context.put` writes of this invocation are marked with (an event source
+   * mapping sets it: the function's name and one more hop than the records it delivers).
+   */
+  origin?: WriteOrigin;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodePayload, RejectedPayload, type PayloadLimits } from './payload.js';
+import { checkTimeWindow, decodePayload, RejectedPayload, type PayloadLimits } from './payload.js';
 import { routeTopic } from './topics.js';
 
 const LIMITS: PayloadLimits = { maxPayloadBytes: 1024, maxReadings: 3, maxKeys: 4, maxDepth: 3 };
@@ -73,9 +73,57 @@ describe('decodePayload', () => {
     expect(err.code).toBe('PayloadTooLarge');
   });
 
+  it('rejects bytes that are not UTF-8 instead of storing U+FFFD', () => {
+    for (const bytes of [[0x22, 0xc3, 0x28, 0x22], [0x22, 0xed, 0xa0, 0x80, 0x22], [0x22, 0xff, 0x22], [0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xe2, 0x82, 0x22, 0x7d]]) {
+      let err: unknown;
+      try {
+        decodePayload(Buffer.from(bytes), LIMITS);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(RejectedPayload);
+      expect((err as RejectedPayload).reason).toBe('invalid_encoding');
+    }
+    expect(decode('{"t":"é€😀"}')).toEqual([{ values: { t: 'é€😀' } }]);
+  });
+
   it('names the offending field', () => {
     expect(rejection('[{"a":1},{"ts":"x","a":1}]').field).toBe('[1]ts');
     expect(rejection('{"gps":{"lat":null}}').field).toBe('gps.lat');
+  });
+});
+
+describe('checkTimeWindow', () => {
+  const now = 1_764_150_000_000;
+  const w = { now, maxFutureMs: 60_000, maxAgeMs: 86_400_000 };
+  const reasonOf = (fn: () => void): string | undefined => {
+    try {
+      fn();
+    } catch (err) {
+      return (err as RejectedPayload).reason;
+    }
+    return undefined;
+  };
+
+  it('accepts server-stamped readings and timestamps inside [now - retention, now + skew]', () => {
+    expect(reasonOf(() => checkTimeWindow([{ values: { a: 1 } }, { ts: now + 60_000, values: { a: 1 } }, { ts: now - 86_400_000, values: { a: 1 } }], w))).toBeUndefined();
+  });
+
+  it('rejects a ts too far ahead or older than the retention, naming the reading', () => {
+    expect(reasonOf(() => checkTimeWindow([{ ts: now + 60_001, values: { a: 1 } }], w))).toBe('timestamp_in_future');
+    expect(reasonOf(() => checkTimeWindow([{ ts: now - 86_400_001, values: { a: 1 } }], w))).toBe('timestamp_too_old');
+    let err: RejectedPayload | undefined;
+    try {
+      checkTimeWindow([{ values: { a: 1 } }, { ts: now + 3_600_000, values: { a: 1 } }], w);
+    } catch (e) {
+      err = e as RejectedPayload;
+    }
+    expect(err?.field).toBe('[1]ts');
+    expect(err?.message).toMatch(/ahead of the server's clock/);
+  });
+
+  it('has no lower bound when retention is off', () => {
+    expect(reasonOf(() => checkTimeWindow([{ ts: 0, values: { a: 1 } }], { ...w, maxAgeMs: 0 }))).toBeUndefined();
   });
 });
 

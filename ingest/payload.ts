@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { TributaryError } from '../core/errors.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
 import type { ReadingInput, Value, Values } from '../store/types.js';
@@ -5,13 +6,21 @@ import type { ReadingInput, Value, Values } from '../store/types.js';
 /** Why a payload was rejected: the label of the rejects counter and log. */
 export type RejectReason =
   | 'payload_too_large'
+  /** Not UTF-8 (RFC 8259 §8.1: JSON exchanged between systems is UTF-8). */
+  | 'invalid_encoding'
   | 'invalid_json'
   | 'invalid_shape'
   | 'invalid_timestamp'
   | 'invalid_value'
   | 'too_many_keys'
   | 'too_many_readings'
-  /** Refused by the store after decoding, e.g. older than the retention. */
+  /** `ts` later than now plus `maxClockSkew`. */
+  | 'timestamp_in_future'
+  /** `ts` older than the retention: it would be dropped at once. */
+  | 'timestamp_too_old'
+  /** A topic under `devices/` whose device id is not valid. */
+  | 'invalid_topic'
+  /** Refused by the store after decoding (a retention pass raced ingest's own check). */
   | 'rejected_by_store';
 
 /** A payload that cannot become readings: a ValidationError (or PayloadTooLarge) with a reason label. */
@@ -43,6 +52,8 @@ export function decodePayload(payload: Buffer, limits: PayloadLimits): ReadingIn
   if (payload.length > limits.maxPayloadBytes) {
     throw new RejectedPayload('payload_too_large', `payload of ${payload.length} bytes exceeds the limit of ${limits.maxPayloadBytes} bytes`);
   }
+  // toString would quietly turn invalid bytes into U+FFFD and store a corrupted value.
+  if (!isUtf8(payload)) throw new RejectedPayload('invalid_encoding', 'payload is not valid UTF-8 (JSON must be UTF-8)');
   let parsed: unknown;
   try {
     parsed = JSON.parse(payload.toString('utf8'));
@@ -90,6 +101,38 @@ function decodeReading(item: unknown, limits: Omit<PayloadLimits, 'maxPayloadByt
   const reading: ReadingInput = { values: checkValues(values, limits, where) };
   if (rawTs !== undefined) reading.ts = parseTimestamp(rawTs, where);
   return reading;
+}
+
+/** The span of timestamps ingest accepts, relative to the server's clock. */
+export interface TimeWindow {
+  now: number;
+  /** How far past `now` a ts may be. */
+  maxFutureMs: number;
+  /** How far before `now` a ts may be; 0: no limit (retention off). */
+  maxAgeMs: number;
+}
+
+/**
+ * Rejects readings stamped too far in the future (they would stay the device's "latest"
+ * until then) or older than the retention (they would be dropped on the next pass).
+ * Readings without `ts` are stamped by the server and always fit.
+ */
+export function checkTimeWindow(readings: readonly ReadingInput[], w: TimeWindow): void {
+  for (let i = 0; i < readings.length; i++) {
+    const ts = (readings[i] as ReadingInput).ts;
+    if (ts === undefined) continue;
+    const field = readings.length > 1 ? `[${i}]ts` : 'ts';
+    if (ts > w.now + w.maxFutureMs) {
+      throw new RejectedPayload(
+        'timestamp_in_future',
+        `ts ${ts} (${new Date(ts).toISOString()}) is more than ${w.maxFutureMs} ms ahead of the server's clock (${new Date(w.now).toISOString()}); check the device's clock`,
+        field,
+      );
+    }
+    if (w.maxAgeMs > 0 && ts < w.now - w.maxAgeMs) {
+      throw new RejectedPayload('timestamp_too_old', `ts ${ts} (${new Date(ts).toISOString()}) is older than the retention of ${w.maxAgeMs} ms`, field);
+    }
+  }
 }
 
 function parseTimestamp(raw: unknown, where: string): number {

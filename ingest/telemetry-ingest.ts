@@ -1,84 +1,191 @@
-import { createHash } from 'node:crypto';
-import type { Counter } from 'prom-client';
+import { hash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Counter, Gauge, Histogram } from 'prom-client';
 import type { Logger } from '../core/logger.js';
+import type { Metrics } from '../core/metrics.js';
 import { assertDeviceId } from '../core/ids.js';
-import { isTributaryError } from '../core/errors.js';
-import type { DeliveryId, TelemetryStore, WriteRequest, WriteResult } from '../store/types.js';
-import { DEFAULT_LIMITS, decodePayload, decodeReadings, RejectedPayload, type PayloadLimits, type RejectReason } from './payload.js';
+import { isTributaryError, TributaryError } from '../core/errors.js';
+import type { DeliveryId, ReadingInput, TelemetryStore, WriteRequest, WriteResult } from '../store/types.js';
+import { checkTimeWindow, DEFAULT_LIMITS, decodePayload, decodeReadings, RejectedPayload, type PayloadLimits, type RejectReason } from './payload.js';
+import type { PublishRate } from './publish-rate.js';
+import type { RejectInput, RejectsLog } from './rejects-log.js';
 
 export interface IngestMetrics {
   readings: Counter<string>;
   rejects: Counter<'reason' | 'transport'>;
+  messages: Counter<'transport'>;
+  throttled: Counter;
+  durableLatency: Histogram<'transport'>;
+  backlog: Gauge;
+}
+
+/** The ingest metrics out of the app's registry. */
+export function ingestMetricsOf(m: Metrics): IngestMetrics {
+  return {
+    readings: m.ingestReadings,
+    rejects: m.ingestRejects,
+    messages: m.ingestMessages,
+    throttled: m.ingestThrottled,
+    durableLatency: m.ingestDurableLatency,
+    backlog: m.storeQueuedReadings,
+  };
 }
 
 export type Transport = 'mqtt' | 'http';
 
+export interface TelemetryIngestOptions {
+  store: TelemetryStore;
+  rejects: Pick<RejectsLog, 'append'>;
+  logger: Logger;
+  metrics: IngestMetrics;
+  maxPayloadBytes: number;
+  maxKeysPerReading: number;
+  /** How far past the server's clock a reading's ts may be. */
+  maxClockSkewMs: number;
+  /** The store's retention (0: off); older readings are rejected here, with their own reason. */
+  retentionMs: number;
+  /** Per-device pacing of MQTT publishes; none: unlimited. */
+  publishRate?: PublishRate;
+  now?: () => number;
+}
+
+/**
+ * Longest a publish is held to bring its device back under `devicePublishRate`. A device
+ * further ahead than this is disconnected without a PUBACK (`Throttled`), so that it
+ * re-sends later instead of the broker holding its packets — and not reading its
+ * keepalive PINGREQs — for longer.
+ */
+export const MAX_PACING_MS = 5000;
+
+/** What {@link TelemetryIngest.reject} records besides the reason. */
+export interface RejectDetail {
+  clientId?: string;
+  topic?: string;
+  deviceId?: string;
+  field?: string;
+  payload?: Buffer;
+}
+
+/** Where an MQTT payload came from, for the rejects log. */
+export type PublishSource = Pick<RejectDetail, 'clientId' | 'topic'>;
+
 /**
  * The one write path for readings, whatever transport brought them: validate, then
  * hand to the store. Rejected payloads never reach the store or the stream; they are
- * logged and counted by reason.
+ * counted by reason and recorded in the rejects log (durably, before the caller hears
+ * of the reject, so a QoS 1 reject is acknowledged only once its record is on disk).
  */
 export class TelemetryIngest {
   private readonly limits: PayloadLimits;
+  private readonly now: () => number;
 
-  constructor(
-    private readonly deps: { store: TelemetryStore; logger: Logger; metrics: IngestMetrics; maxPayloadBytes: number },
-  ) {
-    this.limits = { ...DEFAULT_LIMITS, maxPayloadBytes: deps.maxPayloadBytes };
-  }
-
-  /** A raw MQTT payload. Resolves once the readings are durable (or the delivery is a known redelivery). */
-  async ingestPayload(deviceId: string, payload: Buffer, delivery?: Omit<DeliveryId, 'payloadHash'>): Promise<WriteResult> {
-    const readings = this.guard('mqtt', deviceId, payload, () => decodePayload(payload, this.limits));
-    const req = delivery
-      ? { deviceId, readings, delivery: { ...delivery, payloadHash: createHash('sha1').update(payload).digest('hex') } }
-      : { deviceId, readings };
-    const result = await this.write('mqtt', req);
-    this.deps.metrics.readings.inc({ transport: 'mqtt' }, result.items.length);
-    return result;
-  }
-
-  /** A parsed HTTP body: one reading or an array. */
-  async ingestBody(deviceId: string, body: unknown): Promise<WriteResult> {
-    assertDeviceId(deviceId, 'id');
-    const readings = this.guard('http', deviceId, body, () => decodeReadings(body, this.limits));
-    const result = await this.write('http', { deviceId, readings });
-    this.deps.metrics.readings.inc({ transport: 'http' }, result.items.length);
-    return result;
+  constructor(private readonly deps: TelemetryIngestOptions) {
+    this.limits = { ...DEFAULT_LIMITS, maxKeys: deps.maxKeysPerReading, maxPayloadBytes: deps.maxPayloadBytes };
+    this.now = deps.now ?? Date.now;
   }
 
   /**
-   * The store validates what only it can judge (e.g. a reading older than the
-   * retention). Such a refusal is a reject like any other: counted, and for MQTT
-   * acknowledged — not a failed write, which would make the client re-send it forever.
+   * A raw MQTT payload for `deviceId`. Resolves once the readings are durable (or the
+   * delivery is a known redelivery). Rejects with a {@link RejectedPayload} once the
+   * reject is recorded; with `Throttled` when the device is too far over its rate; with
+   * `StoreUnavailable` when nothing could be written.
    */
-  private async write(transport: Transport, req: WriteRequest): Promise<WriteResult> {
+  async ingestPayload(deviceId: string, payload: Buffer, delivery?: Omit<DeliveryId, 'payloadHash'>, source: PublishSource = {}): Promise<WriteResult> {
+    const m = this.deps.metrics;
+    m.messages.inc({ transport: 'mqtt' });
+    await this.pace(deviceId);
+    const end = m.durableLatency.startTimer({ transport: 'mqtt' });
+    const clientId = source.clientId ?? delivery?.clientId;
     try {
-      return await this.deps.store.write(req);
+      const readings = this.decode(() => decodePayload(payload, this.limits));
+      const req: WriteRequest = delivery
+        ? { deviceId, readings, delivery: { ...delivery, payloadHash: hash('sha1', payload, 'hex') } }
+        : { deviceId, readings };
+      const result = await this.write(req);
+      m.readings.inc({ transport: 'mqtt' }, result.items.length);
+      return result;
     } catch (err) {
-      if (isTributaryError(err) && err.code === 'ValidationError') {
-        const rejected = new RejectedPayload('rejected_by_store', err.message, err.field);
-        this.reject(transport, rejected.reason, { deviceId: req.deviceId, field: err.field }, err.message);
-        throw rejected;
+      if (err instanceof RejectedPayload) {
+        await this.record({ transport: 'mqtt', reason: err.reason, message: err.message, field: err.field, deviceId, clientId, topic: source.topic ?? `devices/${deviceId}/telemetry`, payload });
       }
       throw err;
+    } finally {
+      end();
     }
   }
 
-  /** Counts and logs a reject that happened before decoding (e.g. a topic outside the scheme). */
-  reject(transport: Transport, reason: RejectReason | 'invalid_topic', detail: Record<string, unknown>, message: string): void {
-    this.deps.metrics.rejects.inc({ reason, transport });
-    this.deps.logger.warn({ ...detail, reason, transport }, `telemetry rejected: ${message}`);
-  }
-
-  private guard<T>(transport: Transport, deviceId: string, raw: unknown, decode: () => T): T {
+  /** A parsed HTTP body: one reading or an array. Resolves once durable; rejects like {@link ingestPayload}. */
+  async ingestBody(deviceId: string, body: unknown): Promise<WriteResult> {
+    assertDeviceId(deviceId, 'id');
+    const m = this.deps.metrics;
+    m.messages.inc({ transport: 'http' });
+    const end = m.durableLatency.startTimer({ transport: 'http' });
     try {
-      return decode();
+      const readings = this.decode(() => decodeReadings(body, this.limits));
+      const result = await this.write({ deviceId, readings });
+      m.readings.inc({ transport: 'http' }, result.items.length);
+      return result;
     } catch (err) {
       if (err instanceof RejectedPayload) {
-        const sample = Buffer.isBuffer(raw) ? raw.subarray(0, 200).toString('utf8') : undefined;
-        this.reject(transport, err.reason, { deviceId, field: err.field, sample }, err.message);
+        await this.record({ transport: 'http', reason: err.reason, message: err.message, field: err.field, deviceId, payload: Buffer.from(JSON.stringify(body) ?? '', 'utf8') });
       }
+      throw err;
+    } finally {
+      end();
+    }
+  }
+
+  /**
+   * Records a reject found outside this class (a topic whose device id is invalid):
+   * counted and written to the rejects log. Resolves once the record is durable; a QoS 1
+   * PUBLISH should be acknowledged only then. A caller that does not wait still gets the
+   * record written (a failure is then only logged).
+   */
+  reject(transport: Transport, reason: RejectReason, detail: RejectDetail, message: string): Promise<void> {
+    const recorded = this.record({ transport, reason, message, ...detail, payload: detail.payload ?? Buffer.alloc(0) });
+    recorded.catch((err: unknown) => this.deps.logger.warn({ err, reason }, 'a reject could not be recorded in the rejects log'));
+    return recorded;
+  }
+
+  private async record(input: RejectInput): Promise<void> {
+    this.deps.metrics.rejects.inc({ reason: input.reason, transport: input.transport });
+    // Debug only: a flood of garbage must not flood the log too; the rejects log has every one.
+    this.deps.logger.debug({ deviceId: input.deviceId, clientId: input.clientId, reason: input.reason, field: input.field, transport: input.transport }, `telemetry rejected: ${input.message}`);
+    await this.deps.rejects.append(input);
+  }
+
+  /** Holds an MQTT publish until its device is within its rate (see publish-rate.ts). */
+  private async pace(deviceId: string): Promise<void> {
+    const rate = this.deps.publishRate;
+    if (rate === undefined) return;
+    const wait = rate.take(deviceId);
+    if (wait === 0) return;
+    if (wait > MAX_PACING_MS) {
+      rate.giveBack(deviceId);
+      throw new TributaryError('Throttled', `device ${deviceId} publishes faster than its rate allows and is more than ${MAX_PACING_MS} ms ahead; disconnecting it without a PUBACK`);
+    }
+    this.deps.metrics.throttled.inc();
+    await sleep(wait);
+  }
+
+  private decode(decode: () => ReadingInput[]): ReadingInput[] {
+    const readings = decode();
+    checkTimeWindow(readings, { now: this.now(), maxFutureMs: this.deps.maxClockSkewMs, maxAgeMs: this.deps.retentionMs });
+    return readings;
+  }
+
+  /**
+   * The store validates what only it can judge at commit time (a retention pass may
+   * have moved its horizon since {@link decode} checked). Such a refusal is a reject like
+   * any other — not a failed write, which would make an MQTT client re-send it forever.
+   */
+  private async write(req: WriteRequest): Promise<WriteResult> {
+    const written = this.deps.store.write(req);
+    this.deps.metrics.backlog.set(this.deps.store.backlog);
+    try {
+      return await written;
+    } catch (err) {
+      if (isTributaryError(err) && err.code === 'ValidationError') throw new RejectedPayload('rejected_by_store', err.message, err.field);
       throw err;
     }
   }

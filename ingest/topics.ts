@@ -22,6 +22,13 @@ export function routeTopic(topic: string): TopicRoute {
   return { kind: 'device-other', deviceId };
 }
 
+/**
+ * A command name is one topic level of `devices/{id}/commands/{name}`: 1–128
+ * characters without `/`, the wildcards `+` and `#` ([MQTT-3.3.2-2]: not allowed in a
+ * PUBLISH topic) or control characters.
+ */
+export const COMMAND_NAME_PATTERN = '^[^/+#\\u0000-\\u001f\\u007f]{1,128}$';
+
 export function telemetryTopic(deviceId: string): string {
   return `devices/${deviceId}/telemetry`;
 }

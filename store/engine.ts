@@ -18,7 +18,7 @@ import { TributaryError, invalidParameter } from '../core/errors.js';
 import { assertDeviceId } from '../core/ids.js';
 import type { Logger } from '../core/logger.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
-import type { BatchOp, Change, ChangeLog } from '../streams/types.js';
+import type { BatchOp, Change, ChangeLog, WriteOrigin } from '../streams/types.js';
 import { decodeDeviceCursor, decodeReadingCursor, encodeDeviceCursor, encodeReadingCursor, type Order } from './cursor.js';
 import {
   KeyAccumulator,
@@ -215,6 +215,7 @@ export interface EngineOptions {
 
 interface Pending {
   req: PreparedWrite;
+  origin?: WriteOrigin;
   resolve: (result: WriteResult) => void;
   reject: (err: unknown) => void;
 }
@@ -283,6 +284,8 @@ export class TelemetryStoreEngine implements TelemetryStore {
 
   private queue: Pending[] = [];
   private queuedReadings = 0;
+  /** Readings of the batch being committed. */
+  private committingReadings = 0;
   /** Maintenance turns waiting for the pipeline. */
   private steps: Array<() => Promise<void>> = [];
   private inFlight = false;
@@ -342,10 +345,14 @@ export class TelemetryStoreEngine implements TelemetryStore {
       if (this.closing !== undefined) throw storeClosed();
     }
     return new Promise<WriteResult>((resolve, reject) => {
-      this.queue.push({ req: prepared, resolve, reject });
+      this.queue.push(req.origin === undefined ? { req: prepared, resolve, reject } : { req: prepared, origin: req.origin, resolve, reject });
       this.queuedReadings += prepared.readings.length;
       this.schedule();
     });
+  }
+
+  get backlog(): number {
+    return this.queuedReadings + this.committingReadings;
   }
 
   /** The horizon for `now`: readings with ts below it have expired. Monotonic, so a clock stepping back never reopens a dropped partition. */
@@ -404,9 +411,13 @@ export class TelemetryStoreEngine implements TelemetryStore {
     }
     const batch = this.queue.splice(0, n);
     this.queuedReadings -= readings;
+    this.committingReadings = readings;
     this.inFlight = true;
     this.lastTurnWasStep = false;
-    void this.runBatch(batch).then(() => this.afterTurn());
+    void this.runBatch(batch).then(() => {
+      this.committingReadings = 0;
+      this.afterTurn();
+    });
   }
 
   /**
@@ -549,6 +560,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
     let itemIndex = 0;
     for (let b = 0; b < batch.length; b++) {
       const req = (batch[b] as Pending).req;
+      const origin = (batch[b] as Pending).origin;
       const w = work.get(req.deviceId) as Work;
       if (req.delivery !== undefined) {
         const d = req.delivery;
@@ -596,12 +608,15 @@ export class TelemetryStoreEngine implements TelemetryStore {
         if (c.change === 'NONE') continue;
         plan.json.push(r.json);
         w.written?.set(`${ts}:${seq}`, r.json);
+        let change: Change;
         if (c.change === 'INSERT') {
           w.inserts++;
-          changes.push({ eventName: 'INSERT', deviceId: req.deviceId, ts, seq, newValues: r.values });
+          change = { eventName: 'INSERT', deviceId: req.deviceId, ts, seq, newValues: r.values };
         } else {
-          changes.push({ eventName: 'MODIFY', deviceId: req.deviceId, ts, seq, newValues: r.values, oldValues: c.oldValues });
+          change = { eventName: 'MODIFY', deviceId: req.deviceId, ts, seq, newValues: r.values, oldValues: c.oldValues };
         }
+        if (origin !== undefined) change.origin = origin;
+        changes.push(change);
         this.updateLatest(w, ts, seq, r.json, r.values);
       }
       results[b] = { status: 'committed', items };

@@ -21,6 +21,7 @@
  * | `U` | audit log of administrative actions | time (u64 BE) · id |
  * | `R` | rejects log (ingest) | time (u64 BE) · seq |
  * | `W` | function logs | function · 0x00 · time (u64 BE) · seq |
+ * | `O` | Kafka consumer offsets applied to this store (cluster/offsets.ts) | topic · 0x00 · partition (u32 BE) |
  * | `!` | sublevels of libraries (e.g. `!mqtt!` for aedes persistence) | — |
  */
 export const Prefix = {
@@ -40,6 +41,7 @@ export const Prefix = {
   audit: 0x55, // U
   reject: 0x52, // R
   functionLog: 0x57, // W
+  consumerOffset: 0x4f, // O
 } as const;
 
 /** Bumped whenever the on-disk layout changes incompatibly. */

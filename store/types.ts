@@ -5,6 +5,8 @@
  * `test/suites/telemetry-store.suite.ts`.
  */
 
+import type { WriteOrigin } from '../streams/types.js';
+
 /** A reading's values: a flat or nested JSON object of numbers, strings and booleans. */
 export type Values = { [key: string]: Value };
 export type Value = number | string | boolean | Values;
@@ -39,6 +41,8 @@ export interface WriteRequest {
   deviceId: string;
   readings: ReadingInput[];
   delivery?: DeliveryId;
+  /** Written by a function (`context.put`): carried into the change records, so mappings can stop a function re-triggering itself. */
+  origin?: WriteOrigin;
 }
 
 export type ItemChange = 'INSERT' | 'MODIFY' | 'NONE';
@@ -199,6 +203,11 @@ export interface TelemetryStore {
    * (synced); concurrent calls are group-committed.
    */
   write(req: WriteRequest): Promise<WriteResult>;
+  /**
+   * Readings accepted by {@link write} and not yet durable (queued or in the batch being
+   * committed): how far the store is behind its writers. Ingest uses it for backpressure.
+   */
+  readonly backlog: number;
   query(q: RangeQuery): Promise<Page<Reading>>;
   /**
    * Buckets of aggregates over a time range of one device, computed by streaming the

@@ -41,6 +41,7 @@ export abstract class SequencedLog implements ChangeLog {
       if (change.newValues) record.newValues = change.newValues;
       if (change.oldValues) record.oldValues = change.oldValues;
       if (change.byService) record.byService = true;
+      if (change.origin) record.origin = change.origin;
       this.persist(ops, record);
       records.push(record);
     }

@@ -19,6 +19,18 @@ export interface Change {
   oldValues?: Values;
   /** Removed by retention/TTL rather than by a user: rendered with DynamoDB's service userIdentity. */
   byService?: boolean;
+  /** Written by a function through `context.put`: internal, never rendered into the Lambda record. */
+  origin?: WriteOrigin;
+}
+
+/**
+ * Which function wrote a change through `context.put`, and how many such writes led to
+ * it (1: the function was invoked by records no function wrote). Event source mappings
+ * use it to keep a handler from re-triggering itself forever.
+ */
+export interface WriteOrigin {
+  function: string;
+  hops: number;
 }
 
 /** A change with its place in the log. */

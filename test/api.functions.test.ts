@@ -7,6 +7,9 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startApp, type RunningApp } from './app-harness.js';
+import { createApp } from '../app.js';
+import { configWith } from '../core/config.js';
+import { createLogger } from '../core/logger.js';
 import { tempDir } from './helpers.js';
 
 interface ErrorBody {
@@ -297,6 +300,42 @@ describe('functions survive a restart', () => {
       }
     } finally {
       dir.cleanup();
+    }
+  });
+});
+
+describe('functions from --functions-dir and from the API share one namespace', () => {
+  it('refuses to deploy a name a --functions-dir file holds, invokes the file over the API, and refuses to start over a clash', async () => {
+    const data = tempDir();
+    const fnDir = tempDir('tributary-fndir-');
+    try {
+      writeFileSync(join(fnDir.path, 'from-dir.mjs'), 'export async function handler(e) { console.log("dir", e.n); return { from: "dir", n: e.n }; }');
+      const first = await startApp({ dataDir: data.path, functionsDir: fnDir.path });
+      try {
+        const base1 = first.addresses.http;
+        const clash = expectError(await call(base1, 'PUT', '/v1/functions/from-dir', { code: ESM_HANDLER }), 409, 'Conflict', 'name');
+        expect(clash.message).toContain(join(fnDir.path, 'from-dir.mjs'));
+        const out = await call(base1, 'POST', '/v1/functions/from-dir/invoke', { n: 3 });
+        expect(out.body).toMatchObject({ status: 'ok', result: { from: 'dir', n: 3 } });
+        const logs = (await call(base1, 'GET', '/v1/functions/from-dir/logs')).body as { items: Array<{ message: string }> };
+        expect(logs.items.map((l) => l.message)).toEqual(['dir 3']);
+        // Deployed over the API while the file is absent ...
+        expect((await call(base1, 'PUT', '/v1/functions/api-first', { code: ESM_HANDLER })).status).toBe(201);
+      } finally {
+        await first.stop();
+      }
+      // ... then a file of the same name appears: one name would be two functions.
+      writeFileSync(join(fnDir.path, 'api-first.mjs'), 'export const handler = async () => 1;');
+      const config = configWith({ mqttPort: 0, httpPort: 0, logLevel: 'silent', dataDir: data.path, functionsDir: fnDir.path });
+      const refused = createApp(config, { logger: createLogger('silent') });
+      try {
+        await expect(refused.start()).rejects.toThrow(/function api-first is deployed over the API \(version 1\) and is also the --functions-dir file/);
+      } finally {
+        await refused.stop();
+      }
+    } finally {
+      data.cleanup();
+      fnDir.cleanup();
     }
   });
 });

@@ -5,7 +5,9 @@
  * All through `app.inject()`, with every optional route (metrics, streams) enabled.
  */
 import { readFileSync } from 'node:fs';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, RouteOptions } from 'fastify';
+import { ApiKeyStore } from '../access/api-keys.js';
+import { AuditLog } from '../access/audit-log.js';
 import { minimalApiDeps } from './app-harness.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildApi } from '../api/index.js';
@@ -29,6 +31,8 @@ interface OpenApiDocument {
   servers?: unknown;
   tags?: Array<{ name: string }>;
   paths: Record<string, Record<string, Operation>>;
+  components?: { securitySchemes?: Record<string, { type: string; scheme?: string }> };
+  security?: Array<Record<string, string[]>>;
 }
 
 const HTTP_METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'];
@@ -43,6 +47,8 @@ let app: FastifyInstance;
 let store: MemoryTelemetryStore;
 /** Every (method, url) fastify registered, as seen by an onRoute hook. */
 let routes: Array<{ method: string; url: string }>;
+/** The registered routes' options, kept by reference: later onRoute hooks (access control) may still amend them. */
+let routeOptions: RouteOptions[];
 
 beforeEach(async () => {
   store = new MemoryTelemetryStore({ changeLog: new MemoryChangeLog({ shards: 2 }) });
@@ -50,11 +56,14 @@ beforeEach(async () => {
     ...minimalApiDeps(store),
     metrics: { contentType: 'text/plain; version=0.0.4; charset=utf-8', metrics: async () => 'up 1\n' },
     changeLog: store.changeLog,
+    access: { mode: 'open', keys: await ApiKeyStore.open({}), audit: new AuditLog() },
   });
   routes = [];
+  routeOptions = [];
   // Added before ready(): the route plugins load later and inherit the root's hook.
   app.addHook('onRoute', (route) => {
     for (const method of [route.method].flat()) routes.push({ method, url: route.url });
+    routeOptions.push(route);
   });
   await app.ready();
 });
@@ -174,6 +183,27 @@ describe('GET /openapi.json', () => {
       }
     }
     expect(checked).toBeGreaterThan(0);
+  });
+});
+
+describe('access control in the document', () => {
+  it('declares the bearer scheme as the default and lifts it on the public probes', async () => {
+    const doc = await fetchDocument();
+    expect(doc.components?.securitySchemes?.['apiKey']).toMatchObject({ type: 'http', scheme: 'bearer' });
+    expect(doc.security).toEqual([{ apiKey: [] }]);
+    const security = (path: string) => (doc.paths[path]?.['get'] as { security?: unknown } | undefined)?.security;
+    expect(security('/healthz')).toEqual([]);
+    expect(security('/readyz')).toEqual([]);
+    expect(security('/metrics')).toBeUndefined();
+    expect(security('/v1/devices')).toBeUndefined();
+    expect(doc.paths['/v1/keys']).toBeDefined();
+    expect(doc.paths['/v1/audit']).toBeDefined();
+  });
+
+  it('every registered route declares its access (undeclared ones would be denied in secured mode)', () => {
+    const undeclared = routeOptions.filter((r) => r.config?.access === undefined).map((r) => `${[r.method].flat().join(',')} ${r.url}`);
+    expect(undeclared).toEqual([]);
+    expect(routeOptions.length).toBeGreaterThan(10);
   });
 });
 

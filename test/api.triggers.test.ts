@@ -85,9 +85,12 @@ describe('triggers API', () => {
       bisectBatchOnFunctionError: false,
       maximumRecordAgeSeconds: -1,
       functionResponseTypes: [],
+      parallelizationFactor: 1,
+      tumblingWindowSeconds: 0,
       enabled: true,
       createdAt: expect.any(Number),
     });
+    expect(trigger).not.toHaveProperty('warnings');
     const listed = await call(base, 'GET', '/v1/functions/observe/triggers');
     expect(listed.body).toEqual({ items: [trigger], nextCursor: null });
 
@@ -156,7 +159,12 @@ describe('triggers API', () => {
     expectError(await post({ batchSize: 0 }), 400, 'ValidationError', 'batchSize');
     expectError(await post({ batchSize: 10_001 }), 400, 'ValidationError', 'batchSize');
     expectError(await post({ batchSize: 'ten' }), 400, 'ValidationError', 'batchSize');
-    expectError(await post({ maximumBatchingWindowMs: 500 }), 400, 'ValidationError', 'maximumBatchingWindowMs');
+    expectError(await post({ maximumBatchingWindowMs: 300_001 }), 400, 'ValidationError', 'maximumBatchingWindowMs');
+    expectError(await post({ maximumBatchingWindowMs: -1 }), 400, 'ValidationError', 'maximumBatchingWindowMs');
+    expectError(await post({ parallelizationFactor: 0 }), 400, 'ValidationError', 'parallelizationFactor');
+    expectError(await post({ parallelizationFactor: 11 }), 400, 'ValidationError', 'parallelizationFactor');
+    expectError(await post({ tumblingWindowSeconds: 901 }), 400, 'ValidationError', 'tumblingWindowSeconds');
+    expectError(await post({ tumblingWindowSeconds: 60, parallelizationFactor: 2 }), 400, 'ValidationError', 'parallelizationFactor');
     expectError(await post({ startingPosition: 'NOW' }), 400, 'ValidationError', 'startingPosition');
     expectError(await post({ startingPosition: 'AT_TIMESTAMP' }), 400, 'ValidationError', 'startingPositionTimestamp');
     expectError(await post({ startingPosition: 'AT_TIMESTAMP', startingPositionTimestamp: 1.5 }), 400, 'ValidationError', 'startingPositionTimestamp');
@@ -170,14 +178,65 @@ describe('triggers API', () => {
     expectError(await post({ filterCriteria: { filters: 'x' } }), 400, 'ValidationError', 'filterCriteria.filters');
     expect((await call(base, 'GET', '/v1/functions/fn/triggers')).body).toEqual({ items: [], nextCursor: null });
 
-    const ok = await post({ maximumRetryAttempts: -1, functionResponseTypes: ['ReportBatchItemFailures'], bisectBatchOnFunctionError: true, maximumRecordAgeSeconds: 60 });
+    const ok = await post({ maximumRetryAttempts: -1, functionResponseTypes: ['ReportBatchItemFailures'], bisectBatchOnFunctionError: true, maximumRecordAgeSeconds: 60, maximumBatchingWindowMs: 500, parallelizationFactor: 10 });
     expect(ok.status, JSON.stringify(ok.body)).toBe(201);
+    expect(ok.body).toMatchObject({ maximumBatchingWindowMs: 500, parallelizationFactor: 10, tumblingWindowSeconds: 0 });
     const id = (ok.body as TriggerBody).id;
     expectError(await call(base, 'PATCH', `/v1/functions/fn/triggers/${id}`, { batchSize: -1 }), 400, 'ValidationError', 'batchSize');
     expectError(await call(base, 'PATCH', '/v1/functions/fn/triggers/missing', { batchSize: 5 }), 404, 'NotFound');
     expectError(await call(base, 'PATCH', `/v1/functions/fn/triggers/${id}`, { startingPosition: 'TRIM_HORIZON' }), 400, 'ValidationError', 'startingPosition');
     const reset = await call(base, 'PATCH', `/v1/functions/fn/triggers/${id}`, { maximumRetryAttempts: null, batchSize: 5 });
     expect(reset.body).toMatchObject({ maximumRetryAttempts: 3, batchSize: 5, bisectBatchOnFunctionError: true });
+  });
+
+  it('tells the caller about filter patterns that can never match', async () => {
+    const running = await startApp();
+    cleanups.push(() => running.destroy());
+    const base = running.addresses.http;
+    expect((await call(base, 'PUT', '/v1/functions/fn', { code: OBSERVE })).status).toBe(201);
+    // "NewImag": a typo that is valid pattern syntax but names no field of a stream record.
+    const misspelt = { filters: [{ pattern: JSON.stringify({ dynamodb: { NewImag: { temp: { N: [{ prefix: '3' }] } } } }) }] };
+    const created = await call(base, 'POST', '/v1/functions/fn/triggers', { filterCriteria: misspelt });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const { id, warnings } = created.body as TriggerBody & { warnings: string[] };
+    expect(warnings).toEqual([expect.stringContaining('NewImag')]);
+    expect((await call(base, 'GET', `/v1/functions/fn/triggers/${id}`)).body).toMatchObject({ warnings });
+    expect((await call(base, 'GET', '/v1/functions/fn/triggers')).body).toMatchObject({ items: [{ id, warnings }] });
+    // Fixed: the warnings are gone, and they were never stored.
+    const fixed = await call(base, 'PATCH', `/v1/functions/fn/triggers/${id}`, { filterCriteria: FILTER });
+    expect(fixed.status).toBe(200);
+    expect(fixed.body).not.toHaveProperty('warnings');
+  });
+
+  it('runs tumbling windows: state carried between invocations, a final invocation per window', async () => {
+    const running = await startApp();
+    cleanups.push(() => running.destroy());
+    const base = running.addresses.http;
+    const code = `
+export async function handler(event, context) {
+  const state = { count: (event.state.count ?? 0) + event.Records.length };
+  await context.publish('observer', { name: 'event', payload: { Records: [], window: event.window, state: event.state, final: event.isFinalInvokeForWindow, shardId: event.shardId } });
+  return { state };
+}`;
+    expect((await call(base, 'PUT', '/v1/functions/win', { code })).status).toBe(201);
+    expect((await call(base, 'POST', '/v1/functions/win/triggers', { tumblingWindowSeconds: 1, batchSize: 1 })).status).toBe(201);
+    const observer = await connectClient(running.addresses.mqtt);
+    cleanups.push(() => void observer.end(true));
+    const events: Array<{ window: { start: string; end: string }; state: { count?: number }; final: boolean; shardId: string }> = [];
+    observer.on('message', (_topic, payload) => events.push(JSON.parse(payload.toString()) as (typeof events)[number]));
+    await observer.subscribeAsync('devices/observer/commands/event', { qos: 1 });
+    const publish = await device(running);
+    await publish(1);
+    await publish(2);
+    await waitFor(() => events.some((e) => e.final), 10_000, 'a final invocation');
+    // Both readings may fall into one window or two; each window ends with its count of them.
+    await waitFor(() => events.filter((e) => e.final).reduce((n, e) => n + (e.state.count ?? 0), 0) === 2, 10_000, 'both readings counted in final states');
+    // The first invocation of each window starts from an empty state.
+    expect(events[0]?.state).toEqual({});
+    for (const e of events) {
+      expect(Date.parse(e.window.end) - Date.parse(e.window.start)).toBe(1000);
+      expect(e.shardId).toMatch(/^shardId-\d{4}$/);
+    }
   });
 
   it('sends each batch to the latest deployed version', async () => {

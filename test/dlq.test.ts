@@ -191,10 +191,14 @@ function trimmed(log: ChangeLog, firstKept: number): ChangeLog {
 class FakeInvoker {
   readonly calls: Array<{ functionName: string; event: DynamoDBStreamEvent }> = [];
   outcome: InvokeOutcome = { status: 'ok', result: null };
+  /** The version the runtime reports it ran; unset like a runtime that does not say. */
+  functionVersion: number | undefined;
 
   readonly invoke = async (functionName: string, event: DynamoDBStreamEvent): Promise<InvokeResult> => {
     this.calls.push({ functionName, event });
-    return { requestId: `req-${this.calls.length}`, outcome: this.outcome, durationMs: 2, logs: [{ ts: 1, level: 'info', message: 'handled' }] };
+    const result: InvokeResult = { requestId: `req-${this.calls.length}`, outcome: this.outcome, durationMs: 2, logs: [{ ts: 1, level: 'info', message: 'handled' }] };
+    if (this.functionVersion !== undefined) result.functionVersion = this.functionVersion;
+    return result;
   };
 }
 
@@ -244,6 +248,17 @@ describe('redrive', () => {
 
     invoker.outcome = { status: 'ok', result: { batchItemFailures: [] } };
     expect((await q.redrive(entry.id, deps)).deleted).toBe(true);
+  });
+
+  it('records the version a failed redrive ran (the latest), not the one that failed first', async () => {
+    const { q, invoker, deps, meta } = setup();
+    const entry = await q.add(meta);
+    expect(entry.functionVersion).toBe(3);
+    invoker.outcome = { status: 'error', errorType: 'Error', errorMessage: 'still broken' };
+    invoker.functionVersion = 5;
+    const r = await q.redrive(entry.id, deps);
+    expect(r.entry.functionVersion).toBe(5);
+    expect((await q.get(entry.id)).functionVersion).toBe(5);
   });
 
   it('fails with Conflict, without invoking, when records were trimmed', async () => {

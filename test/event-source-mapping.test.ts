@@ -6,14 +6,18 @@
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createLogger, type Logger } from '../core/logger.js';
-import { createMetrics } from '../core/metrics.js';
-import { MemoryCheckpointStore, type CheckpointStore } from '../functions/checkpoints.js';
-import { EventSourceMapping, type DiscardMetadata, type TriggerConfig } from '../functions/event-source-mapping.js';
-import type { FunctionRuntime, FunctionSpec, InvokeOutcome, InvokeResult } from '../functions/types.js';
+import { TributaryError } from '../core/errors.js';
+import { createMetrics, type Metrics } from '../core/metrics.js';
+import { LevelCheckpointStore, MemoryCheckpointStore, type CheckpointStore } from '../functions/checkpoints.js';
+import { EventSourceMapping, laneOf, MAX_WRITE_HOPS, type DiscardMetadata, type TriggerConfig } from '../functions/event-source-mapping.js';
+import type { FunctionRuntime, FunctionSpec, InvokeOptions, InvokeOutcome, InvokeResult } from '../functions/types.js';
 import { toStreamRecord, type DynamoDBStreamEvent, type DynamoDBStreamRecord } from '../streams/lambda-event.js';
+import { Database } from '../store/database.js';
+import { LevelTelemetryStore } from '../store/level-store.js';
+import { EmbeddedChangeLog } from '../streams/embedded-log.js';
 import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp, Change, ChangeLog, ChangeRecord } from '../streams/types.js';
-import { waitFor } from './helpers.js';
+import { tempDir, waitFor } from './helpers.js';
 
 const FN: FunctionSpec = { name: 'on-change', version: 1, codePath: '/nowhere/handler.mjs', timeoutMs: 1000, memoryMb: 128, environment: {} };
 const OK: InvokeOutcome = { status: 'ok', result: null };
@@ -24,11 +28,15 @@ type Behaviour = (event: DynamoDBStreamEvent, call: number) => InvokeOutcome | P
 /** A FunctionRuntime that records each event and answers with what `behaviour` says (ok by default). */
 class FakeRuntime implements FunctionRuntime {
   readonly events: DynamoDBStreamEvent[] = [];
+  /** The options of each invocation, in the same order as `events`. */
+  readonly options: Array<InvokeOptions | undefined> = [];
   behaviour: Behaviour = () => OK;
 
-  async invoke(_fn: FunctionSpec, event: unknown): Promise<InvokeResult> {
-    const e = event as DynamoDBStreamEvent;
+  async invoke(_fn: FunctionSpec, event: unknown, options?: InvokeOptions): Promise<InvokeResult> {
+    // A deep copy: tumbling-window events carry a state object the mapping goes on using.
+    const e = structuredClone(event) as DynamoDBStreamEvent;
     this.events.push(e);
+    this.options.push(options);
     const outcome = await this.behaviour(e, this.events.length);
     return { requestId: `req-${this.events.length}`, outcome, durationMs: 1, logs: [{ ts: Date.now(), level: 'info', message: 'handled' }] };
   }
@@ -103,6 +111,7 @@ interface Setup {
   /** Every discarded batch, as `onDiscard` was told. */
   discarded: DiscardMetadata[];
   logger: Logger;
+  metrics: Metrics;
 }
 
 describe('EventSourceMapping', () => {
@@ -120,9 +129,10 @@ describe('EventSourceMapping', () => {
     const discarded: DiscardMetadata[] = [];
     const logger = createLogger('silent');
     const onDiscard = (m: DiscardMetadata): void => void discarded.push(m);
-    const mapping = new EventSourceMapping(FN, trigger, { log, runtime, checkpoints, logger, metrics: createMetrics(), onDiscard });
+    const metrics = createMetrics();
+    const mapping = new EventSourceMapping(FN, trigger, { log, runtime, checkpoints, logger, metrics, onDiscard });
     started.push(mapping);
-    return { log, runtime, checkpoints, mapping, checkpoint: (shard) => checkpoints.get(FN.name, trigger.id, shard), discarded, logger };
+    return { log, runtime, checkpoints, mapping, checkpoint: (shard) => checkpoints.get(FN.name, trigger.id, shard), discarded, logger, metrics };
   }
 
   it('keeps a shard alive when an invocation or a checkpoint write throws', async () => {
@@ -521,6 +531,281 @@ describe('EventSourceMapping', () => {
       expect(s.discarded.map((m) => [m.shard, m.firstSequenceNumber, m.count]).sort()).toEqual(
         [0, 1, 2].flatMap((shard) => [...poison].map((ts) => [shard, ts, 1])).sort(),
       );
+    });
+  });
+
+  describe('maximumBatchingWindowMs', () => {
+    it('gathers records until the batch is full, then invokes at once', async () => {
+      // A window far longer than the test: the invocation can only come from a full batch.
+      const s = setup({ shards: 1, trigger: { batchSize: 5, maximumBatchingWindowMs: 300_000 } });
+      const read = vi.spyOn(s.log, 'read');
+      commit(s.log, [insert('d', 1), insert('d', 2)]);
+      await s.mapping.start();
+      await waitFor(() => read.mock.calls.length >= 1, 2000, 'the first read');
+      commit(s.log, [insert('d', 3)]);
+      commit(s.log, [insert('d', 4), insert('d', 5), insert('d', 6)]);
+      await waitFor(async () => (await s.checkpoint(0)) === 5, 3000, 'the full batch');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2, 3, 4, 5]]);
+    });
+
+    it('invokes with what it has once the window has passed', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 100, maximumBatchingWindowMs: 50 } });
+      commit(s.log, [insert('d', 1), insert('d', 2)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 2, 3000, 'the batch after the window');
+      expect(s.runtime.events.map(seqs)).toEqual([[1, 2]]);
+    });
+  });
+
+  describe('parallelizationFactor', () => {
+    it('runs batches of one shard concurrently, each for a subset of the devices, in order per device', async () => {
+      const factor = 3;
+      const s = setup({ shards: 1, trigger: { batchSize: 2, parallelizationFactor: factor } });
+      const devices = Array.from({ length: 12 }, (_, i) => `sensor-${i}`);
+      let inFlight = 0;
+      let maxInFlight = 0;
+      const release = gate();
+      s.runtime.behaviour = async () => {
+        inFlight++;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        // The first invocations wait until several are running at once.
+        if (maxInFlight < 2) await release.promise;
+        else release.open();
+        inFlight--;
+        return OK;
+      };
+      const rounds = 5;
+      for (let ts = 1; ts <= rounds; ts++) commit(s.log, devices.map((d) => insert(d, ts)));
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === rounds * devices.length, 5000, 'every record');
+      expect(maxInFlight).toBeGreaterThanOrEqual(2);
+      for (const event of s.runtime.events) {
+        expect(event.Records.length).toBeLessThanOrEqual(2);
+        expect(new Set(event.Records.map((r) => laneOf(deviceOf(r), factor))).size).toBe(1);
+      }
+      for (const d of devices) expect(s.runtime.records().filter((r) => deviceOf(r) === d).map(tsOf)).toEqual([1, 2, 3, 4, 5]);
+      expect(s.runtime.records()).toHaveLength(rounds * devices.length);
+    });
+
+    it('a failing batch holds back only its own devices until the read is finished, and nothing is checkpointed past it', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 10, parallelizationFactor: 2, maximumRetryAttempts: 10 } });
+      const devices = Array.from({ length: 8 }, (_, i) => `sensor-${i}`);
+      const poisonLane = laneOf('sensor-0', 2);
+      let failures = 0;
+      const checkpointsSeen: Array<number | undefined> = [];
+      s.runtime.behaviour = async (event) => {
+        checkpointsSeen.push(await s.checkpoint(0));
+        if (laneOf(deviceOf(event.Records[0] as DynamoDBStreamRecord), 2) === poisonLane && failures < 2) {
+          failures++;
+          return FAILED;
+        }
+        return OK;
+      };
+      commit(s.log, devices.map((d) => insert(d, 1)));
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === devices.length, 5000, 'the checkpoint');
+      // The other lane went through once; the failing one three times; the checkpoint waited for both.
+      const byLane = (lane: number) => s.runtime.events.filter((e) => laneOf(deviceOf(e.Records[0] as DynamoDBStreamRecord), 2) === lane).length;
+      expect(byLane(poisonLane)).toBe(3);
+      expect(byLane(1 - poisonLane)).toBe(1);
+      expect(checkpointsSeen.every((c) => c === 0)).toBe(true);
+    });
+  });
+
+  describe('tumblingWindowSeconds', () => {
+    const WINDOW_S = 60;
+    type WindowEvent = DynamoDBStreamEvent & { window: { start: string; end: string }; state: Record<string, number>; shardId: string; eventSourceARN: string; isFinalInvokeForWindow: boolean; isWindowTerminatedEarly: boolean };
+    /** Counts records per window in its state. */
+    const counting: Behaviour = (event) => {
+      const e = event as WindowEvent;
+      return { status: 'ok', result: { state: { count: (e.state['count'] ?? 0) + e.Records.length } } };
+    };
+
+    it('carries state from one invocation of a window to the next and ends each window with a final invocation', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 1, tumblingWindowSeconds: WINDOW_S } });
+      s.runtime.behaviour = counting;
+      // Two windows in the past: both are complete, so each gets its final invocation.
+      const w1 = Math.floor(Date.now() / 60_000) * 60_000 - 3 * 60_000;
+      commit(s.log, [insert('d', 1)], w1 + 1000);
+      commit(s.log, [insert('d', 2)], w1 + 2000);
+      commit(s.log, [insert('d', 3)], w1 + 61_000);
+      await s.mapping.start();
+      await waitFor(() => s.runtime.events.length === 5, 5000, 'five invocations');
+      const events = s.runtime.events as WindowEvent[];
+      const iso = (ms: number) => new Date(ms).toISOString();
+      expect(events.map((e) => [seqs(e), e.state, e.isFinalInvokeForWindow, e.window.start])).toEqual([
+        [[1], {}, false, iso(w1)],
+        [[2], { count: 1 }, false, iso(w1)],
+        [[], { count: 2 }, true, iso(w1)],
+        [[3], {}, false, iso(w1 + 60_000)],
+        [[], { count: 1 }, true, iso(w1 + 60_000)],
+      ]);
+      expect(events[0]).toMatchObject({ window: { start: iso(w1), end: iso(w1 + 60_000) }, shardId: 'shardId-0000', eventSourceARN: s.log.streamArn, isWindowTerminatedEarly: false });
+      await waitFor(async () => (await s.checkpoints.window(FN.name, 'trigger-1', 0)) === undefined && (await s.checkpoint(0)) === 3, 2000, 'the closed window');
+    });
+
+    it('keeps the state with the checkpoint, so a restart continues the window where it was', async () => {
+      const checkpoints = new MemoryCheckpointStore();
+      const log = new MemoryChangeLog({ shards: 1 });
+      // A window in the future: it cannot end during the test.
+      const future = Math.floor(Date.now() / 60_000) * 60_000 + 24 * 3600_000;
+      const first = setup({ log, checkpoints, trigger: { batchSize: 1, tumblingWindowSeconds: WINDOW_S } });
+      first.runtime.behaviour = counting;
+      commit(log, [insert('d', 1)], future + 1000);
+      await first.mapping.start();
+      await waitFor(async () => (await first.checkpoint(0)) === 1, 2000, 'the first checkpoint');
+      await first.mapping.stop();
+      expect(await checkpoints.window(FN.name, 'trigger-1', 0)).toEqual({ start: future, state: { count: 1 } });
+      const second = setup({ log, checkpoints, trigger: { batchSize: 1, tumblingWindowSeconds: WINDOW_S } });
+      second.runtime.behaviour = counting;
+      commit(log, [insert('d', 2)], future + 2000);
+      await second.mapping.start();
+      await waitFor(async () => (await second.checkpoint(0)) === 2, 2000, 'the second checkpoint');
+      expect((second.runtime.events as WindowEvent[]).map((e) => [seqs(e), e.state])).toEqual([[[2], { count: 1 }]]);
+    });
+
+    it('the LevelDB checkpoint store keeps the window with the sequence number, durably', async () => {
+      const dir = tempDir();
+      try {
+        let database = await Database.open(dir.path);
+        let store = new LevelCheckpointStore(database);
+        await store.set('fn', 't', 3, 41);
+        expect([await store.get('fn', 't', 3), await store.window('fn', 't', 3)]).toEqual([41, undefined]);
+        await store.set('fn', 't', 3, 42, { start: 60_000, state: { count: 7, nested: { ok: true } } });
+        await database.close();
+        database = await Database.open(dir.path);
+        store = new LevelCheckpointStore(database);
+        expect([await store.get('fn', 't', 3), await store.window('fn', 't', 3)]).toEqual([42, { start: 60_000, state: { count: 7, nested: { ok: true } } }]);
+        // Closing the window writes the checkpoint without one.
+        await store.set('fn', 't', 3, 42);
+        expect(await store.window('fn', 't', 3)).toBeUndefined();
+        await database.close();
+      } finally {
+        dir.cleanup();
+      }
+    });
+
+    it('a response without state is a failed invocation', async () => {
+      const s = setup({ shards: 1, trigger: { tumblingWindowSeconds: WINDOW_S, maximumRetryAttempts: 0 } });
+      s.runtime.behaviour = () => ({ status: 'ok', result: { batchItemFailures: [] } });
+      commit(s.log, [insert('d', 1)], Date.now() + 24 * 3600_000);
+      await s.mapping.start();
+      await waitFor(() => s.discarded.length === 1, 2000, 'the discarded batch');
+      expect(s.discarded[0]?.lastOutcome).toMatchObject({ status: 'error', errorType: 'InvalidWindowResponse' });
+    });
+
+    it('ends a window early when its state passes 1 MB, and goes on with a fresh state', async () => {
+      const s = setup({ shards: 1, trigger: { batchSize: 1, tumblingWindowSeconds: WINDOW_S } });
+      const big = 'x'.repeat(700_000);
+      s.runtime.behaviour = (event) => {
+        const e = event as WindowEvent;
+        return { status: 'ok', result: { state: e.isFinalInvokeForWindow ? {} : { ...e.state, [`k${seqs(e)[0]}`]: big } } };
+      };
+      const future = Math.floor(Date.now() / 60_000) * 60_000 + 24 * 3600_000;
+      commit(s.log, [insert('d', 1), insert('d', 2), insert('d', 3)], future);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 3, 3000, 'the checkpoint');
+      const events = s.runtime.events as WindowEvent[];
+      expect(events.map((e) => [seqs(e), Object.keys(e.state), e.isFinalInvokeForWindow, e.isWindowTerminatedEarly])).toEqual([
+        [[1], [], false, false],
+        [[2], ['k1'], false, false],
+        [[], ['k1', 'k2'], true, true],
+        [[3], [], false, false],
+      ]);
+    });
+  });
+
+  describe('records removed by stream retention', () => {
+    it('a checkpoint behind the oldest retained record continues there, with a warning and a metric', async () => {
+      const log = new MemoryChangeLog({ shards: 1 });
+      const checkpoints = new MemoryCheckpointStore();
+      await checkpoints.set(FN.name, 'trigger-1', 0, 1);
+      commit(log, [insert('d', 1), insert('d', 2), insert('d', 3)], Date.now() - 3600_000);
+      commit(log, [insert('d', 4), insert('d', 5)]);
+      expect(await log.trim(Date.now() - 60_000)).toBe(3);
+      const s = setup({ log, checkpoints });
+      const warn = vi.spyOn(s.logger, 'warn');
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 5, 2000, 'the checkpoint');
+      expect(s.runtime.events.map(seqs)).toEqual([[4, 5]]);
+      expect(warn).toHaveBeenCalledWith(expect.objectContaining({ checkpoint: 1, firstRetained: 4, lost: 2 }), expect.stringContaining('removed by stream retention'));
+      expect((await s.metrics.mappingTrimmed.get()).values).toEqual([expect.objectContaining({ value: 2, labels: { function: FN.name, trigger: 'trigger-1' } })]);
+    });
+
+    it('TRIM_HORIZON on a trimmed log starts at the oldest retained record without reporting a loss', async () => {
+      const log = new MemoryChangeLog({ shards: 1 });
+      commit(log, [insert('d', 1), insert('d', 2)], Date.now() - 3600_000);
+      commit(log, [insert('d', 3)]);
+      await log.trim(Date.now() - 60_000);
+      const s = setup({ log, trigger: { startingPosition: 'TRIM_HORIZON' } });
+      await s.mapping.start();
+      expect(await s.checkpoint(0)).toBe(2);
+      await waitFor(async () => (await s.checkpoint(0)) === 3, 2000, 'the checkpoint');
+      expect((await s.metrics.mappingTrimmed.get()).values).toEqual([]);
+    });
+  });
+
+  describe('writes by functions (context.put)', () => {
+    const by = (fn: string, hops: number, ts: number): Change => ({ ...insert('d', ts), origin: { function: fn, hops } });
+
+    it('skips what the function itself wrote and chains longer than the hop limit, and marks its own invocations one hop further', async () => {
+      const s = setup({ shards: 1 });
+      commit(s.log, [insert('d', 1), by(FN.name, 1, 2), by('other', 3, 3), by('other', MAX_WRITE_HOPS, 4), insert('d', 5)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 5, 2000, 'the checkpoint');
+      expect(s.runtime.records().map(tsOf)).toEqual([1, 3, 5]);
+      // Writes of that invocation are one hop further than the longest chain it was given.
+      expect(s.runtime.options).toEqual([{ origin: { function: FN.name, hops: 4 } }]);
+      const skipped = (await s.metrics.mappingSkipped.get()).values.map((v) => [v.labels.reason, v.value]);
+      expect(skipped.sort()).toEqual([['hop_limit', 1], ['own_write', 1]]);
+      // The origin is internal: the Lambda record does not show it.
+      expect(JSON.stringify(s.runtime.events)).not.toContain('origin');
+    });
+
+    it('the origin of a write reaches its change records through the LevelDB store, also after a reopen', async () => {
+      const dir = tempDir();
+      const open = async () => {
+        const database = await Database.open(dir.path);
+        const changeLog = await EmbeddedChangeLog.open(database, { shards: 1 });
+        const store = await LevelTelemetryStore.open({ database, changeLog, partitionWindowMs: 86_400_000, maxBatch: 100, maxDelayMs: 0 });
+        return { database, changeLog, store };
+      };
+      try {
+        let o = await open();
+        await o.store.write({ deviceId: 'derived', readings: [{ ts: 1000, values: { a: 1 } }, { ts: 2000, values: { a: 2 } }], origin: { function: 'fn-a', hops: 2 } });
+        await o.store.write({ deviceId: 'derived', readings: [{ ts: 1000, values: { a: 3 } }] });
+        const check = async () => (await o.changeLog.read(0, 0, 10)).map((r) => [r.eventName, r.origin]);
+        const expected = [
+          ['INSERT', { function: 'fn-a', hops: 2 }],
+          ['INSERT', { function: 'fn-a', hops: 2 }],
+          ['MODIFY', undefined],
+        ];
+        expect(await check()).toEqual(expected);
+        await o.store.close();
+        await o.database.close();
+        o = await open();
+        expect(await check()).toEqual(expected);
+        await o.store.close();
+        await o.database.close();
+      } finally {
+        dir.cleanup();
+      }
+    });
+  });
+
+  describe('throttles', () => {
+    it('a Throttled refusal is retried after a backoff without spending a retry, and counted', async () => {
+      const s = setup({ shards: 1, trigger: { maximumRetryAttempts: 0 } });
+      s.runtime.behaviour = (_e, call) => {
+        if (call <= 2) throw new TributaryError('Throttled', 'too many invocations waiting');
+        return OK;
+      };
+      commit(s.log, [insert('d', 1)]);
+      await s.mapping.start();
+      await waitFor(async () => (await s.checkpoint(0)) === 1, 3000, 'the checkpoint');
+      expect(s.discarded).toEqual([]);
+      expect((await s.metrics.mappingThrottles.get()).values).toEqual([expect.objectContaining({ value: 2 })]);
+      expect((await s.metrics.mappingInvocations.get()).values).toEqual([expect.objectContaining({ value: 1, labels: { function: FN.name, trigger: 'trigger-1', outcome: 'ok' } })]);
     });
   });
 

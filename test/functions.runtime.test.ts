@@ -11,6 +11,8 @@ import { TributaryError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
 import type { LevelWithSilent } from 'pino';
 import { ProcessFunctionRuntime } from '../functions/index.js';
+import { runHandlerOnce } from '../functions/process-runtime.js';
+import { createMetrics } from '../core/metrics.js';
 import type { FunctionSpec, HostServices, InvokeResult } from '../functions/types.js';
 import { tempDir, waitFor } from './helpers.js';
 
@@ -345,5 +347,61 @@ describe('ProcessFunctionRuntime', () => {
     expect((await spinning).outcome).toMatchObject({ status: 'crashed' });
     for (const pid of pids) expect(isRunning(pid)).toBe(false);
     await expect(own.invoke(spec('echo.mjs'), {})).rejects.toThrow(/closed/);
+  });
+
+  it('refuses invocations past the queue limit with Throttled, and counts invocations, errors, throttles and duration', async () => {
+    const metrics = createMetrics();
+    const observed: Array<{ name: string; version: number | undefined; logs: number }> = [];
+    const own = new ProcessFunctionRuntime({
+      logger,
+      services,
+      metrics,
+      maxQueuedInvocations: 1,
+      onInvoked: (fn, r) => observed.push({ name: fn.name, version: r.functionVersion, logs: r.logs.length }),
+    });
+    try {
+      const fn = spec('concurrency.mjs', { name: 'throttled', version: 7 });
+      // One runs, one waits, the third is refused at once.
+      const settled = await Promise.allSettled([own.invoke(fn, {}), own.invoke(fn, {}), own.invoke(fn, {})]);
+      expect(settled.map((x) => x.status)).toEqual(['fulfilled', 'fulfilled', 'rejected']);
+      const refused = (settled[2] as PromiseRejectedResult).reason as TributaryError;
+      expect(refused).toBeInstanceOf(TributaryError);
+      expect(refused.code).toBe('Throttled');
+      expect(refused.message).toMatch(/throttled is busy/);
+      for (const x of settled.slice(0, 2)) expect((x as PromiseFulfilledResult<InvokeResult>).value.functionVersion).toBe(7);
+      await own.invoke(spec('throws.mjs', { name: 'throttled-err' }), {});
+
+      const text = await metrics.registry.metrics();
+      expect(text).toContain('tributary_function_invocations_total{function="throttled",outcome="ok"} 2');
+      expect(text).toContain('tributary_function_throttles_total{function="throttled"} 1');
+      expect(text).toContain('tributary_function_errors_total{function="throttled-err"} 1');
+      expect(text).toContain('tributary_function_duration_seconds_count{function="throttled"} 2');
+      expect(observed).toEqual([
+        { name: 'throttled', version: 7, logs: 0 },
+        { name: 'throttled', version: 7, logs: 0 },
+        { name: 'throttled-err', version: 1, logs: expect.any(Number) },
+      ]);
+    } finally {
+      await own.close();
+    }
+  });
+});
+
+describe('runHandlerOnce (tributary fn test)', () => {
+  it('runs a handler once in the same runtime and reports its result, logs and service calls', async () => {
+    const { result, calls: made } = await runHandlerOnce({ codePath: join(FIXTURES, 'services.mjs'), event: { deviceId: 'dev-9' } });
+    expect(result.outcome).toEqual({ status: 'ok', result: { published: true } });
+    expect(result.functionVersion).toBe(1);
+    expect(made).toEqual([
+      { method: 'put', deviceId: 'dev-9', reading: { ts: 1700000000000, values: { temp: 31.5, gps: { lat: 1 } } } },
+      { method: 'publish', deviceId: 'dev-9', command: { name: 'reboot', payload: { delay: 5 } } },
+    ]);
+    const echoed = await runHandlerOnce({ codePath: join(FIXTURES, 'echo.mjs'), event: { hi: 1 }, timeoutMs: 1234, environment: { MODE: 'test' } });
+    const out = (echoed.result.outcome as { result: EchoResult }).result;
+    expect(out.event).toEqual({ hi: 1 });
+    expect(out.context).toMatchObject({ functionName: 'echo' });
+    expect(out.env['MODE']).toBe('test');
+    const failing = await runHandlerOnce({ codePath: join(FIXTURES, 'read-file.mjs'), event: { path: '/etc/hostname' } });
+    expect(failing.result.outcome).toMatchObject({ status: 'error', errorMessage: expect.stringContaining('ERR_ACCESS_DENIED') });
   });
 });

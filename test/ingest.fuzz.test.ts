@@ -20,9 +20,11 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../core/logger.js';
 import { DEFAULT_MAX_PACKET_BYTES, MqttBroker, PacketFramer } from '../ingest/mqtt-broker.js';
+import { checkTimeWindow, decodePayload, DEFAULT_LIMITS, RejectedPayload } from '../ingest/payload.js';
+import { KEPT_PAYLOAD_BYTES, type RejectEntry } from '../ingest/rejects-log.js';
 import type { TelemetryIngest } from '../ingest/telemetry-ingest.js';
 import { connectClient, getJson } from './app-harness.js';
-import { connectBytes, encode, encodeRemainingLength, endsOnPacketBoundary, fuzzCase, mqttString, PINGREQ, rawPacket, type FuzzCase, type Regression } from './fuzz/packets.js';
+import { connectBytes, encode, encodeRemainingLength, endsOnPacketBoundary, fuzzCase, mqttString, PINGREQ, rawPacket, telemetryPayload, type FuzzCase, type Regression } from './fuzz/packets.js';
 import { tempDir, waitFor } from './helpers.js';
 import { startServerProcess, type ServerProcess } from './process.js';
 
@@ -31,6 +33,8 @@ const FUZZ_SEED = Number(process.env.FUZZ_SEED ?? 20_240_611);
 const HEALTH_EVERY = Math.max(50, Math.ceil(FUZZ_CASES / 40));
 const RSS_LIMIT_MB = 300;
 const MAX_PAYLOAD_BYTES = 4096;
+/** Telemetry payloads published by a real client and checked against the rejects log. */
+const ACCOUNTING_CASES = Math.max(100, Math.ceil(FUZZ_CASES / 10));
 /** How long a case that ends on a packet boundary may take to be answered (PINGRESP) or closed. */
 const ANSWER_MS = 1000;
 /** How long a case that ends inside a packet stays connected (the broker is waiting for the rest). */
@@ -303,6 +307,48 @@ describe('MQTT ingest under malformed input (broker in a child process)', () => 
     },
     30_000 + FUZZ_CASES * 100,
   );
+
+  it(`accounts for every acknowledged telemetry payload: stored, or in the rejects log with its reason and bytes (${ACCOUNTING_CASES} cases)`, { timeout: 30_000 + ACCOUNTING_CASES * 100 }, async () => {
+    const device = await connectClient(server.mqttUrl, { clientId: 'fz-accounting' });
+    const limits = { ...DEFAULT_LIMITS, maxPayloadBytes: MAX_PAYLOAD_BYTES };
+    const reasons = new Map<string, number>();
+    let n = 0;
+    try {
+      await fc.assert(
+        fc.asyncProperty(telemetryPayload, async (payload) => {
+          // A fresh device per case, so its rejects list holds this case's entry or nothing.
+          const deviceId = `fz-acct-${n++}`;
+          let expected: string | undefined;
+          try {
+            checkTimeWindow(decodePayload(payload, limits), { now: Date.now(), maxFutureMs: 3_600_000, maxAgeMs: 0 });
+          } catch (err) {
+            if (!(err instanceof RejectedPayload)) throw err; // the decoder only ever throws rejects
+            expected = err.reason;
+          }
+          await device.publishAsync(`devices/${deviceId}/telemetry`, payload, { qos: 1 });
+          // The PUBACK came: the outcome is already durable, no waiting.
+          const rejects = (await getJson(`${server.httpUrl}/v1/rejects?deviceId=${deviceId}`)).body as { items: RejectEntry[] };
+          if (expected === undefined) {
+            expect(rejects.items).toEqual([]);
+            const info = await getJson(`${server.httpUrl}/v1/devices/${deviceId}`);
+            expect(info.status).toBe(200);
+          } else {
+            expect(rejects.items.map((r) => r.reason)).toEqual([expected]);
+            const entry = rejects.items[0] as RejectEntry;
+            const kept = Buffer.from(entry.payload, entry.payloadEncoding);
+            expect(entry.payloadBytes).toBe(payload.length);
+            expect(kept.equals(payload.subarray(0, KEPT_PAYLOAD_BYTES))).toBe(true);
+            reasons.set(expected, (reasons.get(expected) ?? 0) + 1);
+          }
+        }),
+        { seed: FUZZ_SEED, numRuns: ACCOUNTING_CASES, endOnFailure: true },
+      );
+    } finally {
+      device.end(true);
+    }
+    console.log(`ingest fuzz: accounting, rejects by reason ${JSON.stringify(Object.fromEntries(reasons))} of ${ACCOUNTING_CASES}`);
+    expect(errorLines(server)).toEqual([]);
+  });
 
   it('drops a connection whose 5-byte header announces 256 MB, before buffering the body', async () => {
     const before = rssMb(server);

@@ -3,7 +3,7 @@ import type { Packet } from 'mqtt';
 import { createLogger } from '../core/logger.js';
 import { createMetrics } from '../core/metrics.js';
 import { MqttBroker } from '../ingest/mqtt-broker.js';
-import { TelemetryIngest } from '../ingest/telemetry-ingest.js';
+import { ingestMetricsOf, TelemetryIngest } from '../ingest/telemetry-ingest.js';
 import { Database } from '../store/database.js';
 import { LevelTelemetryStore } from '../store/level-store.js';
 import { EmbeddedChangeLog } from '../streams/embedded-log.js';
@@ -43,8 +43,16 @@ describe('QoS 1 PUBACK', () => {
         commits.push(entry);
       });
 
-    const metrics = createMetrics();
-    const ingest = new TelemetryIngest({ store, logger: createLogger('silent'), metrics: { readings: metrics.ingestReadings, rejects: metrics.ingestRejects }, maxPayloadBytes: 1024 });
+    const ingest = new TelemetryIngest({
+      store,
+      rejects: { append: async () => {} },
+      logger: createLogger('silent'),
+      metrics: ingestMetricsOf(createMetrics()),
+      maxPayloadBytes: 1024,
+      maxKeysPerReading: 256,
+      maxClockSkewMs: 3_600_000,
+      retentionMs: 0,
+    });
     const broker = await MqttBroker.start({ host: '127.0.0.1', port: 0, ingest, logger: createLogger('silent') });
     cleanups.push(() => broker.close());
 

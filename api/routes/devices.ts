@@ -1,18 +1,25 @@
 /**
  * Device registry routes (`/v1/devices`). Devices appear on their first write, or are
- * registered with `PUT` (tags); `DELETE` removes a device and all its data, each
- * reading with a REMOVE record on the change stream.
+ * registered with `PUT` (tags); `DELETE` revokes the device's MQTT secret, closes its
+ * live connection and removes the device and all its data, each reading with a REMOVE
+ * record on the change stream.
  *
  * @module
  */
 import type { FastifyPluginAsync } from 'fastify';
+import type { DeviceCredentials } from '../../access/device-credentials.js';
 import { TributaryError } from '../../core/errors.js';
 import type { TelemetryStore } from '../../store/types.js';
+import { accessOf } from '../auth.js';
 import { DEFAULT_LIMIT, DeviceIdParams, DeviceInfo, DevicePage, errorResponses, ListDevicesQuery, NoQuery, PutDeviceBody } from '../schemas.js';
 
 /** Options of {@link deviceRoutes}. */
 export interface DeviceRoutesOptions {
   store: TelemetryStore;
+  /** Device secrets; a deleted device's secret is revoked. */
+  credentials?: Pick<DeviceCredentials, 'revoke'>;
+  /** Closes a device's live MQTT connection, if any. */
+  disconnect?: (deviceId: string) => void;
 }
 
 /** `?tag=key` (has the tag) or `?tag=key:value` (has it with that value). */
@@ -25,19 +32,22 @@ export function parseTagFilter(text: string): Record<string, string | undefined>
  * `GET /devices` (paged registry, optionally filtered by tag), `GET`, `PUT` and
  * `DELETE /devices/:id`.
  */
-export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app, { store }) => {
+export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app, { store, credentials, disconnect }) => {
   app.get<{ Querystring: ListDevicesQuery }>(
     '/devices',
-    { schema: { tags: ['devices'], summary: 'List devices', querystring: ListDevicesQuery, response: { 200: DevicePage, ...errorResponses } } },
+    { config: { access: { action: 'telemetry:Read' } }, schema: { tags: ['devices'], summary: 'List devices', querystring: ListDevicesQuery, response: { 200: DevicePage, ...errorResponses } } },
     async (request) => {
       const { limit = DEFAULT_LIMIT, cursor, tag } = request.query;
-      return store.listDevices({ limit, ...(cursor === undefined ? {} : { cursor }), ...(tag === undefined ? {} : { tags: parseTagFilter(tag) }) });
+      const page = await store.listDevices({ limit, ...(cursor === undefined ? {} : { cursor }), ...(tag === undefined ? {} : { tags: parseTagFilter(tag) }) });
+      // Devices outside the key's policy are left out (a page may then be short, as with a tag filter).
+      const access = accessOf(request);
+      return { ...page, items: page.items.filter((d) => access.allowsDevice(d.deviceId)) };
     },
   );
 
   app.put<{ Params: DeviceIdParams; Body: PutDeviceBody }>(
     '/devices/:id',
-    { schema: { tags: ['devices'], summary: 'Register a device or replace its tags', params: DeviceIdParams, querystring: NoQuery, body: PutDeviceBody, response: { 200: DeviceInfo, 201: DeviceInfo, ...errorResponses } } },
+    { config: { access: { action: 'devices:Manage', device: 'id' } }, schema: { tags: ['devices'], summary: 'Register a device or replace its tags', params: DeviceIdParams, querystring: NoQuery, body: PutDeviceBody, response: { 200: DeviceInfo, 201: DeviceInfo, ...errorResponses } } },
     async (request, reply) => {
       const { created, device } = await store.putDevice({ deviceId: request.params.id, tags: request.body.tags ?? {} });
       return reply.code(created ? 201 : 200).send(device);
@@ -46,18 +56,22 @@ export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app,
 
   app.delete<{ Params: DeviceIdParams }>(
     '/devices/:id',
-    { schema: { tags: ['devices'], summary: 'Delete a device and all its data', params: DeviceIdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: { access: { action: 'devices:Manage', device: 'id' } }, schema: { tags: ['devices'], summary: 'Delete a device and all its data; revoke its secret and disconnect it', params: DeviceIdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
+      const deviceId = request.params.id;
+      // Locked out first, so it cannot reconnect and write while its data is being deleted.
+      const revoked = (await credentials?.revoke(deviceId)) ?? false;
+      disconnect?.(deviceId);
       // Synchronous: answers once every reading is gone (in bounded batches, each with its REMOVE records).
-      const deleted = await store.deleteDevice(request.params.id);
-      if (deleted === undefined) throw deviceNotFound(request.params.id);
+      const deleted = await store.deleteDevice(deviceId);
+      if (deleted === undefined && !revoked) throw deviceNotFound(deviceId);
       return reply.code(204).send();
     },
   );
 
   app.get<{ Params: DeviceIdParams }>(
     '/devices/:id',
-    { schema: { tags: ['devices'], summary: 'Get a device', params: DeviceIdParams, querystring: NoQuery, response: { 200: DeviceInfo, ...errorResponses } } },
+    { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['devices'], summary: 'Get a device', params: DeviceIdParams, querystring: NoQuery, response: { 200: DeviceInfo, ...errorResponses } } },
     async (request) => {
       const device = await store.getDevice(request.params.id);
       if (device === undefined) throw deviceNotFound(request.params.id);

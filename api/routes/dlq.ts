@@ -53,7 +53,7 @@ const EntryBody = Type.Object({
   id: Type.String(),
   createdAt: Type.Integer({ description: 'When the entry was added, epoch ms.' }),
   function: Type.String({ description: 'The function the records were delivered to.' }),
-  functionVersion: Type.Integer({ description: 'The version that failed on them.' }),
+  functionVersion: Type.Integer({ description: 'The version that failed on them last (after a failed redrive: the version the redrive ran).' }),
   triggerId: Type.String(),
   shard: Type.Integer(),
   streamArn: Type.String(),
@@ -87,7 +87,7 @@ type RedriveBody = Static<typeof RedriveBody>;
 export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { queue, redrive }) => {
   app.get<{ Querystring: ListQuery }>(
     '/dlq',
-    { schema: { tags: ['functions'], summary: 'List dead-letter queue entries (batches stream mappings gave up on), oldest first', querystring: ListQuery, response: { 200: PageBody, ...errorResponses } } },
+    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'List dead-letter queue entries (batches stream mappings gave up on), oldest first', querystring: ListQuery, response: { 200: PageBody, ...errorResponses } } },
     async (request) => {
       const { functionName, limit = DEFAULT_LIMIT, cursor } = request.query;
       return queue.list({ limit, ...(functionName === undefined ? {} : { functionName }), ...(cursor === undefined ? {} : { cursor }) });
@@ -96,13 +96,15 @@ export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { que
 
   app.get<{ Params: IdParams }>(
     '/dlq/:id',
-    { schema: { tags: ['functions'], summary: 'Get a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 200: EntryBody, ...errorResponses } } },
+    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Get a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 200: EntryBody, ...errorResponses } } },
     async (request) => queue.get(request.params.id),
   );
 
   app.post<{ Params: IdParams }>(
     '/dlq/:id/redrive',
     {
+      // Entries mix devices' records, so the DLQ needs its action on every device.
+      config: { access: { action: 'functions:Deploy', allDevices: true } },
       schema: {
         tags: ['functions'],
         summary: 'Redrive an entry: re-read its records from the change log and invoke the function (latest version) once with them',
@@ -123,7 +125,7 @@ export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { que
 
   app.delete<{ Params: IdParams }>(
     '/dlq/:id',
-    { schema: { tags: ['functions'], summary: 'Delete a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Delete a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await queue.delete(request.params.id);
       return reply.code(204).send();

@@ -1,14 +1,19 @@
 /**
  * Function routes (`/v1/functions`): deploy (each `PUT` is a new version), list, get,
- * delete, and invoke once with a given event. Deployed functions are not attached to the
- * change stream here (that is what triggers do).
+ * delete, invoke once with a given event, read captured logs, and replay a window of the
+ * change stream (an asynchronous job). Deployed functions are not attached to the change
+ * stream here (that is what triggers do).
  *
  * @module
  */
 import { Type, type Static } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
+import { parseTime } from '../../core/time.js';
+import { LOG_LEVELS, type FunctionLogStore, type LogLevel } from '../../functions/logs.js';
 import type { FunctionRegistry } from '../../functions/registry.js';
-import type { FunctionRuntime } from '../../functions/types.js';
+import { MAX_REPLAY_BATCH, type ReplayManager, type ReplayStatus } from '../../functions/replay.js';
+import type { FunctionRuntime, FunctionSpec } from '../../functions/types.js';
+import type { FilterCriteria } from '../../functions/filter-pattern.js';
 import { InvokeResultBody, invokeResultBody } from '../invoke-result.js';
 import { DEFAULT_LIMIT, errorResponses, MAX_LIMIT, NoQuery } from '../schemas.js';
 
@@ -16,6 +21,12 @@ import { DEFAULT_LIMIT, errorResponses, MAX_LIMIT, NoQuery } from '../schemas.js
 export interface FunctionRoutesOptions {
   registry: FunctionRegistry;
   runtime: FunctionRuntime;
+  /** A function by name, deployed or from `--functions-dir`, for invoke; default: the registry's latest version. */
+  resolve?: (name: string) => Promise<FunctionSpec>;
+  /** Captured logs; `GET .../logs` exists only when given. */
+  logs?: FunctionLogStore;
+  /** Replay jobs; `.../replay` and `.../replays` exist only when given. */
+  replays?: ReplayManager;
 }
 
 /**
@@ -88,10 +99,102 @@ const ListFunctionsQuery = Type.Object(
 );
 type ListFunctionsQuery = Static<typeof ListFunctionsQuery>;
 
-export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (app, { registry, runtime }) => {
+const TimeParam = (description: string) => Type.String({ minLength: 1, maxLength: 64, description: `${description} Epoch ms, ISO-8601, \`now\` or an offset such as \`-15m\`.` });
+
+const LogsQuery = Type.Object(
+  {
+    from: Type.Optional(TimeParam('Oldest line (inclusive); default: the oldest kept.')),
+    to: Type.Optional(TimeParam('End (exclusive); default: no end.')),
+    level: Type.Optional(Type.Unsafe<LogLevel>({ type: 'string', enum: [...LOG_LEVELS], description: 'Lines at this level or more severe (`warn`: warn and error).' })),
+    requestId: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Only the lines of this invocation (or replay job).' })),
+    order: Type.Optional(Type.Unsafe<'asc' | 'desc'>({ type: 'string', enum: ['asc', 'desc'], default: 'asc', description: '`asc` (oldest first, the default) or `desc` (newest first).' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_LIMIT, default: DEFAULT_LIMIT, description: `Page size, 1..${MAX_LIMIT}.` })),
+    cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, description: 'Opaque cursor from the previous page\'s `nextCursor` (same query).' })),
+  },
+  { additionalProperties: false },
+);
+type LogsQuery = Static<typeof LogsQuery>;
+
+const LogLineBody = Type.Object({
+  time: Type.Integer({ description: 'When the line was written, epoch ms.' }),
+  level: Type.Unsafe<LogLevel>({ type: 'string', enum: [...LOG_LEVELS] }),
+  message: Type.String(),
+  requestId: Type.String({ description: 'The invocation (or replay job) the line belongs to.' }),
+  functionVersion: Type.Integer(),
+});
+
+const LogPageBody = Type.Object({
+  items: Type.Array(LogLineBody),
+  nextCursor: Type.Unsafe<string | null>({ type: ['string', 'null'], description: 'Pass as `?cursor=` (with the same query) to get the next page; null on the last page.' }),
+});
+
+const TimeValue = (description: string) =>
+  Type.Union([Type.Integer({ minimum: 0 }), Type.String({ minLength: 1, maxLength: 64 })], { description: `${description} Epoch ms, ISO-8601, \`now\` or an offset such as \`-1h\`.` });
+
+const ReplayBody = Type.Object(
+  {
+    from: TimeValue('Start of the window: records committed at or after it.'),
+    to: Type.Optional(TimeValue('End of the window (exclusive); default: when the job starts.')),
+    batchSize: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_REPLAY_BATCH, default: 100, description: 'Records per invocation (of one shard).' })),
+    filterCriteria: Type.Optional(Type.Unknown({ description: 'As a trigger\'s: `{"filters": [{"pattern": "<JSON string>"}]}`; records matching no filter are skipped.' })),
+  },
+  { additionalProperties: false },
+);
+type ReplayBody = Static<typeof ReplayBody>;
+
+const ReplayJobBody = Type.Object({
+  id: Type.String(),
+  functionName: Type.String(),
+  from: Type.Integer({ description: 'Window start, epoch ms (inclusive).' }),
+  to: Type.Integer({ description: 'Window end, epoch ms (exclusive).' }),
+  batchSize: Type.Integer(),
+  filterCriteria: Type.Optional(Type.Unknown()),
+  status: Type.Unsafe<ReplayStatus>({
+    type: 'string',
+    enum: ['running', 'completed', 'cancelled', 'failed'],
+    description: '`completed` even when some batches failed (see `failedBatches`); `failed` when the job could not go on (`error`).',
+  }),
+  createdAt: Type.Integer(),
+  finishedAt: Type.Unsafe<number | null>({ type: ['integer', 'null'] }),
+  records: Type.Integer({ description: 'Records handed to the function.' }),
+  filtered: Type.Integer({ description: 'Records of the window left out by filterCriteria.' }),
+  invocations: Type.Integer(),
+  failedBatches: Type.Integer({ description: 'Invocations that failed (error, timeout, crash, or batchItemFailures); each batch is invoked once.' }),
+  failures: Type.Array(
+    Type.Object({
+      shard: Type.Integer(),
+      firstSequenceNumber: Type.Integer(),
+      lastSequenceNumber: Type.Integer(),
+      count: Type.Integer(),
+      requestId: Type.String({ description: 'Find its logs with `GET .../logs?requestId=`.' }),
+      status: Type.String(),
+      errorType: Type.Optional(Type.String()),
+      errorMessage: Type.Optional(Type.String()),
+    }),
+    { description: 'The first 10 failed batches.' },
+  ),
+  functionVersions: Type.Array(Type.Integer(), { description: 'Versions that got batches (each batch goes to the latest version at that moment).' }),
+  shardsDone: Type.Integer(),
+  shardCount: Type.Integer(),
+  truncated: Type.Boolean({ description: 'True when retention had already trimmed records of the window\'s start.' }),
+  error: Type.Optional(Type.String()),
+});
+
+const ReplayParams = Type.Object(
+  { name: FunctionNameParams.properties.name, id: Type.String({ minLength: 1, maxLength: 64, description: 'Replay job id.' }) },
+  { additionalProperties: false },
+);
+type ReplayParams = Static<typeof ReplayParams>;
+
+/** A time given as epoch ms (number) or as the API's time text. */
+function timeValue(v: string | number, field: string, now: number): number {
+  return parseTime(typeof v === 'number' ? String(v) : v, field, now);
+}
+
+export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (app, { registry, runtime, resolve = (name) => registry.spec(name), logs, replays }) => {
   app.get<{ Querystring: ListFunctionsQuery }>(
     '/functions',
-    { schema: { tags: ['functions'], summary: 'List functions (latest version of each)', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
+    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'List functions (latest version of each)', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
     async (request) => {
       const { limit = DEFAULT_LIMIT, cursor } = request.query;
       return registry.list(cursor === undefined ? { limit } : { limit, cursor });
@@ -102,6 +205,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     '/functions/:name',
     {
       bodyLimit: DEPLOY_BODY_LIMIT,
+      config: { access: { action: 'functions:Deploy', allDevices: true } },
       schema: { tags: ['functions'], summary: 'Deploy a new version of a function', params: FunctionNameParams, querystring: NoQuery, body: DeployBody, response: { 201: FunctionVersionBody, ...errorResponses } },
     },
     async (request, reply) => {
@@ -112,13 +216,13 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
 
   app.get<{ Params: FunctionNameParams }>(
     '/functions/:name',
-    { schema: { tags: ['functions'], summary: 'Get a function: its latest version and the list of versions', params: FunctionNameParams, querystring: NoQuery, response: { 200: FunctionInfoBody, ...errorResponses } } },
+    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Get a function: its latest version and the list of versions', params: FunctionNameParams, querystring: NoQuery, response: { 200: FunctionInfoBody, ...errorResponses } } },
     async (request) => registry.get(request.params.name),
   );
 
   app.delete<{ Params: FunctionNameParams }>(
     '/functions/:name',
-    { schema: { tags: ['functions'], summary: 'Delete a function and every version of it', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Delete a function and every version of it', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await registry.delete(request.params.name);
       return reply.code(204).send();
@@ -129,19 +233,121 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     '/functions/:name/invoke',
     {
       bodyLimit: INVOKE_BODY_LIMIT,
+      config: { access: { action: 'functions:Invoke', allDevices: true } },
       schema: {
         tags: ['functions'],
         summary: 'Invoke the latest version once with the request body as the event',
-        description: 'Answers 200 whatever the handler did; `status` says how it ended. Without a body the event is `{}`.',
+        description:
+          'Answers 200 whatever the handler did; `status` says how it ended. Without a body the event is `{}`. A function runs one invocation at a time; with 100 already waiting, 429 Throttled. Functions from `--functions-dir` can be invoked too.',
         params: FunctionNameParams,
         querystring: NoQuery,
         response: { 200: InvokeResultBody, ...errorResponses },
       },
     },
     async (request) => {
-      const fn = await registry.spec(request.params.name);
+      const fn = await resolve(request.params.name);
       const result = await runtime.invoke(fn, request.body ?? {});
       return invokeResultBody(result, fn.timeoutMs);
     },
   );
+
+  if (logs !== undefined) {
+    app.get<{ Params: FunctionNameParams; Querystring: LogsQuery }>(
+      '/functions/:name/logs',
+      {
+        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        schema: {
+          tags: ['functions'],
+          summary: 'Captured console output of a function\'s invocations',
+          description: 'Lines kept for `--function-log-retention` and up to `--function-log-max-bytes` per function; they outlive a deleted function. 404 FunctionNotFound only when the name has no lines and no function.',
+          params: FunctionNameParams,
+          querystring: LogsQuery,
+          response: { 200: LogPageBody, ...errorResponses },
+        },
+      },
+      async (request) => {
+        const { name } = request.params;
+        const q = request.query;
+        const now = Date.now();
+        const page = await logs.query(name, {
+          limit: q.limit ?? DEFAULT_LIMIT,
+          ...(q.from === undefined ? {} : { from: parseTime(q.from, 'from', now) }),
+          ...(q.to === undefined ? {} : { to: parseTime(q.to, 'to', now) }),
+          ...(q.level === undefined ? {} : { level: q.level }),
+          ...(q.requestId === undefined ? {} : { requestId: q.requestId }),
+          ...(q.order === undefined ? {} : { order: q.order }),
+          ...(q.cursor === undefined ? {} : { cursor: q.cursor }),
+        });
+        // An empty answer for a name that never existed is more likely a typo than a quiet function.
+        if (page.items.length === 0 && q.cursor === undefined) await resolve(name);
+        return page;
+      },
+    );
+  }
+
+  if (replays !== undefined) {
+    app.post<{ Params: FunctionNameParams; Body: ReplayBody }>(
+      '/functions/:name/replay',
+      {
+        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        schema: {
+          tags: ['functions'],
+          summary: 'Replay a window of the change stream through the function (an asynchronous job)',
+          description:
+            'Answers 202 with the job; follow it with `GET .../replays/{id}`. Records of the window go to the function in batches, shard by shard, without touching any trigger\'s checkpoint; each batch is invoked once and failures are counted. One replay per function at a time (409 Conflict otherwise). Jobs are kept in memory: a restart ends a running one.',
+          params: FunctionNameParams,
+          querystring: NoQuery,
+          body: ReplayBody,
+          response: { 202: ReplayJobBody, ...errorResponses },
+        },
+      },
+      async (request, reply) => {
+        const { from, to, batchSize, filterCriteria } = request.body;
+        const now = Date.now();
+        const job = await replays.start(request.params.name, {
+          from: timeValue(from, 'from', now),
+          ...(to === undefined ? {} : { to: timeValue(to, 'to', now) }),
+          ...(batchSize === undefined ? {} : { batchSize }),
+          ...(filterCriteria === undefined ? {} : { filterCriteria: filterCriteria as FilterCriteria }),
+        });
+        return reply.code(202).send(job);
+      },
+    );
+
+    app.get<{ Params: FunctionNameParams }>(
+      '/functions/:name/replays',
+      {
+        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        schema: {
+          tags: ['functions'],
+          summary: 'Replay jobs of a function, newest first (kept in memory, the last 100 finished)',
+          params: FunctionNameParams,
+          querystring: NoQuery,
+          response: { 200: Type.Object({ items: Type.Array(ReplayJobBody), nextCursor: Type.Null() }), ...errorResponses },
+        },
+      },
+      async (request) => ({ items: replays.list(request.params.name), nextCursor: null }),
+    );
+
+    app.get<{ Params: ReplayParams }>(
+      '/functions/:name/replays/:id',
+      { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'A replay job: progress, then its summary', params: ReplayParams, querystring: NoQuery, response: { 200: ReplayJobBody, ...errorResponses } } },
+      async (request) => replays.get(request.params.name, request.params.id),
+    );
+
+    app.post<{ Params: ReplayParams }>(
+      '/functions/:name/replays/:id/cancel',
+      {
+        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        schema: {
+          tags: ['functions'],
+          summary: 'Cancel a replay job after the batch in flight; answers the job once it has stopped',
+          params: ReplayParams,
+          querystring: NoQuery,
+          response: { 200: ReplayJobBody, ...errorResponses },
+        },
+      },
+      async (request) => replays.cancel(request.params.name, request.params.id),
+    );
+  }
 };

@@ -30,9 +30,10 @@ export interface HealthRoutesOptions {
  * `GET /metrics`: Prometheus text exposition, when a registry is given.
  */
 export const healthRoutes: FastifyPluginAsync<HealthRoutesOptions> = async (app, opts) => {
-  app.get('/healthz', { schema: { tags: ['health'], summary: 'Liveness probe', querystring: NoQuery, response: { 200: Health, ...errorResponses } } }, async () => ({ status: 'ok' as const }));
+  // Probes are open in every mode: orchestrators and load balancers carry no API key.
+  app.get('/healthz', { config: { access: 'public' }, schema: { tags: ['health'], summary: 'Liveness probe', querystring: NoQuery, response: { 200: Health, ...errorResponses } } }, async () => ({ status: 'ok' as const }));
 
-  app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness probe: the store accepts writes', querystring: NoQuery, response: { 200: Ready, ...errorResponses } } }, async () => {
+  app.get('/readyz', { config: { access: 'public' }, schema: { tags: ['health'], summary: 'Readiness probe: the store accepts writes', querystring: NoQuery, response: { 200: Ready, ...errorResponses } } }, async () => {
     if (!opts.ready()) throw new TributaryError('StoreUnavailable', 'the store is not ready');
     return { status: 'ready' as const };
   });
@@ -42,7 +43,8 @@ export const healthRoutes: FastifyPluginAsync<HealthRoutesOptions> = async (app,
     app.get(
       '/metrics',
       // The 200 body is text, sent as-is (fastify serializes only JSON); the schema documents it.
-      { schema: { tags: ['health'], summary: 'Prometheus metrics', querystring: NoQuery, response: { 200: Type.String({ description: 'Prometheus text exposition format.' }), ...errorResponses } } },
+      // Any valid key may scrape (in secured mode), so a scraper needs no powerful one.
+      { config: { access: 'authenticated' }, schema: { tags: ['health'], summary: 'Prometheus metrics', querystring: NoQuery, response: { 200: Type.String({ description: 'Prometheus text exposition format.' }), ...errorResponses } } },
       async (_request, reply) => reply.type(metrics.contentType).send(await metrics.metrics()),
     );
   }

@@ -26,6 +26,7 @@ import { parseTime } from '../../core/time.js';
 import { toStreamRecord, type StreamViewType } from '../../streams/lambda-event.js';
 import { parseShardId } from '../../streams/shard.js';
 import type { ChangeLog, ChangeRecord } from '../../streams/types.js';
+import { accessOf } from '../auth.js';
 import { errorResponses, NoQuery } from '../schemas.js';
 
 /** Largest page of `GET /streams/shards/:shardId/records` (DynamoDB's GetRecords allows 1,000). */
@@ -184,7 +185,8 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     for (const stop of [...active]) stop();
   });
 
-  app.get('/streams/shards', { schema: { tags: ['streams'], summary: 'List shards with their sequence number range', querystring: NoQuery, response: { 200: ShardList, ...errorResponses } } }, async () => {
+  // Shard ranges say nothing about devices; records are filtered by the key's policy below.
+  app.get('/streams/shards', { config: { access: { action: 'streams:Read' } }, schema: { tags: ['streams'], summary: 'List shards with their sequence number range', querystring: NoQuery, response: { 200: ShardList, ...errorResponses } } }, async () => {
     const shards = await log.shards();
     return {
       streamArn: log.streamArn,
@@ -295,7 +297,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
 
   app.get<{ Params: ShardParams; Querystring: RecordsQuery }>(
     '/streams/shards/:shardId/records',
-    { schema: { tags: ['streams'], summary: 'Read a page of change records from a shard', params: ShardParams, querystring: RecordsQuery, response: { 200: RecordPage, ...errorResponses } } },
+    { config: { access: { action: 'streams:Read' } }, schema: { tags: ['streams'], summary: 'Read a page of change records from a shard', params: ShardParams, querystring: RecordsQuery, response: { 200: RecordPage, ...errorResponses } } },
     async (request, reply) => {
       const { shardId } = request.params;
       const shard = parseShardId(shardId, log.shardCount);
@@ -303,7 +305,14 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
         throw new TributaryError('NotFound', `no shard ${JSON.stringify(shardId)} in this stream (GET /v1/streams/shards lists them)`, { field: 'shardId' });
       }
       const { limit = DEFAULT_RECORDS_LIMIT, waitMs = 0, viewType = 'NEW_AND_OLD_IMAGES' } = request.query;
-      const read = await reader(shard, request.query, limit);
+      const readAll = await reader(shard, request.query, limit);
+      // Records of devices outside the key's policy are left out; the position still
+      // moves past them, so a page can be short (or empty) and continuing skips nothing.
+      const access = accessOf(request);
+      const read = async (): Promise<Page> => {
+        const page = await readAll();
+        return { records: page.records.filter((r) => access.allowsDevice(r.deviceId)), next: page.next };
+      };
       const page = await readWithWait(shard, read, waitMs, reply.raw);
       return { items: page.records.map((r) => toStreamRecord(r, log.streamArn, viewType)), nextSequenceNumber: String(page.next) };
     },
@@ -312,6 +321,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
   app.get<{ Querystring: TailQuery }>(
     '/streams/tail',
     {
+      config: { access: { action: 'streams:Read' } },
       schema: {
         tags: ['streams'],
         summary: 'Live tail of change records (Server-Sent Events)',
@@ -327,6 +337,10 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
     },
     (request, reply) => {
       const { deviceId, viewType = 'NEW_AND_OLD_IMAGES' } = request.query;
+      const access = accessOf(request);
+      if (deviceId !== undefined && !access.allowsDevice(deviceId)) {
+        throw new TributaryError('AccessDenied', `API key ${access.keyId ?? ''} is not allowed streams:Read on device ${JSON.stringify(deviceId)}`, { field: 'deviceId' });
+      }
       const res = reply.raw;
       // From here on the response is ours: fastify neither serializes nor ends it.
       reply.hijack();
@@ -381,7 +395,9 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       const deviceShard = deviceId === undefined ? undefined : log.shardOf(deviceId);
       const unsubscribe = log.onCommit((records) => {
         if (done) return;
-        for (const r of records) if (deviceShard === undefined || (r.shard === deviceShard && r.deviceId === deviceId)) pending.push(r);
+        for (const r of records) {
+          if (deviceShard === undefined ? access.allowsDevice(r.deviceId) : r.shard === deviceShard && r.deviceId === deviceId) pending.push(r);
+        }
         if (pending.length > 0 && !flushScheduled) {
           flushScheduled = true;
           setImmediate(flush);

@@ -98,7 +98,7 @@ function timeRange(q: { from?: string; to?: string }): { from: number; to: numbe
 export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
   app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
     '/devices/:id/telemetry',
-    { schema: { tags: ['telemetry'], summary: 'Query readings in a time range', params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
+    { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['telemetry'], summary: 'Query readings in a time range', params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
     async (request) => {
       const { id } = request.params;
       const q = request.query;
@@ -114,7 +114,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
 
   app.get<{ Params: DeviceIdParams; Querystring: AggregateQuery }>(
     '/devices/:id/telemetry/aggregate',
-    { schema: { tags: ['telemetry'], summary: 'Aggregate readings into time buckets', params: DeviceIdParams, querystring: AggregateQuery, response: { 200: AggregateResult, ...errorResponses } } },
+    { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['telemetry'], summary: 'Aggregate readings into time buckets', params: DeviceIdParams, querystring: AggregateQuery, response: { 200: AggregateResult, ...errorResponses } } },
     async (request) => {
       const { id } = request.params;
       const q = request.query;
@@ -129,7 +129,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
 
   app.get<{ Params: DeviceIdParams; Querystring: LatestQuery }>(
     '/devices/:id/latest',
-    { schema: { tags: ['telemetry'], summary: 'Latest reading, or latest value per key', params: DeviceIdParams, querystring: LatestQuery, response: { 200: Type.Union([Reading, LatestValues]), ...errorResponses } } },
+    { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['telemetry'], summary: 'Latest reading, or latest value per key', params: DeviceIdParams, querystring: LatestQuery, response: { 200: Type.Union([Reading, LatestValues]), ...errorResponses } } },
     async (request) => {
       const { id } = request.params;
       if (request.query.keys !== undefined) {
@@ -149,6 +149,7 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
     '/devices/:id/telemetry',
     {
       bodyLimit: maxBodyBytes,
+      config: { access: { action: 'telemetry:Write', device: 'id' } },
       schemaErrorFormatter: ingestSchemaErrors,
       schema: { tags: ['telemetry'], summary: 'Ingest one reading or an array of readings', params: DeviceIdParams, querystring: NoQuery, body: IngestBody, response: { 201: IngestResult, ...errorResponses } },
     },

@@ -1,0 +1,115 @@
+/**
+ * The telemetry topic (ADR 0002): validated write requests, keyed by device, in partition
+ * `shardOf(deviceId)`, so a device's readings, its change records and its store owner
+ * share one partition number. In cluster mode this is the source of truth; stores are
+ * built from it.
+ */
+import { Packr } from 'msgpackr';
+import type { Producer } from 'kafkajs';
+import type { WriteRequest } from '../store/types.js';
+import { shardOf } from '../streams/shard.js';
+import type { KafkaClient } from './kafka-client.js';
+
+const packr = new Packr({ useRecords: false });
+
+/** A write as it travels: the request exactly as ingest validated it, and when it arrived. */
+export interface TelemetryMessage {
+  req: WriteRequest;
+  /** Receive time (epoch ms); the owner stamps readings without `ts` from it, so a rebuild stamps alike. */
+  receivedAt: number;
+}
+
+export function encodeTelemetry(msg: TelemetryMessage): Buffer {
+  return packr.pack([msg.req, msg.receivedAt]);
+}
+
+export function decodeTelemetry(bytes: Buffer): TelemetryMessage {
+  const [req, receivedAt] = packr.unpack(bytes) as [WriteRequest, number];
+  return { req, receivedAt };
+}
+
+export interface TelemetryTopicOptions {
+  client: KafkaClient;
+  topic: string;
+  partitions: number;
+  replicationFactor: number;
+  /** The data retention (ms, 0 = forever): the topic must keep records at least that long to rebuild a store. */
+  retentionMs: number;
+}
+
+/** Requests per produce request and their size cap (Kafka's default batch limit is 1 MiB). */
+const SEND_RECORDS = 1_000;
+const SEND_BYTES = 512 * 1024;
+
+interface Pending {
+  partition: number;
+  key: string;
+  value: Buffer;
+  resolve: (placed: { partition: number; offset: number }) => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * The ingest side: `send` resolves once every in-sync replica has the request (idempotent
+ * producer, `acks=all`) — the moment a QoS 1 PUBACK or an HTTP 201 may be sent.
+ *
+ * Sends are group-committed like the store's batches: with none in flight a request goes
+ * out at once; while one is in flight, new requests gather and go out together, so
+ * latency is one round trip when idle and throughput grows with load.
+ */
+export class TelemetryProducer {
+  private queue: Pending[] = [];
+  private flushing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly client: KafkaClient,
+    private readonly producer: Producer,
+    readonly topic: string,
+    readonly partitions: number,
+  ) {}
+
+  static async open(opts: TelemetryTopicOptions): Promise<TelemetryProducer> {
+    await opts.client.ensureLogTopic({ name: opts.topic, partitions: opts.partitions, replicationFactor: opts.replicationFactor, retentionMs: opts.retentionMs, retentionOf: 'the data retention' });
+    return new TelemetryProducer(opts.client, await opts.client.producer(), opts.topic, opts.partitions);
+  }
+
+  partitionOf(deviceId: string): number {
+    return shardOf(deviceId, this.partitions);
+  }
+
+  /** Resolves with where Kafka put the request, once it is replicated; rejects with StoreUnavailable. */
+  send(req: WriteRequest, receivedAt = Date.now()): Promise<{ partition: number; offset: number }> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ partition: this.partitionOf(req.deviceId), key: req.deviceId, value: encodeTelemetry({ req, receivedAt }), resolve, reject });
+      this.flushing ??= this.flush();
+    });
+  }
+
+  private async flush(): Promise<void> {
+    while (this.queue.length > 0) {
+      let bytes = 0;
+      let n = 0;
+      while (n < this.queue.length && n < SEND_RECORDS && (n === 0 || bytes < SEND_BYTES)) bytes += (this.queue[n++] as Pending).value.length;
+      const batch = this.queue.splice(0, n);
+      try {
+        const bases = await this.client.send(this.producer, this.topic, batch);
+        // Within a partition, Kafka keeps the order of the send: the i-th record is at base + i.
+        const seen = new Map<number, number>();
+        for (const p of batch) {
+          const index = seen.get(p.partition) ?? 0;
+          seen.set(p.partition, index + 1);
+          p.resolve({ partition: p.partition, offset: (bases.get(p.partition) as number) + index });
+        }
+      } catch (err) {
+        for (const p of batch) p.reject(err);
+      }
+    }
+    this.flushing = undefined;
+  }
+
+  /** Waits for the requests already handed to `send`, then disconnects. */
+  async close(): Promise<void> {
+    await this.flushing;
+    await this.client.closeProducer(this.producer);
+  }
+}
