@@ -170,8 +170,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       metrics,
       onInvoked: fnLogs.onInvoked,
       services: {
-        put: async (deviceId, reading) => {
-          await ingest.ingestBody(deviceId, reading);
+        put: async (deviceId, reading, origin) => {
+          await ingest.ingestBody(deviceId, reading, origin);
         },
         publish: async (deviceId, command) => {
           await mqtt.sendCommand(deviceId, command.name, command.payload, 1);

@@ -3,7 +3,7 @@ import type { IncomingMessage, Server as HttpServer } from 'node:http';
 import type { AddressInfo, Server } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Aedes, type AedesOptions, type AedesPublishPacket, type Client, type PublishPacket, type Subscription } from 'aedes';
-import { invalidParameter } from '../core/errors.js';
+import { invalidParameter, isTributaryError } from '../core/errors.js';
 import { isValidDeviceId } from '../core/ids.js';
 import type { Logger } from '../core/logger.js';
 import { memoryPersistence, onlyGrantedSubscriptions, type AedesAsyncPersistence } from './mqtt-persistence.js';
@@ -417,13 +417,17 @@ function authorizePublish(
 
   const route = routeTopic(topic);
   if (route.kind === 'other' || route.kind === 'device-other') return callback(null);
+  const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
   if (route.kind === 'invalid-device') {
-    ingest.reject('mqtt', 'invalid_topic', { clientId: client.id, topic }, `device id ${JSON.stringify(route.segment)} in topic is not a valid device id`);
+    // Acknowledged once the reject record is durable, like any other reject (API.md).
     divert(packet, route.segment);
-    return callback(null);
+    ingest.reject('mqtt', 'invalid_topic', { clientId: client.id, topic, payload }, `device id ${JSON.stringify(route.segment)} in topic is not a valid device id`).then(
+      () => callback(null),
+      (err: unknown) => callback(err instanceof Error ? err : new Error(String(err))),
+    );
+    return;
   }
 
-  const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
   const delivery = packet.qos > 0 && packet.messageId !== undefined ? { clientId: client.id, packetId: packet.messageId } : undefined;
   ingest.ingestPayload(route.deviceId, payload, delivery, { clientId: client.id, topic }).then(
     () => callback(null),
@@ -434,7 +438,8 @@ function authorizePublish(
         return callback(null);
       }
       // Not stored: no PUBACK. Dropping the connection makes the client re-send after reconnecting.
-      logger.error({ err, clientId: client.id, deviceId: route.deviceId }, 'telemetry write failed; disconnecting client without PUBACK');
+      if (isTributaryError(err) && err.code === 'Throttled') logger.warn({ clientId: client.id, deviceId: route.deviceId, reason: err.message }, 'device far over its publish rate; disconnecting it without PUBACK');
+      else logger.error({ err, clientId: client.id, deviceId: route.deviceId }, 'telemetry write failed; disconnecting client without PUBACK');
       callback(err instanceof Error ? err : new Error(String(err)));
     },
   );

@@ -35,7 +35,8 @@ const TRIM_CHUNK = 1000;
 const TWO_32 = 0x1_0000_0000;
 const KEY_BYTES = 1 + 8 + 4;
 
-export type RejectTransport = 'mqtt' | 'http';
+/** Where a rejected reading came from; `function`: a handler's `context.put`. */
+export type RejectTransport = 'mqtt' | 'http' | 'function';
 
 /** What ingest knows about a reject. */
 export interface RejectInput {

@@ -8,6 +8,7 @@ import { isTributaryError, TributaryError } from '../core/errors.js';
 import type { DeliveryId, ReadingInput, TelemetryStore, WriteRequest, WriteResult } from '../store/types.js';
 import { checkTimeWindow, DEFAULT_LIMITS, decodePayload, decodeReadings, RejectedPayload, type PayloadLimits, type RejectReason } from './payload.js';
 import type { PublishRate } from './publish-rate.js';
+import type { WriteOrigin } from '../streams/types.js';
 import type { RejectInput, RejectsLog } from './rejects-log.js';
 
 export interface IngestMetrics {
@@ -114,20 +115,25 @@ export class TelemetryIngest {
     }
   }
 
-  /** A parsed HTTP body: one reading or an array. Resolves once durable; rejects like {@link ingestPayload}. */
-  async ingestBody(deviceId: string, body: unknown): Promise<WriteResult> {
+  /**
+   * A parsed body: one reading or an array, from HTTP or from a handler's `context.put`
+   * (`origin` set: the write is marked so that mappings do not re-trigger on it forever).
+   * Resolves once durable; rejects like {@link ingestPayload}.
+   */
+  async ingestBody(deviceId: string, body: unknown, origin?: WriteOrigin): Promise<WriteResult> {
     assertDeviceId(deviceId, 'id');
+    const transport = origin === undefined ? 'http' : 'function';
     const m = this.deps.metrics;
-    m.messages.inc({ transport: 'http' });
-    const end = m.durableLatency.startTimer({ transport: 'http' });
+    m.messages.inc({ transport });
+    const end = m.durableLatency.startTimer({ transport });
     try {
       const readings = this.decode(() => decodeReadings(body, this.limits));
-      const result = await this.write({ deviceId, readings });
-      m.readings.inc({ transport: 'http' }, result.items.length);
+      const result = await this.write({ deviceId, readings, ...(origin === undefined ? {} : { origin }) });
+      m.readings.inc({ transport }, result.items.length);
       return result;
     } catch (err) {
       if (err instanceof RejectedPayload) {
-        await this.record({ transport: 'http', reason: err.reason, message: err.message, field: err.field, deviceId, payload: Buffer.from(JSON.stringify(body) ?? '', 'utf8') });
+        await this.record({ transport, reason: err.reason, message: err.message, field: err.field, deviceId, payload: Buffer.from(JSON.stringify(body) ?? '', 'utf8') });
       }
       throw err;
     } finally {

@@ -68,6 +68,8 @@ describe('bad telemetry input', () => {
     expect(all.items[2]).toMatchObject({ payloadBytes: 3011, truncated: true });
     expect((all.items[2] as RejectEntry).payload).toHaveLength(KEPT_PAYLOAD_BYTES);
     expect(all.items[6]).toMatchObject({ field: 'ts' });
+    // A bad device id in the topic keeps its payload too.
+    expect(all.items[cases.length]).toMatchObject({ reason: 'invalid_topic', topic: 'devices/bad id/telemetry', payload: '{"temp":1}' });
     expect(all.items[8]).toMatchObject({ deviceId: null, topic: 'devices/bad id/telemetry' });
 
     const metrics = await running.app.metrics.registry.getSingleMetricAsString('tributary_ingest_rejects_total');

@@ -36,7 +36,7 @@ const Nullable = (description: string) => Type.Unsafe<string | null>({ type: ['s
 const RejectEntryBody = Type.Object({
   receivedAt: Type.Integer({ description: 'When the payload was rejected, epoch ms.' }),
   deviceId: Nullable('The device the payload was for; null when the topic named no valid device id.'),
-  transport: Type.String({ description: '`mqtt` or `http`.' }),
+  transport: Type.String({ description: "`mqtt`, `http`, or `function` (a handler's `context.put`)." }),
   clientId: Nullable('MQTT client id, when known.'),
   topic: Nullable('MQTT topic, for MQTT rejects.'),
   reason: Type.String({ description: 'Why: the `reason` label of `tributary_ingest_rejects_total` (invalid_json, too_many_keys, timestamp_in_future, ...).' }),
