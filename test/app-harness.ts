@@ -4,6 +4,8 @@ import { configWith, type SettingKey } from '../core/config.js';
 import { createLogger } from '../core/logger.js';
 import type { ApiDeps } from '../api/index.js';
 import type { TelemetryStore } from '../store/types.js';
+import { ingestMetricsOf, TelemetryIngest, type TelemetryIngestOptions } from '../ingest/telemetry-ingest.js';
+import { createMetrics } from '../core/metrics.js';
 import { tempDir } from './helpers.js';
 
 export interface RunningApp {
@@ -34,6 +36,21 @@ export async function startApp(overrides: Partial<Record<SettingKey, unknown>> =
       dir?.cleanup();
     },
   };
+}
+
+/** A TelemetryIngest over `store` without the rest of the app: silent, rejects not kept, limits that tests override. */
+export function standaloneIngest(store: TelemetryStore, overrides: Partial<TelemetryIngestOptions> = {}): TelemetryIngest {
+  return new TelemetryIngest({
+    store,
+    rejects: { append: async () => {} },
+    logger: createLogger('silent'),
+    metrics: ingestMetricsOf(createMetrics()),
+    maxPayloadBytes: 1024,
+    maxKeysPerReading: 256,
+    maxClockSkewMs: 3_600_000,
+    retentionMs: 0,
+    ...overrides,
+  });
 }
 
 /** A connected mqtt.js client. */

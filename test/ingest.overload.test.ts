@@ -6,12 +6,10 @@
 import { readFileSync } from 'node:fs';
 import type { MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger } from '../core/logger.js';
-import { createMetrics } from '../core/metrics.js';
 import { PublishRate } from '../ingest/publish-rate.js';
-import { ingestMetricsOf, MAX_PACING_MS, TelemetryIngest } from '../ingest/telemetry-ingest.js';
+import { MAX_PACING_MS } from '../ingest/telemetry-ingest.js';
 import { MemoryTelemetryStore } from '../store/memory-store.js';
-import { connectClient, getJson, startApp } from './app-harness.js';
+import { connectClient, getJson, standaloneIngest, startApp } from './app-harness.js';
 import { tempDir } from './helpers.js';
 import { startServerProcess, type ServerProcess } from './process.js';
 
@@ -122,17 +120,7 @@ describe('ingest under overload', () => {
     const store = new MemoryTelemetryStore();
     cleanups.push(() => store.close());
     const rate = new PublishRate({ ratePerSecond: 1, now: () => 1_000_000 });
-    const ingest = new TelemetryIngest({
-      store,
-      rejects: { append: async () => {} },
-      logger: createLogger('silent'),
-      metrics: ingestMetricsOf(createMetrics()),
-      maxPayloadBytes: 1024,
-      maxKeysPerReading: 10,
-      maxClockSkewMs: 60_000,
-      retentionMs: 0,
-      publishRate: rate,
-    });
+    const ingest = standaloneIngest(store, { maxKeysPerReading: 10, maxClockSkewMs: 60_000, publishRate: rate });
     // The burst of one, then publishes in flight that already owe MAX_PACING_MS of waiting.
     for (let k = 0; k <= MAX_PACING_MS / 1000; k++) rate.take('d');
     await expect(ingest.ingestPayload('d', Buffer.from('{"a":1}'))).rejects.toMatchObject({ code: 'Throttled' });

@@ -1,14 +1,12 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Packet } from 'mqtt';
 import { createLogger } from '../core/logger.js';
-import { createMetrics } from '../core/metrics.js';
 import { MqttBroker } from '../ingest/mqtt-broker.js';
-import { ingestMetricsOf, TelemetryIngest } from '../ingest/telemetry-ingest.js';
 import { Database } from '../store/database.js';
 import { LevelTelemetryStore } from '../store/level-store.js';
 import { EmbeddedChangeLog } from '../streams/embedded-log.js';
 import type { BatchOp } from '../streams/types.js';
-import { connectClient } from './app-harness.js';
+import { connectClient, standaloneIngest } from './app-harness.js';
 import { tempDir, waitFor } from './helpers.js';
 
 describe('QoS 1 PUBACK', () => {
@@ -43,16 +41,7 @@ describe('QoS 1 PUBACK', () => {
         commits.push(entry);
       });
 
-    const ingest = new TelemetryIngest({
-      store,
-      rejects: { append: async () => {} },
-      logger: createLogger('silent'),
-      metrics: ingestMetricsOf(createMetrics()),
-      maxPayloadBytes: 1024,
-      maxKeysPerReading: 256,
-      maxClockSkewMs: 3_600_000,
-      retentionMs: 0,
-    });
+    const ingest = standaloneIngest(store);
     const broker = await MqttBroker.start({ host: '127.0.0.1', port: 0, ingest, logger: createLogger('silent') });
     cleanups.push(() => broker.close());
 
