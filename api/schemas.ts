@@ -229,6 +229,13 @@ export const TelemetryQuery = Type.Object(
     keys: Type.Optional(
       Type.String({ minLength: 1, maxLength: 4096, description: 'Comma-separated value keys to keep; dots address nested keys (`temp,gps.lat`).' }),
     ),
+    format: Type.Optional(
+      StringEnum(['json', 'ndjson', 'csv'] as const, {
+        default: 'json',
+        description:
+          '`json`: one page (`limit`, `cursor`). `ndjson` (one reading per line) and `csv` (`ts,seq` and a column per value key, nested keys dotted; the columns are `keys` or every key in the range) stream the whole range without paging; `limit` and `cursor` do not apply.',
+      }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -5,7 +5,9 @@
  * by `buildApi` too, so it has the same plugins and hooks (errors, access control in
  * secured mode, request ids, OpenAPI) and is called with the same bearer key; only
  * its handler differs. Targets: latest ≥ 0.5× and the range query ≥ 0.25× the
- * baseline's requests per second. A last row compares the hello-world in secured and
+ * baseline's requests per second. A fourth case sends the range query's response body
+ * (fetched once) from a hello-world route: what moving those bytes costs, the part of
+ * the range query no store can save. A last row compares the hello-world in secured and
  * open mode: what verifying the key costs.
  */
 import type { AddressInfo } from 'node:net';
@@ -60,10 +62,13 @@ export async function benchApi(): Promise<void> {
   const baselineStore = new MemoryTelemetryStore({ changeLog: new MemoryChangeLog({ shards: 1 }) });
   const baselineKey = newApiKeyToken(ADMIN_KEY_ID);
   const keys = await ApiKeyStore.open({ adminDigest: secretDigest(baselineKey) });
+  /** The range query's response, once the app has answered it. */
+  let rangeBody = Buffer.alloc(0);
   /** The hello-world: buildApi's plugins and hooks, one trivial route. */
   const helloWorld = (mode: 'open' | 'secured') => {
     const api = buildApi({ store: baselineStore, logger: createLogger('silent'), ready: () => true, ingest: async () => ({ accepted: 0, items: [] }), maxBodyBytes: 1024, access: { mode, keys } });
     api.get('/hello', { config: { access: { action: 'telemetry:Read' } }, schema: { response: { 200: { type: 'object', properties: { hello: { type: 'string' } } } } } }, async () => ({ hello: 'world' }));
+    api.get('/body', { config: { access: { action: 'telemetry:Read' } } }, async (_request, reply) => reply.type('application/json; charset=utf-8').send(rangeBody));
     return api;
   };
   const baseline = helloWorld('secured');
@@ -81,6 +86,10 @@ export async function benchApi(): Promise<void> {
       await api.listen({ host: '127.0.0.1', port: 0 });
       return `http://127.0.0.1:${(api.server.address() as AddressInfo).port}`;
     };
+    const rangeUrl = `${addresses.http}/v1/devices/bench-1/telemetry?from=${now - 120_000}&limit=100`;
+    const first = await fetch(rangeUrl, { headers: { authorization: `Bearer ${key}` } });
+    if (first.status !== 200) throw new Error(`range query failed: ${first.status} ${await first.text()}`);
+    rangeBody = Buffer.from(await first.arrayBuffer());
     const baseUrl = await listen(baseline);
     const openUrl = await listen(baselineOpen);
 
@@ -88,11 +97,12 @@ export async function benchApi(): Promise<void> {
       hello: [`${baseUrl}/hello`, baselineKey],
       helloOpen: [`${openUrl}/hello`, baselineKey],
       latest: [`${addresses.http}/v1/devices/bench-1/latest`, key],
-      range: [`${addresses.http}/v1/devices/bench-1/telemetry?from=${now - 120_000}&limit=100`, key],
+      range: [rangeUrl, key],
+      body: [`${baseUrl}/body`, baselineKey],
     } as const;
     // Warm-up: JIT, fastify's serializer compilation, LevelDB's block cache.
     for (const [url, k] of Object.values(cases)) await measure(url, k, 1);
-    const results: Record<keyof typeof cases, Measured[]> = { hello: [], helloOpen: [], latest: [], range: [] };
+    const results: Record<keyof typeof cases, Measured[]> = { hello: [], helloOpen: [], latest: [], range: [], body: [] };
     for (let round = 1; round <= ROUNDS; round++) {
       for (const [name, [url, k]] of Object.entries(cases)) {
         progress(`round ${round}/${ROUNDS}: ${name} (${DURATION_S} s, ${CONNECTIONS} connections)`);
@@ -105,6 +115,7 @@ export async function benchApi(): Promise<void> {
     printTable(`api — autocannon, ${CONNECTIONS} connections, median of ${ROUNDS} × ${DURATION_S} s, secured mode (bearer key) on both`, [
       row('GET /v1/devices/{id}/latest', latest, hello, 0.5),
       row('GET /v1/devices/{id}/telemetry (100 readings)', range, hello, 0.25),
+      { ...row(`hello-world sending the range query's ${fmt(rangeBody.length)}-byte body`, medianOf(results.body), hello), note: 'moving the bytes alone: the ceiling for the range query' },
       row('hello-world secured (bearer key checked) vs open', hello, medianOf(results.helloOpen)),
     ]);
   } finally {

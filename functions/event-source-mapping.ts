@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { isTributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
-import { toStreamRecord } from '../streams/lambda-event.js';
+import { toStreamRecord, type DynamoDBStreamRecord } from '../streams/lambda-event.js';
 import type { ChangeLog, ChangeRecord } from '../streams/types.js';
 import { dropExpired, pending, planAfterInvoke, type DiscardedBatch, type PendingBatch, type PlanSettings } from './batch-plan.js';
 import type { CheckpointStore, WindowState } from './checkpoints.js';
@@ -227,6 +227,13 @@ class ShardPoller {
   /** End the retry backoffs in progress early (several with parallel batches), so that stop() need not wait them out. */
   private readonly cutBackoff = new Set<() => void>();
   private done: Promise<void> = Promise.resolve();
+  /** The last checkpoint write (never rejects: failures are logged); stop() waits for it. */
+  private saved: Promise<void> = Promise.resolve();
+  /**
+   * Records rendered as Lambda stream records, the poller's costliest step: rendered once
+   * whether the filter, the first invocation or its retries and bisections need it.
+   */
+  private readonly rendered = new WeakMap<ChangeRecord, DynamoDBStreamRecord>();
   /** The first record of the last read checked for a gap (so a gap is counted once, however often it is read again). */
   private trimReportedTo = 0;
   private readonly windowMs: number;
@@ -259,6 +266,7 @@ class ShardPoller {
     this.wakeUp?.();
     for (const cut of this.cutBackoff) cut();
     await this.done;
+    await this.saved;
   }
 
   private async loop(): Promise<void> {
@@ -281,7 +289,7 @@ class ShardPoller {
         // them is delivered, the checkpoint moves past them.
         const matching = this.select(records);
         const finished = matching.length === 0 ? true : await this.deliverAll(matching);
-        if (finished && this.running) await this.checkpoint((records[records.length - 1] as ChangeRecord).sequenceNumber);
+        if (finished && this.running) this.checkpoint((records[records.length - 1] as ChangeRecord).sequenceNumber);
         failures = 0;
       } catch (err) {
         // A read, invoke or checkpoint that fails (a full disk, a closing runtime) must not
@@ -363,11 +371,11 @@ class ShardPoller {
 
   /** The records to deliver; the others are counted by reason. */
   private select(records: ChangeRecord[]): ChangeRecord[] {
-    const { log, metrics, logger } = this.deps;
+    const { metrics, logger } = this.deps;
     const matching: ChangeRecord[] = [];
     const skipped = new Map<SkipReason, number>();
     for (const r of records) {
-      const reason = this.mapping.skipReason(r, () => toStreamRecord(r, log.streamArn));
+      const reason = this.mapping.skipReason(r, () => this.render(r));
       if (reason === undefined) matching.push(r);
       else skipped.set(reason, (skipped.get(reason) ?? 0) + 1);
     }
@@ -377,6 +385,15 @@ class ShardPoller {
       logger.warn({ ...this.mapping.labels, shard: this.shard, records: hopLimited, maxHops: MAX_WRITE_HOPS }, 'records written by a chain of more than the maximum context.put writes are not delivered (a function loop?)');
     }
     return matching;
+  }
+
+  private render(r: ChangeRecord): DynamoDBStreamRecord {
+    let rendered = this.rendered.get(r);
+    if (rendered === undefined) {
+      rendered = toStreamRecord(r, this.deps.log.streamArn);
+      this.rendered.set(r, rendered);
+    }
+    return rendered;
   }
 
   private windowStartOf(r: ChangeRecord): number {
@@ -446,7 +463,7 @@ class ShardPoller {
       if (fresh.discarded) {
         const discarded = batch.records.slice(0, fresh.discarded.count);
         await this.discard(fresh.discarded, discarded, batch.invocations, undefined);
-        if (checkpointing) await this.checkpoint(fresh.discarded.lastSequenceNumber);
+        if (checkpointing) this.checkpoint(fresh.discarded.lastSequenceNumber);
       }
       if (fresh.batch === undefined) continue;
       batch = fresh.batch;
@@ -472,7 +489,7 @@ class ShardPoller {
       if ((decision.kind === 'success' || decision.kind === 'partial') && this.window !== undefined && outcome.status === 'ok') {
         this.window = { start: this.window.start, state: (outcome.result as { state: unknown }).state };
       }
-      if (checkpointing && decision.kind !== 'bisect' && decision.kind !== 'retry' && decision.checkpoint !== undefined) await this.checkpoint(decision.checkpoint);
+      if (checkpointing && decision.kind !== 'bisect' && decision.kind !== 'retry' && decision.checkpoint !== undefined) this.checkpoint(decision.checkpoint);
       if (this.window !== undefined && Buffer.byteLength(JSON.stringify(this.window.state) ?? '') > MAX_WINDOW_STATE_BYTES) await this.closeWindow(true);
       queue.unshift(...decision.next);
       if (decision.kind === 'retry' || decision.kind === 'partial') await this.pause(backoff(decision.next[0].retries - 1));
@@ -489,7 +506,7 @@ class ShardPoller {
   private async invoke(records: ChangeRecord[], final: boolean, early: boolean): Promise<InvokeResult | undefined> {
     const { fn } = this.mapping;
     const { runtime, metrics, log } = this.deps;
-    const event: Record<string, unknown> = { Records: records.map((r) => toStreamRecord(r, log.streamArn)) };
+    const event: Record<string, unknown> = { Records: records.map((r) => this.render(r)) };
     if (this.window !== undefined) {
       // Lambda's TimeWindow event fields (services-ddb-windows.html).
       Object.assign(event, {
@@ -546,17 +563,24 @@ class ShardPoller {
       if (!this.running) return;
     }
     this.window = early ? { start: w.start, state: {} } : undefined;
-    await this.checkpoint(this.position, true);
+    this.checkpoint(this.position, true);
   }
 
-  /** Moves the checkpoint forward (with the open window's state); `force` saves even when it did not move. */
-  private async checkpoint(sequenceNumber: number, force = false): Promise<void> {
+  /**
+   * Moves the checkpoint forward (with the open window's state); `force` saves even when
+   * it did not move. The write is not awaited: it queues behind telemetry commits, and the
+   * next read need not wait for it (the store coalesces a shard's writes, the latest wins;
+   * stop() waits for the last one). Finished records are not delivered again by this poller
+   * even if the write fails: it is logged and the next checkpoint covers them (only a
+   * restart in between redelivers).
+   */
+  private checkpoint(sequenceNumber: number, force = false): void {
     const { fn, trigger } = this.mapping;
     if (sequenceNumber <= this.position && !force) return;
-    // Finished records are not delivered again by this poller even if the durable write
-    // fails: the next checkpoint write covers them (only a restart in between redelivers).
     this.position = sequenceNumber;
-    await this.deps.checkpoints.set(fn.name, trigger.id, this.shard, sequenceNumber, this.window);
+    this.saved = this.deps.checkpoints.set(fn.name, trigger.id, this.shard, sequenceNumber, this.window).catch((err: unknown) => {
+      this.deps.logger.error({ err, ...this.mapping.labels, shard: this.shard, checkpoint: sequenceNumber }, 'checkpoint write failed; the next one covers it');
+    });
   }
 
   /** `ranVersion`: the version the last invocation ran (a redeploy since the mapping started makes `fn.version` stale). */

@@ -211,7 +211,9 @@ export class FunctionLogStore {
       this.sizes.set(name, size);
     }
     try {
-      await this.database.commit(ops);
+      // Unsynced: logs are diagnostics; they still survive a kill -9 (the write reached the
+      // OS) and must not take fsyncs from telemetry writes.
+      await this.database.commitUnsynced(ops);
     } catch (err) {
       // Recount after the failure rather than trust the sums.
       for (const name of added.keys()) this.sizes.delete(name);

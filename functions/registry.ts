@@ -209,6 +209,9 @@ export class FunctionRegistry {
   private readonly defaults: { timeoutMs: number; memoryMb: number };
   private readonly logger: Pick<Logger, 'info' | 'warn'> | undefined;
   private readonly reserved: ((name: string) => string | undefined) | undefined;
+  /** The latest version of each name asked for; `changes` counts deploys and deletes, so a read that raced one is not cached. */
+  private readonly latest = new Map<string, FunctionVersion>();
+  private changes = 0;
   /** Deploys and deletes run one at a time (version numbers, folders). */
   private tail: Promise<unknown> = Promise.resolve();
 
@@ -272,6 +275,7 @@ export class FunctionRegistry {
           { type: 'put', key: versionKey(name, version), value: Buffer.from(JSON.stringify(record), 'utf8') },
           { type: 'put', key: nameKey(name, COUNTER_TAG), value: counter },
         ]);
+        this.forget(name);
       } catch (err) {
         // Nothing refers to the folder: remove it (the next open would anyway).
         await rm(dir, { recursive: true, force: true }).catch(noop);
@@ -296,10 +300,16 @@ export class FunctionRegistry {
   /** What the runtime needs to invoke `name` (the latest version, or the one given). */
   async spec(name: string, version?: number): Promise<FunctionVersion> {
     validateFunctionName(name);
+    // Mappings ask for the latest version on every batch: answer from memory, not a scan.
+    const cached = version === undefined ? this.latest.get(name) : undefined;
+    if (cached !== undefined) return cached;
+    const changes = this.changes;
     const records = await this.versionsOf(name);
     const record = version === undefined ? records[records.length - 1] : records.find((r) => r.version === version);
     if (record === undefined) throw notFound(name, version);
-    return this.toVersion(record);
+    const spec = this.toVersion(record);
+    if (version === undefined && changes === this.changes) this.latest.set(name, spec);
+    return spec;
   }
 
   /** Functions by name, the latest version of each. */
@@ -339,12 +349,18 @@ export class FunctionRegistry {
       if (versions.length === 0) throw notFound(name);
       // The last version number stays (see the module comment).
       await this.database.commit(versions.map((r) => ({ type: 'del' as const, key: versionKey(name, r.version) })));
+      this.forget(name);
       try {
         await rm(join(this.root, name), { recursive: true, force: true });
       } catch (err) {
         this.logger?.warn({ err, function: name }, 'cannot remove the code of a deleted function; it is removed at the next start');
       }
     });
+  }
+
+  private forget(name: string): void {
+    this.changes++;
+    this.latest.delete(name);
   }
 
   /** Refuses to open over a name that is both deployed here and reserved elsewhere. */

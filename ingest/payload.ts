@@ -93,10 +93,13 @@ function decodeReading(item: unknown, limits: Omit<PayloadLimits, 'maxPayloadByt
     }
     rawTs = item.ts;
     values = item.values;
-  } else {
+  } else if (Object.hasOwn(item, 'ts')) {
     const { ts, ...rest } = item;
     rawTs = ts;
     values = rest;
+  } else {
+    // The usual case: the object is the values as is (a fresh parse result, ours to keep).
+    values = item;
   }
   const reading: ReadingInput = { values: checkValues(values, limits, where) };
   if (rawTs !== undefined) reading.ts = parseTimestamp(rawTs, where);
@@ -153,27 +156,37 @@ function checkValues(values: Record<string, unknown>, limits: Omit<PayloadLimits
   for (const k of keys) {
     if (RESERVED.has(k)) throw new RejectedPayload('invalid_value', `"${k}" is part of the item key and cannot be a value name`, `${where}${k}`);
   }
-  let leaves = 0;
-  const visit = (obj: Record<string, unknown>, path: string, depth: number): void => {
-    if (depth > limits.maxDepth) throw new RejectedPayload('invalid_value', `values nest deeper than ${limits.maxDepth} levels at "${path}"`, path);
-    for (const [k, v] of Object.entries(obj)) {
-      const p = path ? `${path}.${k}` : k;
-      if (k.length === 0 || k.includes('.')) {
-        throw new RejectedPayload('invalid_value', `value names must be non-empty and contain no "." (dots address nested keys): ${JSON.stringify(p)}`, `${where}${p}`);
-      }
-      if (isPlainObject(v)) {
-        if (Object.keys(v).length === 0) throw new RejectedPayload('invalid_value', `nested object "${p}" is empty`, `${where}${p}`);
-        visit(v, p, depth + 1);
-        continue;
-      }
-      if (!isScalar(v)) {
-        throw new RejectedPayload('invalid_value', `value "${p}" must be a number, string, boolean or object (got ${describe(v)})`, `${where}${p}`);
-      }
-      if (++leaves > limits.maxKeys) throw new RejectedPayload('too_many_keys', `reading${where} has more than ${limits.maxKeys} values`, where || undefined);
-    }
-  };
-  visit(values, '', 1);
+  checkLevel(values, keys, '', 1, 0, limits, where);
   return values as Values;
+}
+
+/**
+ * Checks one object level of a reading's values (`keys` are its own keys) and the levels
+ * below it; returns the leaf count so far. A plain function over key arrays rather than
+ * a closure over `Object.entries`: this runs for every reading on the ingest path.
+ */
+function checkLevel(obj: Record<string, unknown>, keys: string[], path: string, depth: number, leaves: number, limits: Omit<PayloadLimits, 'maxPayloadBytes'>, where: string): number {
+  if (depth > limits.maxDepth) throw new RejectedPayload('invalid_value', `values nest deeper than ${limits.maxDepth} levels at "${path}"`, path);
+  for (const k of keys) {
+    const v = obj[k];
+    if (k.length === 0 || k.includes('.')) {
+      const p = path ? `${path}.${k}` : k;
+      throw new RejectedPayload('invalid_value', `value names must be non-empty and contain no "." (dots address nested keys): ${JSON.stringify(p)}`, `${where}${p}`);
+    }
+    if (isPlainObject(v)) {
+      const p = path ? `${path}.${k}` : k;
+      const inner = Object.keys(v);
+      if (inner.length === 0) throw new RejectedPayload('invalid_value', `nested object "${p}" is empty`, `${where}${p}`);
+      leaves = checkLevel(v, inner, p, depth + 1, leaves, limits, where);
+      continue;
+    }
+    if (!isScalar(v)) {
+      const p = path ? `${path}.${k}` : k;
+      throw new RejectedPayload('invalid_value', `value "${p}" must be a number, string, boolean or object (got ${describe(v)})`, `${where}${p}`);
+    }
+    if (++leaves > limits.maxKeys) throw new RejectedPayload('too_many_keys', `reading${where} has more than ${limits.maxKeys} values`, where || undefined);
+  }
+  return leaves;
 }
 
 function isScalar(v: unknown): v is Exclude<Value, Values> {

@@ -94,18 +94,22 @@ export class TelemetryIngest {
   async ingestPayload(deviceId: string, payload: Buffer, delivery?: Omit<DeliveryId, 'payloadHash'>, source: PublishSource = {}): Promise<WriteResult> {
     const m = this.deps.metrics;
     m.messages.inc({ transport: 'mqtt' });
-    await this.pace(deviceId);
+    // Only a device over its rate waits: awaiting a no-op would cost every publish a microtask turn.
+    const wait = this.paceWait(deviceId);
+    if (wait > 0) await sleep(wait);
     const end = m.durableLatency.startTimer({ transport: 'mqtt' });
     const clientId = source.clientId ?? delivery?.clientId;
     try {
-      const readings = this.decode(() => decodePayload(payload, this.limits));
+      const readings = decodePayload(payload, this.limits);
+      this.checkTime(readings);
       const req: WriteRequest = delivery
-        ? { deviceId, readings, delivery: { ...delivery, payloadHash: hash('sha1', payload, 'hex') } }
+        ? { deviceId, readings, delivery: { clientId: delivery.clientId, packetId: delivery.packetId, payloadHash: hash('sha1', payload, 'hex') } }
         : { deviceId, readings };
       const result = await this.write(req);
       m.readings.inc({ transport: 'mqtt' }, result.items.length);
       return result;
-    } catch (err) {
+    } catch (caught) {
+      const err = asReject(caught);
       if (err instanceof RejectedPayload) {
         await this.record({ transport: 'mqtt', reason: err.reason, message: err.message, field: err.field, deviceId, clientId, topic: source.topic ?? `devices/${deviceId}/telemetry`, payload });
       }
@@ -127,11 +131,13 @@ export class TelemetryIngest {
     m.messages.inc({ transport });
     const end = m.durableLatency.startTimer({ transport });
     try {
-      const readings = this.decode(() => decodeReadings(body, this.limits));
+      const readings = decodeReadings(body, this.limits);
+      this.checkTime(readings);
       const result = await this.write({ deviceId, readings, ...(origin === undefined ? {} : { origin }) });
       m.readings.inc({ transport }, result.items.length);
       return result;
-    } catch (err) {
+    } catch (caught) {
+      const err = asReject(caught);
       if (err instanceof RejectedPayload) {
         await this.record({ transport, reason: err.reason, message: err.message, field: err.field, deviceId, payload: Buffer.from(JSON.stringify(body) ?? '', 'utf8') });
       }
@@ -160,39 +166,44 @@ export class TelemetryIngest {
     await this.deps.rejects.append(input);
   }
 
-  /** Holds an MQTT publish until its device is within its rate (see publish-rate.ts). */
-  private async pace(deviceId: string): Promise<void> {
+  /**
+   * How long an MQTT publish must be held to bring its device back within its rate
+   * (see publish-rate.ts); 0: go ahead.
+   * @throws TributaryError `Throttled` when the device is more than {@link MAX_PACING_MS} ahead.
+   */
+  private paceWait(deviceId: string): number {
     const rate = this.deps.publishRate;
-    if (rate === undefined) return;
+    if (rate === undefined) return 0;
     const wait = rate.take(deviceId);
-    if (wait === 0) return;
+    if (wait === 0) return 0;
     if (wait > MAX_PACING_MS) {
       rate.giveBack(deviceId);
       throw new TributaryError('Throttled', `device ${deviceId} publishes faster than its rate allows and is more than ${MAX_PACING_MS} ms ahead; disconnecting it without a PUBACK`);
     }
     this.deps.metrics.throttled.inc();
-    await sleep(wait);
+    return wait;
   }
 
-  private decode(decode: () => ReadingInput[]): ReadingInput[] {
-    const readings = decode();
+  private checkTime(readings: ReadingInput[]): void {
     checkTimeWindow(readings, { now: this.now(), maxFutureMs: this.deps.maxClockSkewMs, maxAgeMs: this.deps.retentionMs });
-    return readings;
   }
 
   /**
    * The store validates what only it can judge at commit time (a retention pass may
-   * have moved its horizon since {@link decode} checked). Such a refusal is a reject like
-   * any other — not a failed write, which would make an MQTT client re-send it forever.
+   * have moved its horizon since {@link checkTime} checked). Such a refusal is a reject
+   * like any other — not a failed write, which would make an MQTT client re-send it
+   * forever. Applied in the callers' catch rather than by wrapping the store's promise,
+   * which would cost every write a promise and a microtask turn.
    */
-  private async write(req: WriteRequest): Promise<WriteResult> {
+  private write(req: WriteRequest): Promise<WriteResult> {
     const written = this.deps.store.write(req);
     this.deps.metrics.backlog.set(this.deps.store.backlog);
-    try {
-      return await written;
-    } catch (err) {
-      if (isTributaryError(err) && err.code === 'ValidationError') throw new RejectedPayload('rejected_by_store', err.message, err.field);
-      throw err;
-    }
+    return written;
   }
+}
+
+/** A store's `ValidationError` (see {@link TelemetryIngest.write}) as the reject it stands for; anything else as is. */
+function asReject(err: unknown): unknown {
+  if (err instanceof RejectedPayload || !isTributaryError(err) || err.code !== 'ValidationError') return err;
+  return new RejectedPayload('rejected_by_store', err.message, err.field);
 }

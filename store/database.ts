@@ -219,6 +219,17 @@ export class Database {
   }
 
   /**
+   * {@link commit} without the fsync (`sync: false`), for data that may be lost on an OS
+   * crash or power cut but not on a process crash: LevelDB has handed the log record to
+   * the OS when it resolves. Same queue and failure handling as {@link commit}, and the
+   * next synced commit makes it durable too (one write-ahead log).
+   */
+  commitUnsynced(ops: BatchOp[]): Promise<void> {
+    if (ops.length === 0) return Promise.resolve();
+    return this.serialized(() => this.write(ops, false));
+  }
+
+  /**
    * Deletes every key in the range, in synced batches of up to `chunk` deletions that
    * each go through {@link commit} (so commits from elsewhere interleave, and a full disk
    * is handled like any failed write). Use it instead of the handle's `clear()`, which
@@ -249,7 +260,7 @@ export class Database {
     return run;
   }
 
-  private async write(ops: BatchOp[]): Promise<void> {
+  private async write(ops: BatchOp[], sync = true): Promise<void> {
     if (this.failure !== undefined && !(await this.recover())) throw this.refusal();
     // A chained batch: the array form of batch() copies and re-validates every
     // operation in JavaScript, which cost about 3x in throughput here.
@@ -265,7 +276,7 @@ export class Database {
       throw err;
     }
     try {
-      await batch.write({ sync: true });
+      await batch.write({ sync });
     } catch (err) {
       throw this.writeFailed(err);
     }

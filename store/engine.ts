@@ -35,6 +35,7 @@ import {
   prepareWrite,
   type Leaf,
   type PreparedWrite,
+  type Projection,
 } from './items.js';
 import { MAX_U32 } from './keys.js';
 import {
@@ -56,6 +57,7 @@ import {
   type PutDeviceRequest,
   type PutDeviceResult,
   type RangeQuery,
+  type RawReading,
   type Reading,
   type TelemetryStore,
   type Values,
@@ -107,6 +109,11 @@ export interface ItemRef {
 export interface StreamItem {
   ts: number;
   text: string;
+}
+
+/** A stored reading with its values' JSON text, as a range query reads it. */
+export interface TextItem extends StreamItem {
+  seq: number;
 }
 
 /** A stored reading of any device, as a partition scan returns it. */
@@ -169,6 +176,8 @@ export interface StoreBackend {
   commit(plan: WritePlan, ops: BatchOp[]): Promise<void>;
   /** Up to `limit` items of the device in the range, in the requested order. */
   scan(q: ScanQuery): Promise<StoredItem[]>;
+  /** {@link scan} with the values as text (a range query embeds or parses them, and a string is cheaper to get than a Buffer). */
+  scanText(q: ScanQuery): Promise<TextItem[]>;
   /**
    * The device's items with `from <= ts <= to` in ascending (ts, seq) order, in chunks
    * of at most `chunk` items, without holding more than a chunk in memory. Values come
@@ -331,21 +340,35 @@ export class TelemetryStoreEngine implements TelemetryStore {
 
   // ---------------------------------------------------------------- write path
 
-  async write(req: WriteRequest): Promise<WriteResult> {
-    if (this.closing !== undefined) throw storeClosed();
-    const prepared = prepareWrite(req);
-    if (this.retentionMs > 0) {
-      const error = this.tooOld(prepared, this.raiseHorizon(this.now()));
-      if (error !== undefined) throw error;
+  // Not `async`: on this per-reading path the wrapper promise and its extra turn were measurable.
+  write(req: WriteRequest): Promise<WriteResult> {
+    let prepared: PreparedWrite;
+    try {
+      if (this.closing !== undefined) throw storeClosed();
+      prepared = prepareWrite(req);
+      if (this.retentionMs > 0) {
+        const error = this.tooOld(prepared, this.raiseHorizon(this.now()));
+        if (error !== undefined) throw error;
+      }
+    } catch (err) {
+      return Promise.reject(err);
     }
     const deletion = this.deleting.get(prepared.deviceId);
-    if (deletion !== undefined) {
-      // Written after the delete was asked for: it belongs to the device that comes after.
-      await deletion.catch(() => undefined);
-      if (this.closing !== undefined) throw storeClosed();
-    }
+    if (deletion === undefined) return this.enqueue(prepared, req.origin);
+    // Written after the delete was asked for: it belongs to the device that comes after.
+    return deletion.then(
+      () => this.enqueueUnlessClosed(prepared, req.origin),
+      () => this.enqueueUnlessClosed(prepared, req.origin),
+    );
+  }
+
+  private enqueueUnlessClosed(prepared: PreparedWrite, origin: WriteOrigin | undefined): Promise<WriteResult> {
+    return this.closing === undefined ? this.enqueue(prepared, origin) : Promise.reject(storeClosed());
+  }
+
+  private enqueue(prepared: PreparedWrite, origin: WriteOrigin | undefined): Promise<WriteResult> {
     return new Promise<WriteResult>((resolve, reject) => {
-      this.queue.push(req.origin === undefined ? { req: prepared, resolve, reject } : { req: prepared, origin: req.origin, resolve, reject });
+      this.queue.push(origin === undefined ? { req: prepared, resolve, reject } : { req: prepared, origin, resolve, reject });
       this.queuedReadings += prepared.readings.length;
       this.schedule();
     });
@@ -511,7 +534,8 @@ export class TelemetryStoreEngine implements TelemetryStore {
     }
     for (const w of work.values()) w.latest = w.state.latest;
 
-    await this.prepareStamps(work, now);
+    const probing = this.prepareStamps(work, now);
+    if (probing !== undefined) await probing;
     const { plan, results, next } = this.planBatch(batch, work, found, now);
     for (const id of loaded.keys()) if (!next.has(id)) next.set(id, loaded.get(id) as DeviceState);
     if (this.deleting.size > 0) for (const id of next.keys()) if (this.deleting.has(id)) this.writtenWhileDeleting.add(id);
@@ -676,8 +700,8 @@ export class TelemetryStoreEngine implements TelemetryStore {
    * highest seq; only when the device has readings ahead of the server clock (future
    * device stamps, or a clock stepped back across a restart) is the store asked.
    */
-  private async prepareStamps(work: Map<string, Work>, now: number): Promise<void> {
-    const probes: Array<Promise<void>> = [];
+  private prepareStamps(work: Map<string, Work>, now: number): Promise<unknown> | undefined {
+    let probes: Array<Promise<void>> | undefined;
     for (const [deviceId, w] of work) {
       if (!w.hasServerStamped) continue;
       const prev = this.stamps.get(deviceId);
@@ -691,13 +715,14 @@ export class TelemetryStoreEngine implements TelemetryStore {
         stamp.next = latest.seq + 1;
         continue;
       }
-      probes.push(
+      (probes ??= []).push(
         this.backend.maxSeqAt(deviceId, ts).then((max) => {
           if (max !== undefined && max >= stamp.next) stamp.next = max + 1;
         }),
       );
     }
-    if (probes.length > 0) await Promise.all(probes);
+    // Usually nothing to ask: no promise then, so the batch goes on in the same turn.
+    return probes === undefined ? undefined : Promise.all(probes);
   }
 
   /** Commits REMOVE records and deletes for `items` (one bounded batch). */
@@ -744,7 +769,25 @@ export class TelemetryStoreEngine implements TelemetryStore {
 
   // ---------------------------------------------------------------- reads
 
-  async query(q: RangeQuery): Promise<Page<Reading>> {
+  query(q: RangeQuery): Promise<Page<Reading>> {
+    return this.page(q, (deviceId, row, project) => {
+      const values = JSON.parse(row.text) as Values;
+      return { deviceId, ts: row.ts, seq: row.seq, values: project === undefined ? values : project(values) };
+    });
+  }
+
+  queryRaw(q: RangeQuery): Promise<Page<RawReading>> {
+    // The stored text is the values' JSON as is; only a projection needs to parse it.
+    return this.page(q, (deviceId, row, project) => ({
+      deviceId,
+      ts: row.ts,
+      seq: row.seq,
+      valuesJson: project === undefined ? row.text : JSON.stringify(project(JSON.parse(row.text) as Values)),
+    }));
+  }
+
+  /** Validates a range query, reads one page of it and makes an item of each row. */
+  private async page<T extends { ts: number; seq: number }>(q: RangeQuery, make: (deviceId: string, row: TextItem, project: Projection | undefined) => T): Promise<Page<T>> {
     const deviceId = assertDeviceId(q.deviceId);
     const from = checkTimeParam(q.from, 'from');
     const to = checkTimeParam(q.to, 'to');
@@ -759,15 +802,11 @@ export class TelemetryStoreEngine implements TelemetryStore {
     const hi = Math.min(MAX_TIMESTAMP_MS, to);
     if (lo > hi) return { items: [], nextCursor: null };
     // One extra item tells whether another page exists, so the last page has no cursor.
-    const rows = await this.backend.scan({ deviceId, from: lo, to: hi, order, after, limit: limit + 1 });
+    const rows = await this.backend.scanText({ deviceId, from: lo, to: hi, order, after, limit: limit + 1 });
     const more = rows.length > limit;
     const n = more ? limit : rows.length;
-    const items: Reading[] = new Array<Reading>(n);
-    for (let i = 0; i < n; i++) {
-      const row = rows[i] as StoredItem;
-      const values = JSON.parse(row.json.toString('utf8')) as Values;
-      items[i] = { deviceId, ts: row.ts, seq: row.seq, values: project === undefined ? values : project(values) };
-    }
+    const items = new Array<T>(n);
+    for (let i = 0; i < n; i++) items[i] = make(deviceId, rows[i] as TextItem, project);
     const last = items[n - 1];
     return { items, nextCursor: more && last !== undefined ? encodeReadingCursor({ order, ts: last.ts, seq: last.seq }) : null };
   }
@@ -846,6 +885,11 @@ export class TelemetryStoreEngine implements TelemetryStore {
       if (item.older !== undefined) for (const [path, kv] of Object.entries(item.older)) if (wanted(path)) values[path] = { ts: kv.ts, seq: kv.seq, value: kv.value };
     }
     return { deviceId, values };
+  }
+
+  async latestRaw(deviceId: string): Promise<RawReading | undefined> {
+    const item = (await this.deviceState(deviceId)).latest;
+    return item === undefined ? undefined : { deviceId, ts: item.ts, seq: item.seq, valuesJson: item.json.toString('utf8') };
   }
 
   async getDevice(deviceId: string): Promise<DeviceInfo | undefined> {

@@ -27,6 +27,7 @@ import {
   type StoreBackend,
   type StoredItem,
   type StreamItem,
+  type TextItem,
   type WritePlan,
   type EngineOptions,
 } from './engine.js';
@@ -179,7 +180,16 @@ class LevelBackend implements StoreBackend {
     }
   }
 
-  async scan(q: ScanQuery): Promise<StoredItem[]> {
+  scan(q: ScanQuery): Promise<StoredItem[]> {
+    return this.scanAs<Buffer, StoredItem>(q, 'buffer', (key, json) => ({ ts: telemetryKeyTs(key), seq: telemetryKeySeq(key), json }));
+  }
+
+  scanText(q: ScanQuery): Promise<TextItem[]> {
+    // Decoded to a string natively, which costs less than a Buffer per value.
+    return this.scanAs<string, TextItem>(q, 'utf8', (key, text) => ({ ts: telemetryKeyTs(key), seq: telemetryKeySeq(key), text }));
+  }
+
+  private async scanAs<V extends Buffer | string, T>(q: ScanQuery, valueEncoding: 'buffer' | 'utf8', make: (key: Buffer, value: V) => T): Promise<T[]> {
     const asc = q.order === 'asc';
     const { deviceId, from, to, after } = q;
     // Only partitions that exist and overlap the range (and lie past the cursor).
@@ -193,7 +203,7 @@ class LevelBackend implements StoreBackend {
     const parts = this.partitionsBetween(first, last);
     if (!asc) parts.reverse();
 
-    const out: StoredItem[] = [];
+    const out: T[] = [];
     for (const p of parts) {
       const remaining = q.limit - out.length;
       if (remaining <= 0) break;
@@ -205,13 +215,13 @@ class LevelBackend implements StoreBackend {
       else range.lte = telemetryKey(p, deviceId, to, MAX_U32);
       // Rows gather locally so that a read the owner retries after a reopen cannot add them twice.
       const rows = await this.database.read(async (db) => {
-        const local: StoredItem[] = [];
-        const it = db.iterator({ ...range, reverse: !asc, limit: remaining });
+        const local: T[] = [];
+        const it = db.iterator<Buffer, V>({ ...range, reverse: !asc, limit: remaining, valueEncoding });
         try {
           while (true) {
             const entries = await it.nextv(Math.min(remaining, SCAN_CHUNK));
             if (entries.length === 0) break;
-            for (const [key, value] of entries) local.push({ ts: telemetryKeyTs(key), seq: telemetryKeySeq(key), json: value });
+            for (const [key, value] of entries) local.push(make(key, value));
           }
         } finally {
           await it.close();

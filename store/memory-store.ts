@@ -19,6 +19,7 @@ import {
   type StoreBackend,
   type StoredItem,
   type StreamItem,
+  type TextItem,
   type WritePlan,
   type EngineOptions,
 } from './engine.js';
@@ -155,6 +156,10 @@ class MemoryBackend implements StoreBackend {
       }
     }
     return out;
+  }
+
+  async scanText(q: ScanQuery): Promise<TextItem[]> {
+    return (await this.scan(q)).map((i) => ({ ts: i.ts, seq: i.seq, text: i.json.toString('utf8') }));
   }
 
   async *stream(deviceId: string, from: number, to: number, chunk: number): AsyncGenerator<StreamItem[]> {

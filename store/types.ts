@@ -68,6 +68,19 @@ export interface RangeQuery {
   keys?: string[];
 }
 
+/**
+ * A stored reading with its values as JSON text: exactly the stored bytes, or with a
+ * projection, the projected values re-encoded. For answers that embed the values in
+ * JSON as they are, without parsing and re-serializing them.
+ */
+export interface RawReading {
+  deviceId: string;
+  ts: number;
+  seq: number;
+  /** The values object as JSON text. */
+  valuesJson: string;
+}
+
 export interface Page<T> {
   items: T[];
   nextCursor: string | null;
@@ -209,6 +222,8 @@ export interface TelemetryStore {
    */
   readonly backlog: number;
   query(q: RangeQuery): Promise<Page<Reading>>;
+  /** {@link query} with each reading's values as JSON text (same items, cursors and errors). */
+  queryRaw(q: RangeQuery): Promise<Page<RawReading>>;
   /**
    * Buckets of aggregates over a time range of one device, computed by streaming the
    * range in chunks (the range is never loaded whole).
@@ -218,6 +233,8 @@ export interface TelemetryStore {
   latest(deviceId: string): Promise<Reading | undefined>;
   /** Per-key latest values; undefined for an unknown device. */
   latest(deviceId: string, opts: LatestOptions): Promise<LatestValues | undefined>;
+  /** {@link latest} (the whole reading) with its values as JSON text. */
+  latestRaw(deviceId: string): Promise<RawReading | undefined>;
   getDevice(deviceId: string): Promise<DeviceInfo | undefined>;
   listDevices(q: ListDevicesQuery): Promise<Page<DeviceInfo>>;
   /** Creates the device or replaces its tags. */

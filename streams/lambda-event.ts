@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { marshall } from '@aws-sdk/util-dynamodb';
 import type { AttributeValue } from '@aws-sdk/client-dynamodb';
 import type { Values } from '../store/types.js';
@@ -58,7 +58,8 @@ export function toStreamRecord(r: ChangeRecord, streamArn: string, viewType: Str
   if (r.oldValues && (viewType === 'OLD_IMAGE' || viewType === 'NEW_AND_OLD_IMAGES')) dynamodb.OldImage = image(r, r.oldValues);
   dynamodb.SizeBytes = Buffer.byteLength(JSON.stringify([dynamodb.Keys, dynamodb.NewImage, dynamodb.OldImage]));
   const record: DynamoDBStreamRecord = {
-    eventID: createHash('md5').update(`${streamArn}|${r.shard}|${r.sequenceNumber}`).digest('hex'),
+    // One-shot crypto.hash: the same digest as createHash, without a Hash object per record.
+    eventID: hash('md5', `${streamArn}|${r.shard}|${r.sequenceNumber}`, 'hex'),
     eventName: r.eventName,
     eventVersion: '1.1',
     eventSource: 'aws:dynamodb',

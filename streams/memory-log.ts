@@ -19,8 +19,14 @@ export class MemoryChangeLog extends SequencedLog {
 
   async read(shard: number, after: number, limit: number): Promise<ChangeRecord[]> {
     const list = this.records[shard] ?? [];
-    const start = list.findIndex((r) => r.sequenceNumber > after);
-    return start < 0 ? [] : list.slice(start, start + limit);
+    // Binary search for the first record past `after`: the list is in sequence order.
+    let lo = 0;
+    for (let hi = list.length; lo < hi; ) {
+      const mid = (lo + hi) >>> 1;
+      if ((list[mid] as ChangeRecord).sequenceNumber > after) hi = mid;
+      else lo = mid + 1;
+    }
+    return list.slice(lo, lo + limit);
   }
 
   protected async removeRange(shard: number, first: number, cut: number): Promise<number> {

@@ -356,7 +356,7 @@ describe('error shape: not found', () => {
     // Stands in for a provisioned device: registered, but `latest` finds nothing.
     const store = memoryStore();
     await store.write({ deviceId: 'quiet', readings: [{ values: { v: 1 } }] });
-    store.latest = async () => undefined;
+    store.latestRaw = async () => undefined;
     const { app } = harness({ store });
     expectError(await app.inject('/v1/devices/quiet/latest'), 404, 'NotFound');
   });

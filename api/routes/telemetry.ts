@@ -1,15 +1,18 @@
 /**
  * Telemetry routes of one device (`/v1/devices/:id/...`): range query, aggregation,
- * latest reading (or per-key latest values), and HTTP ingest.
+ * latest reading (or per-key latest values), and HTTP ingest. The range query also
+ * exports the whole range as NDJSON or CSV, streamed (api/export.ts).
  *
  * @module
  */
 import { Type } from '@sinclair/typebox';
+import { Readable } from 'node:stream';
 import type { FastifyPluginAsync, FastifySchemaValidationError } from 'fastify';
 import { invalidParameter, TributaryError } from '../../core/errors.js';
 import { parseDuration, parseTime } from '../../core/time.js';
-import { AGGREGATES, type Aggregate, type AggregateQuery as StoreAggregateQuery, type RangeQuery, type TelemetryStore } from '../../store/types.js';
+import { AGGREGATES, type Aggregate, type AggregateQuery as StoreAggregateQuery, type Page, type RangeQuery, type RawReading, type TelemetryStore } from '../../store/types.js';
 import { formatSchemaErrors, type SchemaErrorDataVar } from '../errors.js';
+import { csvExport, EXPORT_CONTENT_TYPES, ndjsonExport } from '../export.js';
 import {
   AggregateQuery,
   AggregateResult,
@@ -95,20 +98,49 @@ function timeRange(q: { from?: string; to?: string }): { from: number; to: numbe
   return { from, to };
 }
 
+/**
+ * The `Reading` schema's JSON, spliced from the values' stored JSON text instead of
+ * parsing it only for fast-json-stringify to write it back out. The routes that answer
+ * with it keep their response schema: it documents the shape (OpenAPI) all the same.
+ */
+function readingJson(r: RawReading): string {
+  // Device ids are plain ASCII without quotes or backslashes (core/ids.ts), so they need no escaping.
+  return `{"deviceId":"${r.deviceId}","ts":${r.ts},"seq":${r.seq},"values":${r.valuesJson}}`;
+}
+
+/** A `ReadingPage` as JSON (cursors are base64url, so they need no escaping either). */
+function readingPageJson(page: Page<RawReading>): string {
+  let json = '{"items":[';
+  const items = page.items;
+  for (let i = 0; i < items.length; i++) json += (i === 0 ? '' : ',') + readingJson(items[i] as RawReading);
+  return `${json}],"nextCursor":${page.nextCursor === null ? 'null' : `"${page.nextCursor}"`}}`;
+}
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+
 export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
   app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
     '/devices/:id/telemetry',
     { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['telemetry'], summary: 'Query readings in a time range', params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
-    async (request) => {
+    async (request, reply) => {
       const { id } = request.params;
       const q = request.query;
       const { from, to } = timeRange(q);
       const range: RangeQuery = { deviceId: id, from, to, order: q.order ?? 'asc', limit: q.limit ?? DEFAULT_LIMIT };
       if (q.cursor !== undefined) range.cursor = q.cursor;
-      if (q.keys !== undefined) range.keys = parseKeys(q.keys);
+      const keys = q.keys === undefined ? undefined : parseKeys(q.keys);
+      if (keys !== undefined) range.keys = keys;
+      const format = q.format ?? 'json';
+      if (format !== 'json' && q.cursor !== undefined) throw invalidParameter('cursor', `format=${format} streams the whole range; cursor applies to json pages only`);
       // An unknown device is a 404, not an empty page: a typo in the id should be visible.
       if ((await store.getDevice(id)) === undefined) throw deviceNotFound(id);
-      return store.query(range);
+      if (format !== 'json') {
+        const source = { store, range: { deviceId: id, from, to, order: range.order, ...(keys === undefined ? {} : { keys }) }, max: undefined };
+        // Once streaming, a failure can only cut the response short: the status line is already sent.
+        return reply.type(EXPORT_CONTENT_TYPES[format]).send(Readable.from(format === 'ndjson' ? ndjsonExport(source) : csvExport(source, keys)));
+      }
+      // A Buffer goes out as is, past the serializer; encoded here once, not measured and then encoded by the socket.
+      return reply.type(JSON_TYPE).send(Buffer.from(readingPageJson(await store.queryRaw(range)), 'utf8'));
     },
   );
 
@@ -130,15 +162,15 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
   app.get<{ Params: DeviceIdParams; Querystring: LatestQuery }>(
     '/devices/:id/latest',
     { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['telemetry'], summary: 'Latest reading, or latest value per key', params: DeviceIdParams, querystring: LatestQuery, response: { 200: Type.Union([Reading, LatestValues]), ...errorResponses } } },
-    async (request) => {
+    async (request, reply) => {
       const { id } = request.params;
       if (request.query.keys !== undefined) {
         const values = await store.latest(id, { keys: parseKeys(request.query.keys) });
         if (values === undefined) throw deviceNotFound(id);
         return values;
       }
-      const reading = await store.latest(id);
-      if (reading !== undefined) return reading;
+      const reading = await store.latestRaw(id);
+      if (reading !== undefined) return reply.type(JSON_TYPE).send(Buffer.from(readingJson(reading), 'utf8'));
       // Only on a miss: is the device unknown, or known without readings (provisioned)?
       if ((await store.getDevice(id)) === undefined) throw deviceNotFound(id);
       throw new TributaryError('NotFound', `device ${JSON.stringify(id)} has no readings yet`);

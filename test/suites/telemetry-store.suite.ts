@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { MAX_TIMESTAMP_MS } from '../../core/time.js';
-import type { Reading, TelemetryStore, WriteRequest } from '../../store/types.js';
+import type { RangeQuery, Reading, TelemetryStore, WriteRequest } from '../../store/types.js';
 import type { ChangeRecord } from '../../streams/types.js';
 import { waitFor } from '../helpers.js';
 
@@ -383,6 +383,66 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
           [2, { status: 'idle' }],
           [1, { status: 'ok' }],
         ]);
+      });
+    });
+
+    describe('raw reads (values as their stored JSON text)', () => {
+      // Key order, nesting, escapes and non-ASCII text must survive byte for byte.
+      const odd = { z: 1, a: { y: 'naïve "quoted" \\ \u2028', b: true }, n: -0.5e-7, e: '😀' };
+
+      it('queryRaw pages exactly as query does, with the stored text as valuesJson', async () => {
+        const f = await fixture({ partitionWindowMs: HOUR });
+        const readings = Array.from({ length: 12 }, (_, i) => ({ ts: HOUR - 3 + Math.floor(i / 2) * 1000, values: i === 5 ? odd : { i, gps: { lat: i / 3 } } }));
+        await f.store.write({ deviceId: 'd1', readings });
+        await f.store.write({ deviceId: 'd10', readings: [{ ts: HOUR, values: { other: true } }] });
+        for (const order of ['asc', 'desc'] as const) {
+          for (const limit of [1, 5, 12, 13]) {
+            for (const keys of [undefined, ['gps.lat', 'e']]) {
+              const base = { deviceId: 'd1', from: 0, to: MAX_TIMESTAMP_MS, order, limit, ...(keys ? { keys } : {}) };
+              let cursor: string | undefined;
+              let pages = 0;
+              do {
+                const q = { ...base, ...(cursor ? { cursor } : {}) };
+                const [parsed, raw] = await Promise.all([f.store.query(q), f.store.queryRaw(q)]);
+                expect(raw.nextCursor).toBe(parsed.nextCursor);
+                expect(raw.items.map(({ valuesJson, ...key }) => ({ ...key, values: JSON.parse(valuesJson) as unknown }))).toEqual(parsed.items);
+                cursor = raw.nextCursor ?? undefined;
+                expect(++pages).toBeLessThan(20);
+              } while (cursor !== undefined);
+            }
+          }
+        }
+        const whole = await f.store.queryRaw({ deviceId: 'd1', from: 0, to: MAX_TIMESTAMP_MS, order: 'asc', limit: 100 });
+        expect(whole.items[5]?.valuesJson).toBe(JSON.stringify(odd));
+        expect((await f.store.queryRaw({ deviceId: 'nobody', from: 0, to: MAX_TIMESTAMP_MS, order: 'asc', limit: 10 })).items).toEqual([]);
+      });
+
+      it('queryRaw rejects what query rejects', async () => {
+        const f = await fixture();
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { a: 1 } }, { ts: 2, values: { a: 2 } }] });
+        const base = { deviceId: 'd1', from: 0, to: 10, order: 'asc' as const, limit: 1 };
+        const cursor = (await f.store.queryRaw(base)).nextCursor as string;
+        const cases: Array<[RangeQuery, string]> = [
+          [{ ...base, limit: 0 }, 'limit'],
+          [{ ...base, from: 1.5 }, 'from'],
+          [{ ...base, deviceId: 'a/b' }, 'deviceId'],
+          [{ ...base, keys: ['a..b'] }, 'keys'],
+          [{ ...base, cursor: 'not a cursor!' }, 'cursor'],
+          [{ ...base, order: 'desc', cursor }, 'cursor'],
+        ];
+        for (const [q, field] of cases) {
+          await expect(f.store.queryRaw(q)).rejects.toMatchObject({ code: 'InvalidParameter', field });
+        }
+      });
+
+      it('latestRaw is the latest reading with its stored text', async () => {
+        const f = await fixture();
+        expect(await f.store.latestRaw('d1')).toBeUndefined();
+        await f.store.putDevice({ deviceId: 'd1', tags: {} });
+        expect(await f.store.latestRaw('d1')).toBeUndefined();
+        await f.store.write({ deviceId: 'd1', readings: [{ ts: 5, values: odd }, { ts: 3, values: { older: 1 } }] });
+        expect(await f.store.latestRaw('d1')).toEqual({ deviceId: 'd1', ts: 5, seq: 0, valuesJson: JSON.stringify(odd) });
+        await expect(f.store.latestRaw('a/b')).rejects.toMatchObject({ code: 'InvalidParameter', field: 'deviceId' });
       });
     });
 
