@@ -55,10 +55,12 @@ export class StoreConsumer {
       // The fetch would start at the group's offset; with nothing new there no batch would
       // ever come to correct it, so go to the store's own position at once.
       for (const partition of self.assignment) {
-        self.nextOffset(partition).then(
-          (offset) => consumer.seek({ topic: opts.topic, partition, offset: String(offset) }),
-          (err: unknown) => opts.logger.warn({ err, topic: opts.topic, partition }, "reading the store's offset failed; the next batch corrects the position"),
-        );
+        // Best effort: the seek throws once the consumer stopped or is rejoining (kafkajs
+        // drops its group meanwhile); the next batch corrects the position either way.
+        self
+          .nextOffset(partition)
+          .then((offset) => consumer.seek({ topic: opts.topic, partition, offset: String(offset) }))
+          .catch((err: unknown) => opts.logger.warn({ err, topic: opts.topic, partition }, "could not move to the store's offset at once; the next batch corrects the position"));
       }
     });
     await consumer.connect();
