@@ -218,8 +218,10 @@ class LevelBackend implements StoreBackend {
         const local: T[] = [];
         const it = db.iterator<Buffer, V>({ ...range, reverse: !asc, limit: remaining, valueEncoding });
         try {
-          while (true) {
-            const entries = await it.nextv(Math.min(remaining, SCAN_CHUNK));
+          // Stops as soon as the limit is met: one more nextv would only confirm the end,
+          // an extra round trip to the native side on every page.
+          while (local.length < remaining) {
+            const entries = await it.nextv(Math.min(remaining - local.length, SCAN_CHUNK));
             if (entries.length === 0) break;
             for (const [key, value] of entries) local.push(make(key, value));
           }
