@@ -68,7 +68,7 @@ export interface TriggerConfig {
   tumblingWindowSeconds?: number;
 }
 
-export const DEFAULT_TRIGGER: Omit<TriggerConfig, 'id'> = {
+export const DEFAULT_TRIGGER = {
   batchSize: 100,
   maximumBatchingWindowMs: 0,
   startingPosition: 'LATEST',
@@ -78,7 +78,7 @@ export const DEFAULT_TRIGGER: Omit<TriggerConfig, 'id'> = {
   maximumRecordAgeSeconds: -1,
   parallelizationFactor: 1,
   tumblingWindowSeconds: 0,
-};
+} satisfies Omit<TriggerConfig, 'id'>;
 
 /**
  * A chain of `context.put` writes stops after this many functions (Lambda's recursive

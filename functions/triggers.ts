@@ -30,7 +30,7 @@ import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
 import { retrySettingProblems } from './batch-plan.js';
 import { LevelCheckpointStore } from './checkpoints.js';
-import { EventSourceMapping, type MappingDeps, type TriggerConfig } from './event-source-mapping.js';
+import { DEFAULT_TRIGGER, EventSourceMapping, type MappingDeps, type TriggerConfig } from './event-source-mapping.js';
 import { compileFilterCriteria, type FilterCriteria } from './filter-pattern.js';
 import type { FunctionRegistry } from './registry.js';
 import type { FunctionRuntime } from './types.js';
@@ -78,18 +78,8 @@ const SETTABLE = [
   'enabled',
 ] as const;
 
-export const TRIGGER_DEFAULTS = {
-  batchSize: 100,
-  maximumBatchingWindowMs: 0,
-  startingPosition: 'LATEST',
-  maximumRetryAttempts: 3,
-  bisectBatchOnFunctionError: false,
-  maximumRecordAgeSeconds: -1,
-  functionResponseTypes: [],
-  parallelizationFactor: 1,
-  tumblingWindowSeconds: 0,
-  enabled: true,
-} as const satisfies TriggerInput;
+/** What a trigger created over the API gets for what it leaves out: the mapping's defaults, enabled. */
+export const TRIGGER_DEFAULTS = { ...DEFAULT_TRIGGER, enabled: true } as const satisfies TriggerInput;
 
 function invalid(field: string, message: string): TributaryError {
   return new TributaryError('ValidationError', message, { field });
