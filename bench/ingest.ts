@@ -35,6 +35,8 @@ interface Broker {
   port: number;
   pid: number;
   stop: () => Promise<void>;
+  /** Secured mode: the password (secret) of each provisioned client id. */
+  secrets?: Map<string, string>;
 }
 
 function waitForLine(child: ChildProcess, re: RegExp): Promise<RegExpExecArray> {
@@ -68,15 +70,41 @@ function broker(url: string, child: ChildProcess, cleanup?: () => void): Broker 
   return { url, port: Number(new URL(url).port), pid: child.pid as number, stop: stopper(child, cleanup) };
 }
 
-async function startTributary(): Promise<Broker> {
-  const dir = scratchDir('ingest');
-  const child = spawn(
+function spawnTributary(dir: string, extra: string[] = []): ChildProcess {
+  return spawn(
     process.execPath,
-    [`${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dir.path, '--log-level', 'error', '--device-publish-rate', '0', '--mqtt-max-connections', String(2 * IDLE_CONNECTIONS)],
+    [`${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dir, '--log-level', 'error', '--device-publish-rate', '0', '--mqtt-max-connections', String(2 * IDLE_CONNECTIONS), ...extra],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
+}
+
+async function startTributary(): Promise<Broker> {
+  const dir = scratchDir('ingest');
+  const child = spawnTributary(dir.path);
   const m = await waitForLine(child, /MQTT {2}(mqtt:\/\/\S+)/);
   return broker(m[1] as string, child, dir.cleanup);
+}
+
+/** Tributary in secured mode with the idle-connection devices provisioned over the API (not timed). */
+async function startTributarySecured(): Promise<Broker> {
+  const dir = scratchDir('ingest-secured');
+  const child = spawnTributary(dir.path, ['--secure', 'true']);
+  const m = await waitForLine(child, /MQTT {2}(mqtt:\/\/\S+)\n {2}HTTP {2}(http:\/\/\S+)[\s\S]*admin API key \(shown once\): (\S+)/);
+  const b = broker(m[1] as string, child, dir.cleanup);
+  const [http, key] = [m[2] as string, m[3] as string];
+  const secrets = new Map<string, string>();
+  const ids = Array.from({ length: IDLE_CONNECTIONS }, (_, i) => `idle-${i}`);
+  progress(`ingest: provisioning ${fmt(ids.length)} devices`);
+  for (let i = 0; i < ids.length; i += 50) {
+    await Promise.all(
+      ids.slice(i, i + 50).map(async (id) => {
+        const res = await fetch(`${http}/v1/devices/${id}/credentials`, { method: 'POST', headers: { authorization: `Bearer ${key}` } });
+        if (res.status !== 201) throw new Error(`provisioning ${id}: HTTP ${res.status} ${await res.text()}`);
+        secrets.set(id, ((await res.json()) as { secret: string }).secret);
+      }),
+    );
+  }
+  return { ...b, secrets };
 }
 
 async function startBareAedes(): Promise<Broker> {
@@ -165,7 +193,8 @@ function summarize(rs: Measured[] | undefined): { rate: number; p99: number; bro
  * of up to 500 ms) when the connection fails or closes before its CONNACK; resolves at the
  * CONNACK.
  */
-async function rawConnect(port: number, clientId: string): Promise<Socket> {
+async function rawConnect(port: number, clientId: string, password?: string): Promise<Socket> {
+  const login = password === undefined ? {} : { username: clientId, password: Buffer.from(password) };
   for (let attempt = 1; ; attempt++) {
     const socket = await new Promise<Socket | undefined>((resolve) => {
       const s = connect({ host: '127.0.0.1', port });
@@ -176,7 +205,7 @@ async function rawConnect(port: number, clientId: string): Promise<Socket> {
       };
       s.once('error', fail);
       s.once('close', fail);
-      s.once('connect', () => s.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 0 })));
+      s.once('connect', () => s.write(generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 0, ...login })));
       s.once('data', (d: Buffer) => {
         if (d[0] !== 0x20 || d[3] !== 0) return fail();
         s.off('error', fail);
@@ -192,9 +221,9 @@ async function rawConnect(port: number, clientId: string): Promise<Socket> {
 }
 
 /** Connects `n` raw clients at once; resolves with the sockets and how long until the last CONNACK. */
-async function connectAll(port: number, n: number, prefix: string): Promise<{ sockets: Socket[]; ms: number }> {
+async function connectAll(port: number, n: number, prefix: string, secrets?: Map<string, string>): Promise<{ sockets: Socket[]; ms: number }> {
   const t0 = performance.now();
-  const sockets = await Promise.all(Array.from({ length: n }, (_, i) => rawConnect(port, `${prefix}-${i}`)));
+  const sockets = await Promise.all(Array.from({ length: n }, (_, i) => rawConnect(port, `${prefix}-${i}`, secrets?.get(`${prefix}-${i}`))));
   return { sockets, ms: performance.now() - t0 };
 }
 
@@ -215,14 +244,14 @@ async function connectionFigures(start: () => Promise<Broker | undefined>): Prom
   const b = await start();
   if (!b) return undefined;
   try {
-    await closeAll((await connectAll(b.port, 50, 'warm')).sockets);
+    await closeAll((await connectAll(b.port, 50, 'idle', b.secrets)).sockets);
     const before = rssKb(b.pid);
-    const first = await connectAll(b.port, IDLE_CONNECTIONS, 'idle');
+    const first = await connectAll(b.port, IDLE_CONNECTIONS, 'idle', b.secrets);
     // Let the broker settle (and collect what connecting left behind) before reading RSS.
     await new Promise((r) => setTimeout(r, 2000));
     const kbPerConnection = (rssKb(b.pid) - before) / IDLE_CONNECTIONS;
     await closeAll(first.sockets);
-    const again = await connectAll(b.port, IDLE_CONNECTIONS, 'idle');
+    const again = await connectAll(b.port, IDLE_CONNECTIONS, 'idle', b.secrets);
     await closeAll(again.sockets);
     return { kbPerConnection, firstMs: first.ms, reconnectMs: again.ms };
   } finally {
@@ -262,6 +291,7 @@ export async function benchIngest(): Promise<void> {
   }
   progress(`ingest: ${fmt(IDLE_CONNECTIONS)} idle connections, then all reconnecting at once`);
   const oursConn = await connectionFigures(startTributary);
+  const securedConn = await connectionFigures(startTributarySecured);
   const bareConn = await connectionFigures(startBareAedes);
   if (oursConn && bareConn) {
     rows.push({
@@ -277,6 +307,15 @@ export async function benchIngest(): Promise<void> {
       baseline: `${fmt(bareConn.reconnectMs)} ms bare aedes (first ${fmt(bareConn.firstMs)} ms)`,
       ratio: `${fmt(oursConn.reconnectMs / bareConn.reconnectMs, 2)}×`,
       note: 'clean sessions, no keepalive, open mode',
+    });
+  }
+  if (securedConn && bareConn) {
+    rows.push({
+      case: `${fmt(IDLE_CONNECTIONS)} authenticated devices (re)connecting at once (secured mode)`,
+      measured: `${fmt(securedConn.reconnectMs)} ms (first connect ${fmt(securedConn.firstMs)} ms)`,
+      baseline: `${fmt(bareConn.reconnectMs)} ms bare aedes, anonymous (first ${fmt(bareConn.firstMs)} ms)`,
+      ratio: `${fmt(securedConn.reconnectMs / bareConn.reconnectMs, 2)}×`,
+      note: 'username = client id, secret checked (SHA-256, constant time) on every CONNECT',
     });
   }
   printTable('ingest (MQTT)', rows);
