@@ -8,8 +8,10 @@
  * baseline's requests per second. A fourth case sends the range query's response body
  * (fetched once) from a hello-world route: what moving those bytes costs, the part of
  * the range query no store can save. A last row compares the hello-world in secured and
- * open mode: what verifying the key costs.
+ * open mode: what verifying the key costs. Another measures the range query against the
+ * issue's "naive route": 100 rows from a bare classic-level iterator, in the same run.
  */
+import { ClassicLevel } from 'classic-level';
 import type { AddressInfo } from 'node:net';
 import autocannon from 'autocannon';
 import { createApp } from '../app.js';
@@ -64,11 +66,17 @@ export async function benchApi(): Promise<void> {
   const keys = await ApiKeyStore.open({ adminDigest: secretDigest(baselineKey) });
   /** The range query's response, once the app has answered it. */
   let rangeBody = Buffer.alloc(0);
+  // The issue's "naive route": 100 rows read from a bare classic-level with one iterator, parsed, serialized.
+  const rawDir = scratchDir('api-raw');
+  const raw = new ClassicLevel<string, string>(rawDir.path);
+  await raw.open();
+  await raw.batch(Array.from({ length: 100 }, (_, i) => ({ type: 'put' as const, key: `bench-1!${String(i).padStart(6, '0')}`, value: JSON.stringify(sampleValues(i)) })));
   /** The hello-world: buildApi's plugins and hooks, one trivial route. */
   const helloWorld = (mode: 'open' | 'secured') => {
     const api = buildApi({ store: baselineStore, logger: createLogger('silent'), ready: () => true, ingest: async () => ({ accepted: 0, items: [] }), maxBodyBytes: 1024, access: { mode, keys } });
     api.get('/hello', { config: { access: { action: 'telemetry:Read' } }, schema: { response: { 200: { type: 'object', properties: { hello: { type: 'string' } } } } } }, async () => ({ hello: 'world' }));
     api.get('/body', { config: { access: { action: 'telemetry:Read' } } }, async (_request, reply) => reply.type('application/json; charset=utf-8').send(rangeBody));
+    api.get('/naive', { config: { access: { action: 'telemetry:Read' } } }, async () => ({ items: (await raw.iterator({ limit: 100 }).all()).map(([k, v]) => ({ key: k, values: JSON.parse(v) as unknown })) }));
     return api;
   };
   const baseline = helloWorld('secured');
@@ -99,10 +107,11 @@ export async function benchApi(): Promise<void> {
       latest: [`${addresses.http}/v1/devices/bench-1/latest`, key],
       range: [rangeUrl, key],
       body: [`${baseUrl}/body`, baselineKey],
+      naive: [`${baseUrl}/naive`, baselineKey],
     } as const;
     // Warm-up: JIT, fastify's serializer compilation, LevelDB's block cache.
     for (const [url, k] of Object.values(cases)) await measure(url, k, 1);
-    const results: Record<keyof typeof cases, Measured[]> = { hello: [], helloOpen: [], latest: [], range: [], body: [] };
+    const results: Record<keyof typeof cases, Measured[]> = { hello: [], helloOpen: [], latest: [], range: [], body: [], naive: [] };
     for (let round = 1; round <= ROUNDS; round++) {
       for (const [name, [url, k]] of Object.entries(cases)) {
         progress(`round ${round}/${ROUNDS}: ${name} (${DURATION_S} s, ${CONNECTIONS} connections)`);
@@ -116,12 +125,15 @@ export async function benchApi(): Promise<void> {
       row('GET /v1/devices/{id}/latest', latest, hello, 0.5),
       row('GET /v1/devices/{id}/telemetry (100 readings)', range, hello, 0.25),
       { ...row(`hello-world sending the range query's ${fmt(rangeBody.length)}-byte body`, medianOf(results.body), hello), note: 'moving the bytes alone: the ceiling for the range query' },
+      { ...row('GET /v1/devices/{id}/telemetry (100 readings) vs a naive route over bare classic-level', range, medianOf(results.naive)), note: 'baseline: one iterator over 100 rows, JSON.parse each, default serializer' },
       row('hello-world secured (bearer key checked) vs open', hello, medianOf(results.helloOpen)),
     ]);
   } finally {
     await baseline.close();
     await baselineOpen.close();
     await baselineStore.close();
+    await raw.close();
+    rawDir.cleanup();
     await app.stop();
     dir.cleanup();
   }
