@@ -35,6 +35,14 @@ import { DOCS_PREFIX, OPENAPI_PATH } from './openapi.js';
 /** What a route requires; see the module comment. */
 export type RouteAccess = 'public' | 'authenticated' | { action: Action; device?: string; allDevices?: true };
 
+/**
+ * Route config of the routes that act on functions, their triggers and the DLQ: a
+ * function sees every device's records, so these need their action on every device.
+ */
+export function onAllDevices(action: Action): { access: RouteAccess } {
+  return { access: { action, allDevices: true } };
+}
+
 /** What a handler may ask about the request's key. */
 export interface RequestAccess {
   /** The verified key; null in open mode and on public routes. */

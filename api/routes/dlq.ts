@@ -12,6 +12,7 @@ import { DLQ_ID_PATTERN } from '../../functions/dlq.js';
 import type { InvokeOutcome } from '../../functions/types.js';
 import { InvokeResultBody, invokeResultBody } from '../invoke-result.js';
 import { DEFAULT_LIMIT, errorResponses, MAX_LIMIT, NoQuery } from '../schemas.js';
+import { onAllDevices } from '../auth.js';
 
 /** Options of {@link dlqRoutes}. */
 export interface DlqRoutesOptions {
@@ -87,7 +88,7 @@ type RedriveBody = Static<typeof RedriveBody>;
 export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { queue, redrive }) => {
   app.get<{ Querystring: ListQuery }>(
     '/dlq',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'List dead-letter queue entries (batches stream mappings gave up on), oldest first', querystring: ListQuery, response: { 200: PageBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'List dead-letter queue entries (batches stream mappings gave up on), oldest first', querystring: ListQuery, response: { 200: PageBody, ...errorResponses } } },
     async (request) => {
       const { functionName, limit = DEFAULT_LIMIT, cursor } = request.query;
       return queue.list({ limit, ...(functionName === undefined ? {} : { functionName }), ...(cursor === undefined ? {} : { cursor }) });
@@ -96,7 +97,7 @@ export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { que
 
   app.get<{ Params: IdParams }>(
     '/dlq/:id',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Get a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 200: EntryBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Get a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 200: EntryBody, ...errorResponses } } },
     async (request) => queue.get(request.params.id),
   );
 
@@ -104,7 +105,7 @@ export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { que
     '/dlq/:id/redrive',
     {
       // Entries mix devices' records, so the DLQ needs its action on every device.
-      config: { access: { action: 'functions:Deploy', allDevices: true } },
+      config: onAllDevices('functions:Deploy'),
       schema: {
         tags: ['functions'],
         summary: 'Redrive an entry: re-read its records from the change log and invoke the function (latest version) once with them',
@@ -125,7 +126,7 @@ export const dlqRoutes: FastifyPluginAsync<DlqRoutesOptions> = async (app, { que
 
   app.delete<{ Params: IdParams }>(
     '/dlq/:id',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Delete a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a dead-letter queue entry', params: IdParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await queue.delete(request.params.id);
       return reply.code(204).send();

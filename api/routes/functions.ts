@@ -16,6 +16,7 @@ import type { FunctionRuntime, FunctionSpec } from '../../functions/types.js';
 import type { FilterCriteria } from '../../functions/filter-pattern.js';
 import { InvokeResultBody, invokeResultBody } from '../invoke-result.js';
 import { DEFAULT_LIMIT, errorResponses, MAX_LIMIT, NoQuery } from '../schemas.js';
+import { onAllDevices } from '../auth.js';
 
 /** Options of {@link functionRoutes}. */
 export interface FunctionRoutesOptions {
@@ -194,7 +195,7 @@ function timeValue(v: string | number, field: string, now: number): number {
 export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (app, { registry, runtime, resolve = (name) => registry.spec(name), logs, replays }) => {
   app.get<{ Querystring: ListFunctionsQuery }>(
     '/functions',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'List functions (latest version of each)', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'List functions (latest version of each)', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
     async (request) => {
       const { limit = DEFAULT_LIMIT, cursor } = request.query;
       return registry.list(cursor === undefined ? { limit } : { limit, cursor });
@@ -205,7 +206,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     '/functions/:name',
     {
       bodyLimit: DEPLOY_BODY_LIMIT,
-      config: { access: { action: 'functions:Deploy', allDevices: true } },
+      config: onAllDevices('functions:Deploy'),
       schema: { tags: ['functions'], summary: 'Deploy a new version of a function', params: FunctionNameParams, querystring: NoQuery, body: DeployBody, response: { 201: FunctionVersionBody, ...errorResponses } },
     },
     async (request, reply) => {
@@ -216,13 +217,13 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
 
   app.get<{ Params: FunctionNameParams }>(
     '/functions/:name',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Get a function: its latest version and the list of versions', params: FunctionNameParams, querystring: NoQuery, response: { 200: FunctionInfoBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Get a function: its latest version and the list of versions', params: FunctionNameParams, querystring: NoQuery, response: { 200: FunctionInfoBody, ...errorResponses } } },
     async (request) => registry.get(request.params.name),
   );
 
   app.delete<{ Params: FunctionNameParams }>(
     '/functions/:name',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Delete a function and every version of it', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a function and every version of it', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await registry.delete(request.params.name);
       return reply.code(204).send();
@@ -233,7 +234,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     '/functions/:name/invoke',
     {
       bodyLimit: INVOKE_BODY_LIMIT,
-      config: { access: { action: 'functions:Invoke', allDevices: true } },
+      config: onAllDevices('functions:Invoke'),
       schema: {
         tags: ['functions'],
         summary: 'Invoke the latest version once with the request body as the event',
@@ -255,7 +256,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     app.get<{ Params: FunctionNameParams; Querystring: LogsQuery }>(
       '/functions/:name/logs',
       {
-        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        config: onAllDevices('functions:Deploy'),
         schema: {
           tags: ['functions'],
           summary: 'Captured console output of a function\'s invocations',
@@ -289,7 +290,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     app.post<{ Params: FunctionNameParams; Body: ReplayBody }>(
       '/functions/:name/replay',
       {
-        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        config: onAllDevices('functions:Deploy'),
         schema: {
           tags: ['functions'],
           summary: 'Replay a window of the change stream through the function (an asynchronous job)',
@@ -317,7 +318,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     app.get<{ Params: FunctionNameParams }>(
       '/functions/:name/replays',
       {
-        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        config: onAllDevices('functions:Deploy'),
         schema: {
           tags: ['functions'],
           summary: 'Replay jobs of a function, newest first (kept in memory, the last 100 finished)',
@@ -331,14 +332,14 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
 
     app.get<{ Params: ReplayParams }>(
       '/functions/:name/replays/:id',
-      { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'A replay job: progress, then its summary', params: ReplayParams, querystring: NoQuery, response: { 200: ReplayJobBody, ...errorResponses } } },
+      { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'A replay job: progress, then its summary', params: ReplayParams, querystring: NoQuery, response: { 200: ReplayJobBody, ...errorResponses } } },
       async (request) => replays.get(request.params.name, request.params.id),
     );
 
     app.post<{ Params: ReplayParams }>(
       '/functions/:name/replays/:id/cancel',
       {
-        config: { access: { action: 'functions:Deploy', allDevices: true } },
+        config: onAllDevices('functions:Deploy'),
         schema: {
           tags: ['functions'],
           summary: 'Cancel a replay job after the batch in flight; answers the job once it has stopped',

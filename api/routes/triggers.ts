@@ -10,6 +10,7 @@ import { Type } from '@sinclair/typebox';
 import type { FastifyPluginAsync } from 'fastify';
 import type { TriggerManager } from '../../functions/triggers.js';
 import { errorResponses, NoQuery } from '../schemas.js';
+import { onAllDevices } from '../auth.js';
 
 /** Options of {@link triggerRoutes}. */
 export interface TriggerRoutesOptions {
@@ -53,31 +54,31 @@ const TriggerList = Type.Object({ items: Type.Array(TriggerBody), nextCursor: Ty
 export const triggerRoutes: FastifyPluginAsync<TriggerRoutesOptions> = async (app, { triggers }) => {
   app.get<{ Params: { name: string } }>(
     '/functions/:name/triggers',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'List the triggers of a function', params: FunctionParams, querystring: NoQuery, response: { 200: TriggerList, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'List the triggers of a function', params: FunctionParams, querystring: NoQuery, response: { 200: TriggerList, ...errorResponses } } },
     async (request) => ({ items: await triggers.list(request.params.name), nextCursor: null }),
   );
 
   app.post<{ Params: { name: string }; Body: unknown }>(
     '/functions/:name/triggers',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Attach a function to the change stream', params: FunctionParams, querystring: NoQuery, body: TriggerInput, response: { 201: TriggerBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Attach a function to the change stream', params: FunctionParams, querystring: NoQuery, body: TriggerInput, response: { 201: TriggerBody, ...errorResponses } } },
     async (request, reply) => reply.code(201).send(await triggers.create(request.params.name, request.body)),
   );
 
   app.get<{ Params: { name: string; id: string } }>(
     '/functions/:name/triggers/:id',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Get a trigger', params: TriggerParams, querystring: NoQuery, response: { 200: TriggerBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Get a trigger', params: TriggerParams, querystring: NoQuery, response: { 200: TriggerBody, ...errorResponses } } },
     async (request) => triggers.get(request.params.name, request.params.id),
   );
 
   app.patch<{ Params: { name: string; id: string }; Body: unknown }>(
     '/functions/:name/triggers/:id',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Change a trigger (its mapping restarts from its checkpoint)', params: TriggerParams, querystring: NoQuery, body: TriggerInput, response: { 200: TriggerBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Change a trigger (its mapping restarts from its checkpoint)', params: TriggerParams, querystring: NoQuery, body: TriggerInput, response: { 200: TriggerBody, ...errorResponses } } },
     async (request) => triggers.update(request.params.name, request.params.id, request.body),
   );
 
   app.delete<{ Params: { name: string; id: string } }>(
     '/functions/:name/triggers/:id',
-    { config: { access: { action: 'functions:Deploy', allDevices: true } }, schema: { tags: ['functions'], summary: 'Delete a trigger, its mapping and its checkpoints', params: TriggerParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a trigger, its mapping and its checkpoints', params: TriggerParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await triggers.delete(request.params.name, request.params.id);
       return reply.code(204).send();
