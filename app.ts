@@ -5,11 +5,13 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
-import type { Config } from './core/config.js';
+import { ConfigError, type Config } from './core/config.js';
 import { createLogger, type Logger } from './core/logger.js';
 import { createMetrics, type Metrics } from './core/metrics.js';
 import { buildApi } from './api/index.js';
-import { LevelCheckpointStore } from './functions/checkpoints.js';
+import { LevelCheckpointStore, type CheckpointStore } from './functions/checkpoints.js';
+import { ClusterNode } from './cluster/cluster-node.js';
+import { KafkaCheckpointStore } from './cluster/kafka-checkpoints.js';
 import { functionsFromDirectory } from './functions/directory.js';
 import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
 import { ProcessFunctionRuntime } from './functions/index.js';
@@ -67,7 +69,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   const metrics = createMetrics();
   let database: Database | undefined;
   let store: LevelTelemetryStore | undefined;
-  let changeLog: EmbeddedChangeLog | undefined;
+  let changeLog: ChangeLog | undefined;
+  let cluster: ClusterNode | undefined;
   let broker: MqttBroker | undefined;
   let api: FastifyInstance | undefined;
   let runtime: FunctionRuntime | undefined;
@@ -90,7 +93,15 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       if (writable) logger.info('the database accepts writes again');
       else logger.error({ err: error }, 'the database refuses writes until it can be reopened; reads keep working');
     });
-    changeLog = await EmbeddedChangeLog.open(database, { shards: config.streamShards });
+    if (config.kafkaBrokers !== '') {
+      // REMOVE records of a retention drop would be written for every device of the node's
+      // data, but a node may write only the change-log shards it owns.
+      if (config.retentionRemoveRecords) throw new ConfigError('retentionRemoveRecords is not available in cluster mode (kafkaBrokers is set)');
+      cluster = await ClusterNode.connect(config, database, logger);
+      changeLog = cluster.changeLog;
+    } else {
+      changeLog = await EmbeddedChangeLog.open(database, { shards: config.streamShards });
+    }
     const openStore = await LevelTelemetryStore.open({
       database,
       changeLog,
@@ -122,7 +133,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     const rejectsLog = await RejectsLog.open(database, { retentionMs: config.rejectsRetention, maxEntries: config.rejectsMaxEntries });
     rejects = rejectsLog;
     const ingest = new TelemetryIngest({
-      store: openStore,
+      // Cluster mode: durable once the telemetry topic has it; the partition's owner stores it.
+      store: cluster?.writer ?? openStore,
       rejects: rejectsLog,
       logger: logger.child({ module: 'ingest' }),
       metrics: ingestMetricsOf(metrics),
@@ -198,11 +210,18 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     replays = replayManager;
     // Batches that mappings give up on (table X); listed, redriven and deleted under /v1/dlq.
     const dlq = new LevelDeadLetterQueue(database);
+    // Cluster mode: a shard's pollers run on the node that owns it, with checkpoints as Kafka committed offsets.
+    const clusterNode = cluster;
+    const checkpoints: CheckpointStore = clusterNode
+      ? new KafkaCheckpointStore({ client: clusterNode.client, topic: clusterNode.topics.changes, groupPrefix: clusterNode.topics.groupPrefix })
+      : new LevelCheckpointStore(database);
+    const placement = clusterNode === undefined ? {} : { placement: clusterNode.placement };
     for (const fn of dirSpecs) {
       const mapping = new EventSourceMapping(fn, { id: 'functions-dir', ...DEFAULT_TRIGGER }, {
         log: changeLog,
         runtime: fnRuntime,
-        checkpoints: new LevelCheckpointStore(database),
+        checkpoints,
+        ...placement,
         logger: logger.child({ module: 'functions' }),
         metrics,
         onDiscard: dlq.onDiscard,
@@ -217,7 +236,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     const triggerManager = new TriggerManager({
       database,
       registry,
-      mapping: { log: changeLog, runtime: fnRuntime, logger: logger.child({ module: 'functions' }), metrics, onDiscard: dlq.onDiscard },
+      mapping: { log: changeLog, runtime: fnRuntime, checkpoints, ...placement, logger: logger.child({ module: 'functions' }), metrics, onDiscard: dlq.onDiscard },
       logger: logger.child({ module: 'triggers' }),
     });
     triggers = triggerManager;
@@ -250,6 +269,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       // aedes keeps live clients by id; its typings do not declare the map.
       commands: mqtt,
       ...(tls === undefined ? {} : { https: tls }),
+      ...(cluster === undefined ? {} : { router: cluster }),
       disconnectDevice: (deviceId) => mqtt.disconnect(deviceId),
       dlq: {
         queue: dlq,
@@ -260,9 +280,12 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     mqtt.attachWebSocket(api.server);
     await api.listen({ host: config.httpHost, port: config.httpPort });
     const httpAddr = api.server.address() as AddressInfo;
+    const httpUrl = `${tls ? 'https' : 'http'}://${formatHost(httpAddr.address)}:${httpAddr.port}`;
+    // Last: once in the store group, this node materializes partitions and answers for them.
+    await cluster?.startStore(openStore, config.advertisedHttpUrl || httpUrl);
     return {
       mqtt: `${tls ? 'mqtts' : 'mqtt'}://${formatHost(mqtt.address.host)}:${mqtt.address.port}`,
-      http: `${tls ? 'https' : 'http'}://${formatHost(httpAddr.address)}:${httpAddr.port}`,
+      http: httpUrl,
       ws: `${tls ? 'wss' : 'ws'}://${formatHost(httpAddr.address)}:${httpAddr.port}${MQTT_WEBSOCKET_PATH}`,
       dataDir: config.dataDir,
       ...(adminKey?.generated === undefined ? {} : { adminKey: adminKey.generated }),
@@ -274,6 +297,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       clearInterval(trimTimer);
       // Ingest first so no new writes arrive; then drain what is in flight.
       await broker?.close();
+      // Leaving the store group hands this node's partitions to the others at once.
+      await cluster?.stop();
       // Replays stop after their batch in flight, which closing the runtime cuts short.
       const replaysStopped = replays?.close();
       await Promise.all(mappings.map((m) => m.stop()));
@@ -283,6 +308,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       // After the runtime: the last invocations' lines are written too.
       await functionLogs?.close();
       await store?.close();
+      await cluster?.close();
       await rejects?.close();
       await api?.close();
       await trimming;

@@ -18,6 +18,7 @@ import type { ChangeLog } from '../streams/types.js';
 import fastifyCors from '@fastify/cors';
 import fastifyRateLimit from '@fastify/rate-limit';
 import { accessControl, type AuthOptions } from './auth.js';
+import { deviceForwarding, type DeviceRouter } from './forward.js';
 import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
 import { openApi } from './openapi.js';
 import { auditRoutes } from './routes/audit.js';
@@ -77,6 +78,8 @@ export interface ApiDeps {
   commands?: CommandSender;
   /** Serve the API over HTTPS with this PEM certificate and key (and MQTT over WebSocket as wss). */
   https?: TlsCredentials;
+  /** Cluster mode: routes of one device's stored data are answered by the node that owns it. */
+  router?: DeviceRouter;
 }
 
 /**
@@ -128,6 +131,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   void app.register(errorHandling);
   // Before every route plugin (the self-description and CORS preflight included), so each route is checked.
   void app.register(accessControl, deps.access ?? { mode: 'open' });
+  if (deps.router !== undefined) void app.register(deviceForwarding, { router: deps.router });
   if (deps.corsOrigins !== undefined && deps.corsOrigins.length > 0) {
     // Bearer keys, not cookies: no credentials mode. Preflights are answered in a hook, before auth.
     void app.register(fastifyCors, { origin: deps.corsOrigins.includes('*') ? '*' : deps.corsOrigins, exposedHeaders: ['x-request-id', 'retry-after'] });

@@ -10,7 +10,8 @@ export interface LoadResult {
 }
 
 export interface LoadOptions {
-  url: string;
+  /** The broker, or several (a cluster's nodes): connection `c` goes to `url[c % url.length]`. */
+  url: string | readonly string[];
   connections: number;
   /** Publishes in flight per connection (closed loop) — or a fixed total rate (open loop). */
   window?: number;
@@ -31,7 +32,8 @@ async function connect(url: string, clientId: string): Promise<MqttClient> {
 }
 
 export async function runLoad(o: LoadOptions): Promise<LoadResult> {
-  const clients = await Promise.all(Array.from({ length: o.connections }, (_, i) => connect(o.url, `bench-${i}-${process.pid}`)));
+  const urls = typeof o.url === 'string' ? [o.url] : o.url;
+  const clients = await Promise.all(Array.from({ length: o.connections }, (_, i) => connect(urls[i % urls.length] as string, `bench-${i}-${process.pid}`)));
   const latencies: number[] = [];
   let count = 0;
   let seq = 0;

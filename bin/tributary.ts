@@ -88,7 +88,8 @@ start.action(async (options: Record<string, unknown>) => {
       adminKey === undefined
         ? ''
         : `  admin API key (shown once): ${adminKey}\n  saved to ${join(config.dataDir, 'admin.key')} (mode 0600); the CLI reads it from there, or pass it as --api-key / TRIBUTARY_API_KEY\n\n`;
-    process.stdout.write(`\ntributary is running (${mode} mode)\n  MQTT  ${addresses.mqtt}\n  HTTP  ${addresses.http}\n  WS    ${addresses.ws}\n  data  ${addresses.dataDir}\n\n${keyLines}`);
+    const clusterLine = config.kafkaBrokers === '' ? '' : `  kafka ${config.kafkaBrokers} (cluster mode, topics ${config.kafkaTopicPrefix}*)\n`;
+    process.stdout.write(`\ntributary is running (${mode} mode)\n  MQTT  ${addresses.mqtt}\n  HTTP  ${addresses.http}\n  WS    ${addresses.ws}\n  data  ${addresses.dataDir}\n${clusterLine}\n${keyLines}`);
   } catch (err) {
     process.stderr.write(`tributary: cannot start: ${(err as Error).message}\n`);
     await app.stop().catch(() => undefined);

@@ -34,12 +34,22 @@ export interface StoreConsumerOptions {
   apply: (batch: ApplyBatch) => Promise<void>;
   /** How long a dead member keeps its partitions before the group moves them. */
   sessionTimeoutMs?: number;
+  /** Shown to every node in the group's description (the node's HTTP address, for query routing). */
+  userData?: Buffer;
+  /**
+   * Called with each new assignment before any record of it is applied (ownership of the
+   * partitions' change-log shards moves here); batches wait for it.
+   */
+  onAssignment?: (partitions: readonly number[]) => Promise<void>;
   logger: Logger;
 }
 
 export class StoreConsumer {
   private readonly next = new Map<number, number>();
+  /** Per assigned partition: its end when it was assigned; queries wait until the store has applied that far. */
+  private readonly target = new Map<number, number>();
   private assignment: readonly number[] = [];
+  private assigned: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly opts: StoreConsumerOptions,
@@ -47,11 +57,24 @@ export class StoreConsumer {
   ) {}
 
   static async start(opts: StoreConsumerOptions): Promise<StoreConsumer> {
-    const consumer = opts.client.consumer(opts.groupId, opts.sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs: opts.sessionTimeoutMs });
+    const consumer = opts.client.consumer(opts.groupId, {
+      ...(opts.sessionTimeoutMs === undefined ? {} : { sessionTimeoutMs: opts.sessionTimeoutMs }),
+      ...(opts.userData === undefined ? {} : { userData: opts.userData }),
+    });
     const self = new StoreConsumer(opts, consumer);
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
-      self.assignment = [...(e.payload.memberAssignment[opts.topic] ?? [])].sort((a, b) => a - b);
-      opts.logger.info({ topic: opts.topic, partitions: self.assignment }, 'telemetry partitions assigned');
+      const partitions = [...(e.payload.memberAssignment[opts.topic] ?? [])].sort((a, b) => a - b);
+      self.assignment = partitions;
+      self.target.clear();
+      opts.logger.info({ topic: opts.topic, partitions }, 'telemetry partitions assigned');
+      const previous = self.assigned;
+      self.assigned = (async () => {
+        await previous;
+        await opts.onAssignment?.(partitions);
+        const ends = await opts.client.offsets(opts.topic);
+        // Only if the assignment is still current: a later one has its own targets.
+        if (self.assignment === partitions) for (const p of partitions) self.target.set(p, ends.find((o) => o.partition === p)?.high ?? 0);
+      })().catch((err: unknown) => opts.logger.error({ err, topic: opts.topic, partitions }, 'taking over the assigned partitions failed'));
       // The fetch would start at the group's offset; with nothing new there no batch would
       // ever come to correct it, so go to the store's own position at once.
       for (const partition of self.assignment) {
@@ -74,6 +97,18 @@ export class StoreConsumer {
     return this.assignment;
   }
 
+  /**
+   * Whether the store answers for `partition` now: it is assigned here and the store has
+   * applied every record the partition held when it was assigned (a new owner rebuilding
+   * or catching up is not yet).
+   */
+  caughtUp(partition: number): boolean {
+    const target = this.target.get(partition);
+    if (target === undefined) return false;
+    const next = this.next.get(partition);
+    return target === 0 || (next !== undefined && next >= target);
+  }
+
   private async nextOffset(partition: number): Promise<number> {
     let next = this.next.get(partition);
     if (next === undefined) {
@@ -91,6 +126,7 @@ export class StoreConsumer {
     const { topic, logger } = this.opts;
     const { partition } = batch;
     if (!isRunning() || isStale()) return;
+    await this.assigned;
     const next = await this.nextOffset(partition);
     // Records below the store's offset are applied already (the group offset is only a hint).
     const fresh = batch.messages.filter((m) => Number(m.offset) >= next && m.value !== null);

@@ -6,7 +6,8 @@
  */
 import { Packr } from 'msgpackr';
 import type { Producer } from 'kafkajs';
-import type { WriteRequest } from '../store/types.js';
+import { TributaryError } from '../core/errors.js';
+import type { WriteRequest, WriteResult } from '../store/types.js';
 import { shardOf } from '../streams/shard.js';
 import type { KafkaClient } from './kafka-client.js';
 
@@ -26,6 +27,47 @@ export function encodeTelemetry(msg: TelemetryMessage): Buffer {
 export function decodeTelemetry(bytes: Buffer): TelemetryMessage {
   const [req, receivedAt] = packr.unpack(bytes) as [WriteRequest, number];
   return { req, receivedAt };
+}
+
+/**
+ * Server stamps in cluster mode (ADR 0002): a reading without `ts` gets the receive time
+ * and a seq derived from its record's offset and its index in the request, so every
+ * owner — the first, a restarted one, one rebuilding the partition — keys it alike, and
+ * applying a record again finds its items already there instead of adding new ones.
+ * The seqs lie above 2^31, clear of the 0, 1, … of device-stamped readings sharing a ts;
+ * within one millisecond they follow the partition's order (two records of one device
+ * 32,768 offsets apart in one millisecond would collide — far beyond any real rate).
+ */
+const SERVER_SEQ_BASE = 0x8000_0000;
+const SEQ_OFFSET_SPAN = 0x8000;
+/** Most readings one request may carry in cluster mode (the index's 16 bits of the seq). */
+export const MAX_READINGS_PER_RECORD = 0x1_0000;
+
+function serverSeq(offset: number, index: number): number {
+  return SERVER_SEQ_BASE + (offset % SEQ_OFFSET_SPAN) * MAX_READINGS_PER_RECORD + index;
+}
+
+/** The store request a telemetry record at `offset` stands for: stamped, and marked with its source. */
+export function materialize(msg: TelemetryMessage, offset: number): WriteRequest {
+  const { req, receivedAt } = msg;
+  const readings = req.readings.map((r, i) => (r.ts === undefined ? { ts: receivedAt, seq: serverSeq(offset, i), values: r.values } : r));
+  return { ...req, readings, source: offset };
+}
+
+/**
+ * What ingest can say of a request once Kafka has it at `offset`: each reading's item
+ * key (as {@link materialize} will give it) and `ACCEPTED` — insert or modify is decided
+ * when the partition's owner applies it.
+ */
+export function acceptedResult(req: WriteRequest, receivedAt: number, offset: number): WriteResult {
+  const sameTs = new Map<number, number>();
+  const items = req.readings.map((r, i) => {
+    if (r.ts === undefined) return { ts: receivedAt, seq: serverSeq(offset, i), change: 'ACCEPTED' as const };
+    const seq = r.seq ?? sameTs.get(r.ts) ?? 0;
+    sameTs.set(r.ts, seq + 1);
+    return { ts: r.ts, seq, change: 'ACCEPTED' as const };
+  });
+  return { status: 'committed', items };
 }
 
 export interface TelemetryTopicOptions {
@@ -59,6 +101,7 @@ interface Pending {
  */
 export class TelemetryProducer {
   private queue: Pending[] = [];
+  private sending = 0;
   private flushing: Promise<void> | undefined;
 
   private constructor(
@@ -77,8 +120,16 @@ export class TelemetryProducer {
     return shardOf(deviceId, this.partitions);
   }
 
+  /** Requests handed to `send` and not yet acknowledged by Kafka. */
+  get backlog(): number {
+    return this.queue.length + this.sending;
+  }
+
   /** Resolves with where Kafka put the request, once it is replicated; rejects with StoreUnavailable. */
   send(req: WriteRequest, receivedAt = Date.now()): Promise<{ partition: number; offset: number }> {
+    if (req.readings.length > MAX_READINGS_PER_RECORD) {
+      return Promise.reject(new TributaryError('ValidationError', `a request may carry at most ${MAX_READINGS_PER_RECORD} readings in cluster mode`, { field: 'readings' }));
+    }
     return new Promise((resolve, reject) => {
       this.queue.push({ partition: this.partitionOf(req.deviceId), key: req.deviceId, value: encodeTelemetry({ req, receivedAt }), resolve, reject });
       this.flushing ??= this.flush();
@@ -91,6 +142,7 @@ export class TelemetryProducer {
       let n = 0;
       while (n < this.queue.length && n < SEND_RECORDS && (n === 0 || bytes < SEND_BYTES)) bytes += (this.queue[n++] as Pending).value.length;
       const batch = this.queue.splice(0, n);
+      this.sending = batch.length;
       try {
         const bases = await this.client.send(this.producer, this.topic, batch);
         // Within a partition, Kafka keeps the order of the send: the i-th record is at base + i.
@@ -103,6 +155,7 @@ export class TelemetryProducer {
       } catch (err) {
         for (const p of batch) p.reject(err);
       }
+      this.sending = 0;
     }
     this.flushing = undefined;
   }

@@ -129,6 +129,29 @@ export const SETTINGS = {
     '--function-log-max-bytes',
     "Stored log bytes per function name; past it the function's oldest lines are deleted (down to 90%) as new ones are written.",
   ),
+  kafkaBrokers: setting<string>(
+    { type: 'string' },
+    '',
+    'TRIBUTARY_KAFKA_BROKERS',
+    '--kafka-brokers',
+    'Comma-separated Kafka bootstrap addresses (host:port). Set: cluster mode (ADR 0002) — readings go through Kafka topics and every node with the same brokers and topic prefix is one system. Empty: the embedded single-node mode.',
+  ),
+  kafkaTopicPrefix: setting<string>({ type: 'string' }, 'tributary.', 'TRIBUTARY_KAFKA_TOPIC_PREFIX', '--kafka-topic-prefix', 'Prefix of every Kafka topic and consumer group of this cluster; clusters sharing one Kafka use different prefixes.'),
+  kafkaReplicationFactor: setting<number>({ type: 'int', min: 1, max: 16 }, 1, 'TRIBUTARY_KAFKA_REPLICATION_FACTOR', '--kafka-replication-factor', 'Replication factor of the topics Tributary creates (3 on a production Kafka cluster; 1 for a single broker).'),
+  kafkaSessionTimeout: setting<number>(
+    { type: 'duration' },
+    10_000,
+    'TRIBUTARY_KAFKA_SESSION_TIMEOUT',
+    '--kafka-session-timeout',
+    "How long a node that stopped heartbeating keeps its partitions before Kafka's consumer groups move them to the other nodes: the bound on how long a dead node's devices go unqueried and their records unprocessed.",
+  ),
+  advertisedHttpUrl: setting<string>(
+    { type: 'string' },
+    '',
+    'TRIBUTARY_ADVERTISED_HTTP_URL',
+    '--advertised-http-url',
+    "Cluster mode: the URL other nodes use to forward a device's queries to this node (e.g. http://node-1:3000). Empty: the HTTP listener's own address.",
+  ),
 } as const;
 
 export type SettingKey = keyof typeof SETTINGS;

@@ -12,8 +12,22 @@ export interface WindowState {
   state: unknown;
 }
 
+/** A checkpoint and the tumbling window saved with it, as one write left them. */
+export interface Checkpoint {
+  /** Last sequence number fully processed. */
+  sequenceNumber: number;
+  /** The open tumbling window, if one is open. */
+  window?: WindowState;
+}
+
 /** Where each event source mapping has got to in each shard. */
 export interface CheckpointStore {
+  /**
+   * The checkpoint with its window, read together: `get` and `window` are two reads, and
+   * another node may write between them (cluster mode), pairing a position with a window
+   * state that does not match it. Undefined if the mapping never ran on the shard.
+   */
+  read(functionName: string, triggerId: string, shard: number): Promise<Checkpoint | undefined>;
   /** Last sequence number fully processed, or undefined if the mapping never ran on the shard. */
   get(functionName: string, triggerId: string, shard: number): Promise<number | undefined>;
   /** The tumbling window saved with the checkpoint, if one is open. */
@@ -22,13 +36,71 @@ export interface CheckpointStore {
   set(functionName: string, triggerId: string, shard: number, sequenceNumber: number, window?: WindowState): Promise<void>;
 }
 
+/**
+ * `get` and `window` of a store that can `read`, so that the three reads of a store
+ * cannot disagree about its format.
+ */
+export abstract class BaseCheckpointStore implements CheckpointStore {
+  abstract read(functionName: string, triggerId: string, shard: number): Promise<Checkpoint | undefined>;
+  abstract set(functionName: string, triggerId: string, shard: number, sequenceNumber: number, window?: WindowState): Promise<void>;
+
+  async get(functionName: string, triggerId: string, shard: number): Promise<number | undefined> {
+    return (await this.read(functionName, triggerId, shard))?.sequenceNumber;
+  }
+
+  async window(functionName: string, triggerId: string, shard: number): Promise<WindowState | undefined> {
+    return (await this.read(functionName, triggerId, shard))?.window;
+  }
+}
+
+const noop = (): void => {};
+
+/**
+ * Writes coalesced per key: while one write of a key is in flight, further values for the
+ * key wait as one write of the latest, and all of them resolve when it is written (a
+ * checkpoint only moves forward, so the values in between need never be written). A
+ * failed write is its callers' to see; the next one goes ahead regardless.
+ */
+export class CoalescedWrites<V> {
+  /** Per key: the write in flight. */
+  private readonly inFlight = new Map<string, Promise<void>>();
+  /** Per key: the value waiting for the write in flight, and the promise of its own write. */
+  private readonly waiting = new Map<string, { value: V; written: Promise<void> }>();
+
+  constructor(private readonly writeOne: (key: string, value: V) => Promise<void>) {}
+
+  write(key: string, value: V): Promise<void> {
+    const waiting = this.waiting.get(key);
+    if (waiting !== undefined) {
+      waiting.value = value; // the latest wins
+      return waiting.written;
+    }
+    const before = this.inFlight.get(key);
+    if (before === undefined) return this.start(key, value);
+    const entry = { value, written: Promise.resolve() };
+    // Whatever the write in flight did, this one goes next.
+    entry.written = before.then(noop, noop).then(() => {
+      this.waiting.delete(key);
+      return this.start(key, entry.value);
+    });
+    this.waiting.set(key, entry);
+    return entry.written;
+  }
+
+  private start(key: string, value: V): Promise<void> {
+    const written: Promise<void> = this.writeOne(key, value).finally(() => {
+      if (this.inFlight.get(key) === written) this.inFlight.delete(key);
+    });
+    this.inFlight.set(key, written);
+    return written;
+  }
+}
+
 function checkpointKey(functionName: string, triggerId: string, shard: number): Buffer {
   const shardBytes = Buffer.alloc(2);
   shardBytes.writeUInt16BE(shard);
   return Buffer.concat([Buffer.of(Prefix.checkpoint), Buffer.from(`${functionName}\u0000${triggerId}\u0000`), shardBytes]);
 }
-
-const noop = (): void => {};
 
 /**
  * Checkpoints in the store's LevelDB: a restart resumes after the last one written. The
@@ -40,70 +112,39 @@ const noop = (): void => {};
  * checkpoints written since the last synced commit. A synced write per batch used to cost
  * a disk sync in the one commit queue that telemetry writes wait in.
  *
- * Writes of one key are coalesced: while one is in flight, further `set`s for the key
- * wait as one write of the latest value, and all of them resolve when it is written.
+ * Writes of one key are coalesced ({@link CoalescedWrites}).
  */
-export class LevelCheckpointStore implements CheckpointStore {
-  /** Per key: the write in flight. */
-  private readonly inFlight = new Map<string, Promise<void>>();
-  /** Per key: the value waiting for the write in flight, and the promise of its own write. */
-  private readonly waiting = new Map<string, { value: Buffer; written: Promise<void> }>();
+export class LevelCheckpointStore extends BaseCheckpointStore {
+  /** Keyed by the LevelDB key as latin1, which maps bytes to a string and back exactly. */
+  private readonly writes = new CoalescedWrites<Buffer>((id, value) => this.database.commitUnsynced([{ type: 'put', key: Buffer.from(id, 'latin1'), value }]));
 
-  constructor(private readonly database: Database) {}
-
-  async get(functionName: string, triggerId: string, shard: number): Promise<number | undefined> {
-    const v = await this.database.read((db) => db.get(checkpointKey(functionName, triggerId, shard)));
-    return v === undefined ? undefined : Number(v.readBigUInt64BE(0));
+  constructor(private readonly database: Database) {
+    super();
   }
 
-  async window(functionName: string, triggerId: string, shard: number): Promise<WindowState | undefined> {
+  async read(functionName: string, triggerId: string, shard: number): Promise<Checkpoint | undefined> {
     const v = await this.database.read((db) => db.get(checkpointKey(functionName, triggerId, shard)));
-    return v === undefined || v.length <= 8 ? undefined : (JSON.parse(v.subarray(8).toString('utf8')) as WindowState);
+    if (v === undefined) return undefined;
+    const sequenceNumber = Number(v.readBigUInt64BE(0));
+    return v.length <= 8 ? { sequenceNumber } : { sequenceNumber, window: JSON.parse(v.subarray(8).toString('utf8')) as WindowState };
   }
 
   set(functionName: string, triggerId: string, shard: number, sequenceNumber: number, window?: WindowState): Promise<void> {
     const head = Buffer.alloc(8);
     head.writeBigUInt64BE(BigInt(sequenceNumber));
     const value = window === undefined ? head : Buffer.concat([head, Buffer.from(JSON.stringify(window), 'utf8')]);
-    const key = checkpointKey(functionName, triggerId, shard);
-    const id = key.toString('latin1');
-    const waiting = this.waiting.get(id);
-    if (waiting !== undefined) {
-      waiting.value = value; // the latest wins
-      return waiting.written;
-    }
-    const before = this.inFlight.get(id);
-    if (before === undefined) return this.write(id, key, value);
-    const entry = { value, written: Promise.resolve() };
-    // Whatever the write in flight did, this one goes next (a failed write is the caller's to see).
-    entry.written = before.then(noop, noop).then(() => {
-      this.waiting.delete(id);
-      return this.write(id, key, entry.value);
-    });
-    this.waiting.set(id, entry);
-    return entry.written;
-  }
-
-  private write(id: string, key: Buffer, value: Buffer): Promise<void> {
-    const written: Promise<void> = this.database.commitUnsynced([{ type: 'put', key, value }]).finally(() => {
-      if (this.inFlight.get(id) === written) this.inFlight.delete(id);
-    });
-    this.inFlight.set(id, written);
-    return written;
+    return this.writes.write(checkpointKey(functionName, triggerId, shard).toString('latin1'), value);
   }
 }
 
-export class MemoryCheckpointStore implements CheckpointStore {
-  private readonly map = new Map<string, { sequenceNumber: number; window: WindowState | undefined }>();
-  async get(functionName: string, triggerId: string, shard: number): Promise<number | undefined> {
-    return this.map.get(`${functionName}\u0000${triggerId}\u0000${shard}`)?.sequenceNumber;
-  }
-  async window(functionName: string, triggerId: string, shard: number): Promise<WindowState | undefined> {
-    const w = this.map.get(`${functionName}\u0000${triggerId}\u0000${shard}`)?.window;
+export class MemoryCheckpointStore extends BaseCheckpointStore {
+  private readonly map = new Map<string, Checkpoint>();
+  async read(functionName: string, triggerId: string, shard: number): Promise<Checkpoint | undefined> {
+    const c = this.map.get(`${functionName}\u0000${triggerId}\u0000${shard}`);
     // A copy, as the LevelDB store returns: the caller must not see later changes to what it saved.
-    return w === undefined ? undefined : (structuredClone(w) as WindowState);
+    return c === undefined ? undefined : structuredClone(c);
   }
   async set(functionName: string, triggerId: string, shard: number, sequenceNumber: number, window?: WindowState): Promise<void> {
-    this.map.set(`${functionName}\u0000${triggerId}\u0000${shard}`, { sequenceNumber, window: window === undefined ? undefined : (structuredClone(window) as WindowState) });
+    this.map.set(`${functionName}\u0000${triggerId}\u0000${shard}`, window === undefined ? { sequenceNumber } : { sequenceNumber, window: structuredClone(window) });
   }
 }

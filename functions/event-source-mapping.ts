@@ -3,11 +3,11 @@ import { isTributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { toStreamRecord, type DynamoDBStreamRecord } from '../streams/lambda-event.js';
-import type { ChangeLog, ChangeRecord } from '../streams/types.js';
+import type { ChangeLog, ChangeRecord, ShardInfo } from '../streams/types.js';
 import { dropExpired, pending, planAfterInvoke, type DiscardedBatch, type PendingBatch, type PlanSettings } from './batch-plan.js';
-import type { CheckpointStore, WindowState } from './checkpoints.js';
+import type { Checkpoint, CheckpointStore, WindowState } from './checkpoints.js';
 import { compileFilterCriteria, type FilterCriteria, type RecordFilter } from './filter-pattern.js';
-import type { FunctionRuntime, FunctionSpec, InvokeOutcome, InvokeResult } from './types.js';
+import type { FunctionRuntime, FunctionSpec, InvokeOutcome, InvokeResult, ShardPlacement } from './types.js';
 
 /** Lambda's event source mapping settings for a stream, camel-cased. */
 export interface TriggerConfig {
@@ -20,8 +20,14 @@ export interface TriggerConfig {
    * whatever is there.
    */
   maximumBatchingWindowMs?: number;
-  /** Where a mapping that has no checkpoint yet starts. */
-  startingPosition: 'TRIM_HORIZON' | 'LATEST';
+  /**
+   * Where a shard that has no checkpoint yet starts (at the mapping's start, or when the
+   * node gains the shard in cluster mode). AT_TIMESTAMP: just before the first record
+   * committed at or after `startingPositionTimestamp`, or at the end when there is none.
+   */
+  startingPosition: 'TRIM_HORIZON' | 'LATEST' | 'AT_TIMESTAMP';
+  /** Epoch ms, with AT_TIMESTAMP. */
+  startingPositionTimestamp?: number;
   /**
    * Retries of a failing batch before it is given up. Lambda's default (-1, forever)
    * lets one poison record block a shard for the whole retention; ours is finite.
@@ -140,6 +146,12 @@ export interface MappingDeps {
    * delivers from the checkpoint again.
    */
   onDiscard?: (metadata: DiscardMetadata) => void | Promise<void>;
+  /**
+   * Which shards to poll (cluster mode); without one, every shard. When it changes, the
+   * pollers of shards lost stop (their batch in flight and its checkpoint write finish
+   * first) and pollers of shards gained start from the checkpoint stored at that moment.
+   */
+  placement?: ShardPlacement;
 }
 
 const RETRY_BASE_MS = 100;
@@ -148,6 +160,8 @@ const RETRY_MAX_MS = 5000;
 function backoff(attempt: number): number {
   return Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt);
 }
+
+const noop = (): void => {};
 
 /**
  * The batch lane of a device under parallelizationFactor. Not `shardOf`: every device of
@@ -166,11 +180,21 @@ export type SkipReason = 'filtered' | 'own_write' | 'hop_limit';
  * the shard's checkpoint, invokes the function with the DynamoDB stream event, and
  * moves the durable checkpoint only after the function succeeded. Delivery is
  * therefore at-least-once: a crash between a successful invocation and its
- * checkpoint write hands that batch to the function again after restart.
+ * checkpoint write hands that batch to the function again after restart. With a
+ * placement (cluster mode) it polls only the shards this node owns; a shard that moves
+ * to another node goes on there from the checkpoint it finds (if it reads it before
+ * this node's last write lands, a batch is delivered twice).
  */
 export class EventSourceMapping {
-  private readonly pollers: ShardPoller[] = [];
-  private unsubscribe: (() => void) | undefined;
+  /** The running pollers by shard (one of a lost shard stays until it has stopped). */
+  private readonly pollers = new Map<number, ShardPoller>();
+  private readonly unsubscribe: Array<() => void> = [];
+  /** The placement changes, applied one after another (never rejects). */
+  private changes: Promise<void> = Promise.resolve();
+  /** The retry of a placement change that failed (a checkpoint read while Kafka was unreachable). */
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retries = 0;
+  private stopped = false;
   /** The compiled `filterCriteria` (throws a ValidationError at construction if they are invalid). */
   readonly filter: RecordFilter;
   /** Metric labels of this mapping. */
@@ -185,28 +209,119 @@ export class EventSourceMapping {
     this.labels = { function: fn.name, trigger: trigger.id };
   }
 
+  /**
+   * Starts a poller per shard (with a placement: per shard it owns now) and from then on
+   * follows the placement. Throws what reading the shards or a checkpoint throws, with
+   * nothing left running.
+   */
   async start(): Promise<void> {
-    const { log, checkpoints } = this.deps;
-    const shards = await log.shards();
-    for (const s of shards) {
-      let position = await checkpoints.get(this.fn.name, this.trigger.id, s.shard);
-      if (position === undefined) {
-        // TRIM_HORIZON: just before the oldest record still retained.
-        position = this.trigger.startingPosition === 'LATEST' ? (s.lastSequenceNumber ?? 0) : Math.max(0, (s.firstSequenceNumber ?? 1) - 1);
-        await checkpoints.set(this.fn.name, this.trigger.id, s.shard, position);
-      }
-      const window = (this.trigger.tumblingWindowSeconds ?? 0) > 0 ? await checkpoints.window(this.fn.name, this.trigger.id, s.shard) : undefined;
-      this.pollers.push(new ShardPoller(this, s.shard, s.shardId, position, window, this.deps));
+    const { log, placement } = this.deps;
+    this.unsubscribe.push(
+      log.onCommit((records) => {
+        for (const r of records) this.pollers.get(r.shard)?.wake();
+      }),
+    );
+    // Subscribed before the first reconcile reads owned(), so that no change falls in between.
+    if (placement !== undefined) this.unsubscribe.push(placement.onChange(() => this.placementChanged()));
+    try {
+      await this.enqueue();
+    } catch (err) {
+      await this.stop();
+      throw err;
     }
-    this.unsubscribe = log.onCommit((records) => {
-      for (const r of records) this.pollers[r.shard]?.wake();
-    });
-    for (const p of this.pollers) p.run();
   }
 
+  /** Stops every poller, and a placement change in progress, waiting for batches in flight and their checkpoints. */
   async stop(): Promise<void> {
-    this.unsubscribe?.();
-    await Promise.all(this.pollers.map((p) => p.stop()));
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    for (const unsubscribe of this.unsubscribe.splice(0)) unsubscribe();
+    const all = [...this.pollers.values()];
+    this.pollers.clear();
+    // A change in progress sees `stopped` after its current step and starts no poller.
+    await Promise.all([this.changes, ...all.map((p) => p.stop())]);
+  }
+
+  /** The shards this mapping polls now, ascending (a lost shard's until its poller has stopped). */
+  shards(): number[] {
+    return [...this.pollers.keys()].sort((a, b) => a - b);
+  }
+
+  private wants(shard: number): boolean {
+    return this.deps.placement === undefined || this.deps.placement.owned().includes(shard);
+  }
+
+  private enqueue(): Promise<void> {
+    const run = this.changes.then(() => this.reconcile());
+    this.changes = run.catch(noop);
+    return run;
+  }
+
+  /** Follows a placement change; one that fails is retried with backoff (the next change retries it too). */
+  private placementChanged(): void {
+    clearTimeout(this.retryTimer);
+    this.enqueue().then(
+      () => {
+        this.retries = 0;
+      },
+      (err: unknown) => {
+        if (this.stopped) return;
+        this.deps.logger.error({ err, ...this.labels, owned: this.deps.placement?.owned() }, 'following a shard placement change failed; retrying');
+        clearTimeout(this.retryTimer);
+        this.retryTimer = setTimeout(() => this.placementChanged(), backoff(this.retries++));
+      },
+    );
+  }
+
+  /**
+   * Makes the pollers match the placement: stops those of shards not owned (as stop()
+   * does: the next owner reads the checkpoint they write last), then starts one for each
+   * owned shard that has none.
+   */
+  private async reconcile(): Promise<void> {
+    const lost = [...this.pollers].filter(([shard]) => !this.wants(shard));
+    await Promise.all(
+      lost.map(async ([shard, poller]) => {
+        await poller.stop();
+        if (this.pollers.get(shard) === poller) this.pollers.delete(shard);
+      }),
+    );
+    if (this.stopped) return;
+    for (const info of await this.deps.log.shards()) {
+      if (this.stopped) return;
+      if (this.pollers.has(info.shard) || !this.wants(info.shard)) continue;
+      const poller = await this.openPoller(info);
+      if (this.stopped) return;
+      this.pollers.set(info.shard, poller);
+      poller.run();
+    }
+  }
+
+  /**
+   * A poller for a shard from its checkpoint and window as stored now (another node may
+   * have moved them), or, when it has none, from the trigger's starting position, which
+   * is saved at once (so a LATEST start does not move on with every restart).
+   */
+  private async openPoller(s: ShardInfo): Promise<ShardPoller> {
+    const { checkpoints } = this.deps;
+    let saved: Checkpoint | undefined = await checkpoints.read(this.fn.name, this.trigger.id, s.shard);
+    if (saved === undefined) {
+      saved = { sequenceNumber: await this.startingPosition(s) };
+      await checkpoints.set(this.fn.name, this.trigger.id, s.shard, saved.sequenceNumber);
+    }
+    const window = (this.trigger.tumblingWindowSeconds ?? 0) > 0 ? saved.window : undefined;
+    return new ShardPoller(this, s.shard, s.shardId, saved.sequenceNumber, window, this.deps);
+  }
+
+  /** The sequence number just before the first record a shard with no checkpoint delivers. */
+  private async startingPosition(s: ShardInfo): Promise<number> {
+    const { startingPosition, startingPositionTimestamp } = this.trigger;
+    if (startingPosition === 'AT_TIMESTAMP' && startingPositionTimestamp !== undefined) {
+      const [first] = await this.deps.log.readFromTime(s.shard, startingPositionTimestamp, 1);
+      if (first !== undefined) return Math.max(0, first.sequenceNumber - 1);
+    }
+    // TRIM_HORIZON: just before the oldest record still retained.
+    return startingPosition === 'TRIM_HORIZON' ? Math.max(0, (s.firstSequenceNumber ?? 1) - 1) : (s.lastSequenceNumber ?? 0);
   }
 
   /** Why `record` is not delivered (see {@link SkipReason}), or undefined. */

@@ -67,3 +67,15 @@ export interface InvokeOptions {
    */
   origin?: WriteOrigin;
 }
+
+/**
+ * Which change-stream shards this node processes. In cluster mode shard p is processed on
+ * the node that owns partition p of the change topic, which a Kafka consumer group decides
+ * and may move at any time (ADR 0002, "Functions"). A mapping without one polls every shard.
+ */
+export interface ShardPlacement {
+  /** The shards this node should poll now. */
+  owned(): readonly number[];
+  /** `listener` is called after `owned()` changed; returns the function that unsubscribes it. */
+  onChange(listener: () => void): () => void;
+}

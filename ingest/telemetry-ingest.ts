@@ -35,7 +35,8 @@ export function ingestMetricsOf(m: Metrics): IngestMetrics {
 export type Transport = 'mqtt' | 'http';
 
 export interface TelemetryIngestOptions {
-  store: TelemetryStore;
+  /** Where validated requests go: the store, or in cluster mode the telemetry topic. */
+  store: Pick<TelemetryStore, 'write' | 'backlog'>;
   rejects: Pick<RejectsLog, 'append'>;
   logger: Logger;
   metrics: IngestMetrics;

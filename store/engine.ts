@@ -540,12 +540,18 @@ export class TelemetryStoreEngine implements TelemetryStore {
     for (const id of loaded.keys()) if (!next.has(id)) next.set(id, loaded.get(id) as DeviceState);
     if (this.deleting.size > 0) for (const id of next.keys()) if (this.deleting.has(id)) this.writtenWhileDeleting.add(id);
 
-    if (plan.devices.length > 0 || plan.deliveries.length > 0) {
+    let extraOps: BatchOp[] | undefined;
+    for (const { req } of batch) if (req.batchOps !== undefined) (extraOps ??= []).push(...req.batchOps);
+    if (plan.devices.length > 0 || plan.deliveries.length > 0 || extraOps !== undefined) {
       // Only once the batch is durable does the cache move on (before the log wakes
       // readers, so that anyone reacting to a record sees the store past it).
-      await this.commitPlan(plan, () => {
-        for (const [deviceId, state] of next) this.devices.set(deviceId, state);
-      });
+      await this.commitPlan(
+        plan,
+        () => {
+          for (const [deviceId, state] of next) this.devices.set(deviceId, state);
+        },
+        extraOps,
+      );
     } else {
       for (const [deviceId, state] of next) this.devices.set(deviceId, state);
     }
@@ -557,8 +563,8 @@ export class TelemetryStoreEngine implements TelemetryStore {
    * then runs `onDurable` and releases the records to readers. On failure the records'
    * sequence numbers are handed back.
    */
-  private async commitPlan(plan: WritePlan, onDurable?: () => void): Promise<void> {
-    const ops: BatchOp[] = [];
+  private async commitPlan(plan: WritePlan, onDurable?: () => void, extraOps?: BatchOp[]): Promise<void> {
+    const ops: BatchOp[] = extraOps ?? [];
     const records = plan.changes.length > 0 ? this.changeLog.stage(ops, plan.changes, plan.now) : [];
     try {
       await this.backend.commit(plan, ops);
@@ -640,6 +646,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
           change = { eventName: 'MODIFY', deviceId: req.deviceId, ts, seq, newValues: r.values, oldValues: c.oldValues };
         }
         if (origin !== undefined) change.origin = origin;
+        if (req.source !== undefined) change.source = req.source;
         changes.push(change);
         this.updateLatest(w, ts, seq, r.json, r.values);
       }

@@ -6,7 +6,11 @@
 import { TributaryError, invalidParameter } from '../core/errors.js';
 import { assertDeviceId } from '../core/ids.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
+import type { BatchOp } from '../streams/types.js';
 import type { Aggregate, DeliveryId, KeyAggregates, Value, Values, WriteRequest } from './types.js';
+
+/** Largest seq of an item key (u32). */
+const MAX_SEQ = 0xffff_ffff;
 
 /** A reading after validation, with its values encoded once for storage and comparison. */
 export interface PreparedReading {
@@ -23,6 +27,8 @@ export interface PreparedWrite {
   deviceId: string;
   readings: PreparedReading[];
   delivery: DeliveryId | undefined;
+  source?: number;
+  batchOps?: BatchOp[];
 }
 
 function validation(field: string, message: string): TributaryError {
@@ -69,7 +75,10 @@ export function prepareWrite(req: WriteRequest): PreparedWrite {
       if (!isStorableTs(ts)) {
         throw validation('ts', `reading ${i}: ts must be an integer number of epoch milliseconds from 0 to ${MAX_TIMESTAMP_MS} (got ${String(ts)})`);
       }
-      if (sameTs !== undefined) {
+      if (r.seq !== undefined) {
+        if (!Number.isInteger(r.seq) || r.seq < 0 || r.seq > MAX_SEQ) throw validation('seq', `reading ${i}: seq must be an integer from 0 to ${MAX_SEQ}`);
+        seq = r.seq;
+      } else if (sameTs !== undefined) {
         seq = sameTs.get(ts) ?? 0;
         sameTs.set(ts, seq + 1);
       }
@@ -82,7 +91,10 @@ export function prepareWrite(req: WriteRequest): PreparedWrite {
     }
     readings[i] = { ts, seq, values, json: Buffer.from(text, 'utf8') };
   }
-  return { deviceId: req.deviceId, readings, delivery };
+  const prepared: PreparedWrite = { deviceId: req.deviceId, readings, delivery };
+  if (req.source !== undefined) prepared.source = req.source;
+  if (req.batchOps !== undefined) prepared.batchOps = req.batchOps;
+  return prepared;
 }
 
 /** Orders item keys: by ts, then seq. */

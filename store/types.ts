@@ -5,7 +5,7 @@
  * `test/suites/telemetry-store.suite.ts`.
  */
 
-import type { WriteOrigin } from '../streams/types.js';
+import type { BatchOp, WriteOrigin } from '../streams/types.js';
 
 /** A reading's values: a flat or nested JSON object of numbers, strings and booleans. */
 export type Values = { [key: string]: Value };
@@ -15,6 +15,12 @@ export type Value = number | string | boolean | Values;
 export interface ReadingInput {
   /** Device-supplied time (epoch ms); absent means the store stamps it with its clock. */
   ts?: number;
+  /**
+   * Only with `ts`: the item's seq. Set by cluster materialization, which stamps readings
+   * from their telemetry-topic offset (ADR 0002); otherwise the store numbers readings of
+   * one request that share a ts 0, 1, …
+   */
+  seq?: number;
   values: Values;
 }
 
@@ -43,9 +49,14 @@ export interface WriteRequest {
   delivery?: DeliveryId;
   /** Written by a function (`context.put`): carried into the change records, so mappings can stop a function re-triggering itself. */
   origin?: WriteOrigin;
+  /** Cluster mode: the telemetry-topic offset this request was materialized from, carried into its change records. */
+  source?: number;
+  /** Cluster mode: puts committed in the same batch as this request's data (the consumer offset). LevelDB store only. */
+  batchOps?: BatchOp[];
 }
 
-export type ItemChange = 'INSERT' | 'MODIFY' | 'NONE';
+/** `ACCEPTED`: cluster mode, durable on Kafka; whether it inserts or modifies is decided when its partition's owner applies it. */
+export type ItemChange = 'INSERT' | 'MODIFY' | 'NONE' | 'ACCEPTED';
 
 export interface WriteResult {
   /** `duplicate`: the delivery was already committed; nothing was written. */

@@ -2,17 +2,39 @@
  * The change log on Apache Kafka (ADR 0002): shard `p` is partition `p` of the changes
  * topic, and a record's sequence number is its Kafka offset + 1.
  *
- * That numbering is gap-free like the embedded log's because this log is the partition's
- * only writer, sends with an idempotent producer (retries never duplicate), uses no
+ * That numbering is gap-free like the embedded log's because a shard has one writer at a
+ * time, which sends with an idempotent producer (retries never duplicate), uses no
  * transactions (no control records take offsets) and refuses a compacted topic. Every
- * acknowledgement is checked against the offsets it expected; a mismatch means another
- * writer, and the log stops accepting writes rather than hand out wrong numbers.
+ * acknowledgement is checked against the offset it expected.
  *
  * Durability goes through the store's batch, as in embedded mode: `stage` puts each record
  * under `C` (an outbox) in the same synced LevelDB batch as the data; `commit` sends it to
- * Kafka. A record is on the topic iff its offset is below the partition's end offset, so
- * after a crash or a failed send the log re-sends exactly the outbox entries beyond the
- * end — nothing lost, nothing twice. Entries already on Kafka are dropped by `trim`.
+ * Kafka. Entries already on Kafka are dropped by `trim`.
+ *
+ * Which shards this log writes (`owned`):
+ * - `'all'` (one node, tests): every shard, from open. A record is on the topic iff its
+ *   offset is below the partition's end, so at open and after a failed send the log sends
+ *   exactly the outbox entries beyond the end — nothing lost, nothing twice. An
+ *   acknowledgement at an unexpected offset means another writer: the log stops taking
+ *   writes rather than hand out wrong numbers.
+ * - `'none'` (cluster mode): no shard at open; the owner of telemetry partition `p` calls
+ *   `acquire(p)` and `release(p)`. Here records carry `source` (the telemetry offset they
+ *   were materialized from), which rises along a partition, and sources decide what Kafka
+ *   has. `acquire` reads the partition's end E and the last source S on it, drops the
+ *   outbox entries with source <= S (on Kafka already), renumbers the rest from E + 1 in
+ *   one LevelDB batch and sends them; numbering goes on after them. An entry without a
+ *   source (retention, device deletion) counts as on Kafka when the sourced entry before
+ *   it does and its number is within E. `stage` refuses a shard this node does not own
+ *   (`StoreUnavailable`) and silently drops changes with source <= the shard's last
+ *   source (a rebuilt or re-applied write), returning only the records it staged.
+ *   `release` refuses further writes, waits (bounded) until the shard's records are on
+ *   Kafka, then forgets the shard; what could not be sent stays in the outbox for the next
+ *   `acquire`. An acknowledgement at an unexpected offset (another writer got in during a
+ *   rebalance) and any failed send lead to the shard being acquired again, so records are
+ *   re-sent by source: only what is missing. Records sent at offsets other than their
+ *   sequence numbers in such a race keep the numbers listeners were told.
+ *   A send never splits one source's records of a shard, so a write's records reach the
+ *   topic together or not at all.
  */
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -36,6 +58,11 @@ export interface KafkaChangeLogOptions {
   /** The stream retention (ms) the topic must keep at least; 0 = forever. */
   retentionMs: number;
   logger: Logger;
+  /**
+   * Which shards this log writes: `'all'` (default) every shard from open; `'none'` none
+   * until handed over with {@link KafkaChangeLog.acquire} (cluster mode).
+   */
+  owned?: 'all' | 'none';
 }
 
 /** Records per send and per outbox read; bytes per send stay under Kafka's 1 MiB default batch limit. */
@@ -45,6 +72,43 @@ const SEND_BYTES = 512 * 1024;
 const READ_WAIT_MS = 5_000;
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 5_000;
+/** How long acquire and release wait for a shard's records to reach Kafka; the outbox keeps what is left. */
+const HANDOVER_WAIT_MS = 5_000;
+/** How far back from a partition's end acquire looks for a record with a source (past retention or deletion records). */
+const TAIL_SCAN_RECORDS = 4_096;
+
+/**
+ * A shard this log writes: `owned` takes writes; `renumbering` is being (re)acquired and
+ * `releasing` handed over — both refuse writes. Undefined: another node's shard.
+ */
+type Ownership = 'owned' | 'renumbering' | 'releasing';
+const NOT_WRITING: Record<Exclude<Ownership, 'owned'> | 'none', string> = {
+  none: 'does not write',
+  renumbering: 'is taking over',
+  releasing: 'is handing over',
+};
+
+function closedError(): TributaryError {
+  return new TributaryError('StoreUnavailable', 'the Kafka change log is closed');
+}
+
+/** Lets callers wait for the next time something happens. */
+class Signal {
+  private waiters: Array<() => void> = [];
+  next(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+  notify(): void {
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+}
+
+/** Resolves once `p` settles or `ms` have passed, whichever comes first; never rejects. */
+async function within(p: Promise<unknown> | undefined, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p?.catch(() => undefined), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
+}
 
 function sequenceOfKey(key: Buffer): number {
   return Number(key.readBigUInt64BE(3));
@@ -76,13 +140,29 @@ export class KafkaChangeLog extends SequencedLog {
   private readonly topic: string;
   private readonly logger: Logger;
   private readonly producer: Producer;
+  /** `owned: 'none'`: shards are handed over, and sources decide what Kafka has. */
+  private readonly shared: boolean;
+  /** Per shard: whether and how this log writes it; undefined = another node's shard. */
+  private readonly ownership: Array<Ownership | undefined>;
   /** Per shard: the partition's end offset as far as this writer knows = the last sequence number on Kafka. */
   private readonly published: number[];
+  /** Per shard: the highest source on Kafka or committed here (-1: none); changes at or below it are dropped. */
+  private readonly lastSource: number[];
   /** Committed records not yet handed to Kafka, in commit order. */
   private unsent: ChangeRecord[] = [];
+  /** Shards to acquire again before more is sent (`owned: 'none'`): another writer got in, or a send failed. */
+  private readonly stale = new Set<number>();
+  /** A send failed: what is not on Kafka is resent from the outbox. */
+  private recovering = false;
   /** The running send loop, if any; never rejects. */
   private flushing: Promise<void> | undefined;
-  /** Set when the topic no longer matches what this writer sent: writes are refused from then on. */
+  /** Sends and shard takeovers run one at a time, in this chain. */
+  private lane: Promise<unknown> = Promise.resolve();
+  /** Fires when a staged batch commits or aborts. */
+  private readonly settledBatch = new Signal();
+  /** Fires after each round of the send loop. */
+  private readonly sendRound = new Signal();
+  /** Set when the topic no longer matches what this writer sent (`owned: 'all'`): writes are refused from then on. */
   private fault: TributaryError | undefined;
   private closed = false;
   private wakeSleeper: (() => void) | undefined;
@@ -94,12 +174,16 @@ export class KafkaChangeLog extends SequencedLog {
     this.topic = opts.topic;
     this.logger = opts.logger;
     this.producer = producer;
+    this.shared = opts.owned === 'none';
+    this.ownership = new Array<Ownership | undefined>(opts.shards).fill(this.shared ? undefined : 'owned');
     this.published = published;
+    this.lastSource = new Array<number>(opts.shards).fill(-1);
   }
 
   /**
-   * Creates the topics if missing (refusing a misconfigured one), then sends whatever the
-   * outbox holds beyond each partition's end, so the log is whole before the first write.
+   * Creates the topics if missing (refusing a misconfigured one). Owning every shard, it
+   * then sends whatever the outbox holds beyond each partition's end, so the log is whole
+   * before the first write; owning none, it leaves that to each shard's `acquire`.
    */
   static async open(opts: KafkaChangeLogOptions): Promise<KafkaChangeLog> {
     const { client, topic, shards, retentionMs } = opts;
@@ -107,13 +191,15 @@ export class KafkaChangeLog extends SequencedLog {
     const producer = await client.producer();
     try {
       const createdAt = await streamCreatedAt(client, producer, `${topic}.meta`, opts.replicationFactor);
+      const streamArn = `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${createdAt}`;
+      if (opts.owned === 'none') return new KafkaChangeLog(opts, producer, streamArn, new Array<number>(shards).fill(0), new Array<number>(shards).fill(0));
       const ends = (await client.offsets(topic)).map((p) => p.high);
       const last: number[] = [];
       for (let shard = 0; shard < shards; shard++) {
         const keys = await opts.database.read((db) => db.keys({ gte: changeKey(shard, 0), lt: changeKey(shard + 1, 0), reverse: true, limit: 1 }).all());
         last.push(Math.max(ends[shard] ?? 0, keys[0] ? sequenceOfKey(keys[0]) : 0));
       }
-      const log = new KafkaChangeLog(opts, producer, `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${createdAt}`, last, ends);
+      const log = new KafkaChangeLog(opts, producer, streamArn, last, ends);
       await log.catchUp();
       return log;
     } catch (err) {
@@ -122,10 +208,82 @@ export class KafkaChangeLog extends SequencedLog {
     }
   }
 
+  /** True when `stage` takes changes of the shard now. */
+  owns(shard: number): boolean {
+    return this.ownership[shard] === 'owned';
+  }
+
+  ownedShards(): number[] {
+    const out: number[] = [];
+    for (let shard = 0; shard < this.shardCount; shard++) if (this.owns(shard)) out.push(shard);
+    return out;
+  }
+
+  /**
+   * Makes this node the shard's writer (`owned: 'none'`): takes over from what Kafka has
+   * (see the file comment), then waits (bounded) until the records this node had left in
+   * its outbox are on Kafka. Rejects, not owning the shard, when Kafka cannot be read.
+   */
+  async acquire(shard: number): Promise<void> {
+    this.checkHandover(shard);
+    await this.serially(async () => {
+      const state = this.ownership[shard];
+      // Handed back before a release finished: still the writer, numbering intact.
+      if (state === 'releasing') this.ownership[shard] = 'owned';
+      else if (state === undefined) await this.takeOver(shard);
+    });
+    this.kick();
+    await this.sentOut(shard);
+  }
+
+  /**
+   * Stops being the shard's writer (`owned: 'none'`): refuses further changes of it, waits
+   * for its staged batch and then (bounded) for its records to reach Kafka, and forgets
+   * it. Records Kafka could not take stay in the outbox; the next `acquire` sends them.
+   */
+  async release(shard: number): Promise<void> {
+    this.checkHandover(shard);
+    await this.serially(async () => {
+      if (this.ownership[shard] !== undefined) this.ownership[shard] = 'releasing';
+    });
+    if (this.ownership[shard] === undefined) return;
+    await this.batchSettled(shard);
+    await this.sentOut(shard);
+    await this.serially(async () => {
+      // An acquire in between made it ours again.
+      if (this.ownership[shard] !== 'releasing') return;
+      this.ownership[shard] = undefined;
+      // Another node's shard from now on: readers ask Kafka for its end, and trim skips it (nothing committed here).
+      this.next[shard] = 0;
+      this.committed[shard] = 0;
+      this.lastSource[shard] = -1;
+      this.stale.delete(shard);
+      this.unsent = this.unsent.filter((r) => r.shard !== shard);
+    });
+  }
+
+  private checkHandover(shard: number): void {
+    if (!this.shared) throw new TributaryError('Conflict', `change log on Kafka: this log writes every shard of ${this.topic} (owned: 'all'); shards are handed over only with owned: 'none'`);
+    if (this.closed) throw closedError();
+    if (!Number.isInteger(shard) || shard < 0 || shard >= this.shardCount) {
+      throw new TributaryError('InvalidParameter', `shard must be an integer in [0, ${this.shardCount - 1}] (got ${shard})`, { field: 'shard' });
+    }
+  }
+
   override stage(ops: BatchOp[], changes: Change[], now: number): ChangeRecord[] {
     if (this.fault) throw this.fault;
-    if (this.closed) throw new TributaryError('StoreUnavailable', 'the Kafka change log is closed');
-    return super.stage(ops, changes, now);
+    if (this.closed) throw closedError();
+    if (!this.shared) return super.stage(ops, changes, now);
+    const fresh: Change[] = [];
+    for (const change of changes) {
+      const shard = this.shardOf(change.deviceId);
+      const state = this.ownership[shard];
+      if (state !== 'owned') throw new TributaryError('StoreUnavailable', `change log on Kafka: this node ${NOT_WRITING[state ?? 'none']} shard ${shard} of ${this.topic}`);
+      // Its record is on the topic already (a rebuilt or re-applied write): not twice.
+      if (change.source !== undefined && change.source <= (this.lastSource[shard] as number)) continue;
+      fresh.push(change);
+    }
+    return super.stage(ops, fresh, now);
   }
 
   protected persist(ops: BatchOp[], record: ChangeRecord): void {
@@ -133,32 +291,86 @@ export class KafkaChangeLog extends SequencedLog {
   }
 
   protected override afterCommit(records: ChangeRecord[]): void {
-    if (records.length === 0) return;
-    for (const r of records) this.unsent.push(r);
-    this.flushing ??= this.flush();
+    for (const r of records) {
+      this.unsent.push(r);
+      if (r.source !== undefined && r.source > (this.lastSource[r.shard] as number)) this.lastSource[r.shard] = r.source;
+    }
+    this.settledBatch.notify();
+    this.kick();
+  }
+
+  override abort(records: ChangeRecord[]): void {
+    super.abort(records);
+    this.settledBatch.notify();
+  }
+
+  /** Waits until no batch with records of the shard is between stage and commit/abort (the store has one in flight at most). */
+  private async batchSettled(shard: number): Promise<void> {
+    while ((this.next[shard] as number) > (this.committed[shard] as number)) {
+      // A batch staged and never settled before close (a test's stand-in for a crash) must not hold close up.
+      if (this.closed) throw closedError();
+      await this.settledBatch.next();
+    }
+  }
+
+  /** Runs `fn` after every send round and takeover queued before it. */
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lane.then(fn);
+    this.lane = run.catch(() => undefined);
+    return run;
+  }
+
+  private hasWork(): boolean {
+    return this.unsent.length > 0 || this.stale.size > 0 || this.recovering;
+  }
+
+  /** Starts the send loop unless it runs or has nothing to do (it would end before `flushing` is set). */
+  private kick(): void {
+    if (this.flushing === undefined && this.hasWork()) this.flushing = this.flush();
   }
 
   /**
    * Sends what has been committed, group-commit style: the groups committed while a send
    * is in flight go out together in the next one. After a failure, re-sends from the
-   * outbox (from each partition's end) until Kafka has everything.
+   * outbox until Kafka has everything.
    */
   private async flush(): Promise<void> {
-    for (let attempt = 0; this.unsent.length > 0 && !this.closed && !this.fault; ) {
-      const pending = this.unsent.splice(0).filter((r) => r.sequenceNumber > (this.published[r.shard] as number));
+    for (let attempt = 0; this.hasWork() && !this.closed && !this.fault; ) {
       try {
-        if (attempt === 0 && this.continuesEachShard(pending)) await this.send(pending);
-        else await this.catchUp();
+        await this.serially(() => this.sendRoundOnce());
         attempt = 0;
       } catch (err) {
         if (err === this.fault) break;
+        this.recovering = true;
         this.logger.warn({ err, topic: this.topic, attempt }, 'sending change records to Kafka failed; retrying from the outbox');
         await this.sleep(Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** attempt++));
-        // Whatever was lost in the failed send is still in the outbox: catch up from there.
-        this.unsent.unshift(...pending);
       }
+      this.sendRound.notify();
     }
     this.flushing = undefined;
+    this.sendRound.notify();
+  }
+
+  /** Sends the unsent records when they follow on from what Kafka has; otherwise sends from the outbox. */
+  private async sendRoundOnce(): Promise<void> {
+    const pending = this.unsent.splice(0).filter((r) => this.ownership[r.shard] !== undefined && r.sequenceNumber > (this.published[r.shard] as number));
+    if (!this.recovering && this.stale.size === 0 && this.continuesEachShard(pending)) {
+      await this.send(pending);
+      return;
+    }
+    if (this.shared) {
+      // Every shard with records not on Kafka is acquired again: its outbox is resent by source.
+      for (let shard = 0; shard < this.shardCount; shard++) {
+        if (this.ownership[shard] !== undefined && (this.committed[shard] as number) > (this.published[shard] as number)) this.stale.add(shard);
+      }
+      for (const shard of this.stale) {
+        await this.takeOver(shard);
+        this.stale.delete(shard);
+      }
+    } else {
+      await this.catchUp();
+    }
+    this.recovering = false;
   }
 
   /** True when each shard's records follow on from what Kafka already has. */
@@ -171,7 +383,7 @@ export class KafkaChangeLog extends SequencedLog {
     return true;
   }
 
-  /** Re-reads each partition's end and sends the outbox entries beyond it, in order. */
+  /** `owned: 'all'`: re-reads each partition's end and sends the outbox entries beyond it, in order. */
   private async catchUp(): Promise<void> {
     const ends = await this.client.offsets(this.topic);
     for (let shard = 0; shard < this.shardCount; shard++) {
@@ -192,27 +404,104 @@ export class KafkaChangeLog extends SequencedLog {
     }
   }
 
-  /** Sends records that continue their shards, checking that Kafka put each where its sequence number says. */
+  /**
+   * `owned: 'none'`: becomes (again) the shard's writer from what Kafka has. Reads the
+   * partition's end E and last source S; then, with the shard's writes held and its staged
+   * batch settled, replaces its outbox in one LevelDB batch by the entries Kafka lacks,
+   * numbered from E + 1, and queues them for sending. Runs in the lane.
+   */
+  private async takeOver(shard: number): Promise<void> {
+    const offsets = (await this.client.offsets(this.topic))[shard];
+    const end = offsets?.high ?? 0;
+    const onKafkaUpTo = await this.lastSourceOnKafka(shard, offsets?.low ?? 0, end);
+    const was = this.ownership[shard];
+    this.ownership[shard] = 'renumbering';
+    try {
+      await this.batchSettled(shard);
+      const entries = await this.database.read((db) => db.iterator({ gte: changeKey(shard, 0), lt: changeKey(shard + 1, 0) }).all());
+      // Deletes first: an entry that keeps its number is deleted and put again.
+      const dels: BatchOp[] = [];
+      const puts: BatchOp[] = [];
+      const backlog: ChangeRecord[] = [];
+      let newest = onKafkaUpTo;
+      // The source of the last entry that had one: an entry without a source goes with it.
+      let before = -1;
+      for (const [key, value] of entries) {
+        dels.push({ type: 'del', key });
+        const r = decodeRecord(shard, sequenceOfKey(key), value);
+        const onKafka = r.source !== undefined ? r.source <= onKafkaUpTo : before <= onKafkaUpTo && r.sequenceNumber <= end;
+        if (r.source !== undefined) before = r.source;
+        if (onKafka) continue;
+        r.sequenceNumber = end + backlog.length + 1;
+        puts.push({ type: 'put', key: changeKey(shard, r.sequenceNumber), value });
+        backlog.push(r);
+        if (r.source !== undefined) newest = Math.max(newest, r.source);
+      }
+      await this.database.commit([...dels, ...puts]);
+      this.unsent = this.unsent.filter((r) => r.shard !== shard).concat(backlog);
+      this.published[shard] = end;
+      this.committed[shard] = end + backlog.length;
+      this.next[shard] = end + backlog.length;
+      this.lastSource[shard] = newest;
+      this.ownership[shard] = was === 'releasing' ? 'releasing' : 'owned';
+      this.logger.info({ topic: this.topic, shard, end, lastSource: onKafkaUpTo, resent: backlog.length, dropped: entries.length - backlog.length }, 'writing shard of the change log');
+    } catch (err) {
+      this.ownership[shard] = was;
+      throw err;
+    }
+  }
+
+  /**
+   * The source of the partition's last record that has one, -1 when none of its last
+   * {@link TAIL_SCAN_RECORDS} records has (retention and deletion records carry none).
+   */
+  private async lastSourceOnKafka(shard: number, low: number, end: number): Promise<number> {
+    for (let span = 1; ; span *= 64) {
+      const from = Math.max(low, end - span);
+      const tail = await this.fetchRecords(shard, from, end - from);
+      for (let i = tail.length - 1; i >= 0; i--) {
+        const source = (tail[i] as ChangeRecord).source;
+        if (source !== undefined) return source;
+      }
+      if (from === low || span >= TAIL_SCAN_RECORDS) return -1;
+    }
+  }
+
+  /**
+   * Sends records that continue their shards, checking that Kafka put each where its
+   * sequence number says. Records of a shard to be acquired again are left to that.
+   */
   private async send(records: readonly ChangeRecord[]): Promise<void> {
     for (let start = 0; start < records.length; ) {
       const chunk: OutgoingRecord[] = [];
       const count = new Map<number, number>();
       let bytes = 0;
-      for (; start < records.length && chunk.length < SEND_RECORDS && (chunk.length === 0 || bytes < SEND_BYTES); start++) {
+      let last: ChangeRecord | undefined;
+      for (; start < records.length; start++) {
         const r = records[start] as ChangeRecord;
+        if (this.stale.has(r.shard)) continue;
+        const full = chunk.length >= SEND_RECORDS || bytes >= SEND_BYTES;
+        // One write's records go together, so after a failure its source says whether Kafka has them.
+        if (full && !(r.source !== undefined && r.source === last?.source && r.shard === last.shard)) break;
         const value = encodeRecord(r);
         bytes += value.length;
         chunk.push({ partition: r.shard, key: r.deviceId, value });
         count.set(r.shard, (count.get(r.shard) ?? 0) + 1);
+        last = r;
       }
+      if (chunk.length === 0) return;
       const bases = await this.client.send(this.producer, this.topic, chunk);
       for (const [shard, n] of count) {
         const expected = this.published[shard] as number;
         const base = bases.get(shard);
-        if (base !== expected) {
-          this.fail(`Kafka put records of shard ${shard} at offset ${base}, not at ${expected} where this node's numbering continues: another node writes to ${this.topic}`);
+        if (base === expected) {
+          this.published[shard] = expected + n;
+          continue;
         }
-        this.published[shard] = expected + n;
+        const message = `Kafka put records of shard ${shard} at offset ${base}, not at ${expected} where this node's numbering continues: another node writes to ${this.topic}`;
+        if (!this.shared) this.fail(message);
+        this.logger.warn({ topic: this.topic, shard }, `change log on Kafka: ${message}; acquiring the shard again`);
+        this.stale.add(shard);
       }
     }
   }
@@ -234,17 +523,27 @@ export class KafkaChangeLog extends SequencedLog {
   }
 
   /** Waits (bounded) until this node's committed records are on Kafka, so it reads its own writes. */
-  private async settled(): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.flushing, new Promise<void>((resolve) => (timer = setTimeout(resolve, READ_WAIT_MS)))]);
-    clearTimeout(timer);
+  private settled(): Promise<void> {
+    return within(this.flushing, READ_WAIT_MS);
+  }
+
+  /** Waits, at most {@link HANDOVER_WAIT_MS}, until what this node committed for the shard is on Kafka. */
+  private async sentOut(shard: number): Promise<void> {
+    const deadline = Date.now() + HANDOVER_WAIT_MS;
+    while ((this.published[shard] as number) < (this.committed[shard] as number) && this.flushing !== undefined && Date.now() < deadline) {
+      await within(this.sendRound.next(), deadline - Date.now());
+    }
   }
 
   async read(shard: number, after: number, limit: number): Promise<ChangeRecord[]> {
     if (limit <= 0) return [];
     await this.settled();
+    return this.fetchRecords(shard, after, limit);
+  }
+
+  /** Up to `limit` records of what Kafka has of the shard, from sequence number `after` + 1 (offset `after`) on. */
+  private async fetchRecords(shard: number, after: number, limit: number): Promise<ChangeRecord[]> {
     const out: ChangeRecord[] = [];
-    // Sequence number s lives at offset s - 1: reading after `after` starts at offset `after`.
     let offset = after;
     let rewound = false;
     while (out.length < limit) {
@@ -287,28 +586,42 @@ export class KafkaChangeLog extends SequencedLog {
     return p && p.high > p.low ? p.low + 1 : null;
   }
 
+  /** A shard this node writes ends at its last committed record; another node's, where Kafka ends. */
+  protected override async lastSequenceNumber(shard: number): Promise<number> {
+    if (this.ownership[shard] !== undefined) return this.committed[shard] as number;
+    return (await this.client.offsets(this.topic))[shard]?.high ?? 0;
+  }
+
   protected async removeRange(shard: number, first: number, cut: number): Promise<number> {
     await this.client.deleteRecordsBefore(this.topic, shard, cut - 1);
     return cut - first;
   }
 
-  /** Trims Kafka as the embedded log trims LevelDB, then drops outbox entries Kafka already has. */
+  /**
+   * Trims Kafka as the embedded log trims LevelDB — the shards this node writes (another
+   * node's have `committed` 0, which the base skips) — then drops the outbox entries Kafka
+   * already has of those shards. Another node's shard keeps its entries for the next acquire.
+   */
   override async trim(olderThanMs: number): Promise<number> {
     await this.settled();
     const removed = await super.trim(olderThanMs);
-    for (let shard = 0; shard < this.shardCount; shard++) {
-      const upTo = this.published[shard] as number;
-      if (upTo > 0) await this.database.clear({ gte: changeKey(shard, 0), lte: changeKey(shard, upTo) });
-    }
+    await this.serially(async () => {
+      for (let shard = 0; shard < this.shardCount; shard++) {
+        const upTo = this.published[shard] as number;
+        if (this.ownership[shard] !== undefined && upTo > 0) await this.database.clear({ gte: changeKey(shard, 0), lte: changeKey(shard, upTo) });
+      }
+    });
     return removed;
   }
 
-  /** Stops sending (unsent records stay in the outbox for the next open) and disconnects the producer. */
+  /** Stops sending (unsent records stay in the outbox for the next open or acquire) and disconnects the producer. */
   async close(): Promise<void> {
     await this.settled();
     this.closed = true;
     this.wakeSleeper?.();
+    this.settledBatch.notify();
     await this.flushing;
+    await this.lane;
     await this.client.closeProducer(this.producer);
   }
 }

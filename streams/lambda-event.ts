@@ -43,7 +43,9 @@ function image(r: ChangeRecord, values: Values): Image {
  * Renders a change record exactly as a Lambda handler attached to a DynamoDB stream
  * receives it: typed AttributeValue images, `ApproximateCreationDateTime` in epoch
  * seconds, `SequenceNumber` as a decimal string. The event id is derived from the
- * record's place in the stream, so a redelivered record carries the same id.
+ * record's place in the stream, so a redelivered record carries the same id; in cluster
+ * mode from the telemetry record it was made from and the item, so the same change
+ * written twice (a zombie owner during a rebalance) carries the same id too.
  */
 export function toStreamRecord(r: ChangeRecord, streamArn: string, viewType: StreamViewType = 'NEW_AND_OLD_IMAGES'): DynamoDBStreamRecord {
   const keys = marshall({ deviceId: r.deviceId, ts: r.ts, seq: r.seq }) as Image;
@@ -59,7 +61,7 @@ export function toStreamRecord(r: ChangeRecord, streamArn: string, viewType: Str
   dynamodb.SizeBytes = Buffer.byteLength(JSON.stringify([dynamodb.Keys, dynamodb.NewImage, dynamodb.OldImage]));
   const record: DynamoDBStreamRecord = {
     // One-shot crypto.hash: the same digest as createHash, without a Hash object per record.
-    eventID: hash('md5', `${streamArn}|${r.shard}|${r.sequenceNumber}`, 'hex'),
+    eventID: hash('md5', r.source === undefined ? `${streamArn}|${r.shard}|${r.sequenceNumber}` : `${streamArn}|src|${r.source}|${r.deviceId}|${r.ts}|${r.seq}`, 'hex'),
     eventName: r.eventName,
     eventVersion: '1.1',
     eventSource: 'aws:dynamodb',

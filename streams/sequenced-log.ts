@@ -42,6 +42,7 @@ export abstract class SequencedLog implements ChangeLog {
       if (change.oldValues) record.oldValues = change.oldValues;
       if (change.byService) record.byService = true;
       if (change.origin) record.origin = change.origin;
+      if (change.source !== undefined) record.source = change.source;
       this.persist(ops, record);
       records.push(record);
     }
@@ -92,7 +93,7 @@ export abstract class SequencedLog implements ChangeLog {
    * implementation serves every subclass at about log2(last) point reads.
    */
   async readFromTime(shard: number, timestampMs: number, limit: number): Promise<ChangeRecord[]> {
-    const last = this.committed[shard] ?? 0;
+    const last = await this.lastSequenceNumber(shard);
     if (last === 0 || limit <= 0) return [];
     // Smallest s in [1, last] whose probe is missing or not older than the timestamp;
     // the predicate is monotonic in s, so lo ends on it (or on last + 1: nothing qualifies).
@@ -132,6 +133,10 @@ export abstract class SequencedLog implements ChangeLog {
   /** Adds the record's write to the caller's batch (or keeps it aside until commit). */
   protected abstract persist(ops: BatchOp[], record: ChangeRecord): void;
   protected abstract firstSequenceNumber(shard: number): Promise<number | null>;
+  /** The shard's last committed sequence number as readers see it (0: none); a log that does not write every shard asks elsewhere. */
+  protected async lastSequenceNumber(shard: number): Promise<number> {
+    return this.committed[shard] ?? 0;
+  }
   protected afterCommit(_records: ChangeRecord[]): void {}
 
   protected onListenerError(err: unknown): void {

@@ -21,6 +21,13 @@ export interface Change {
   byService?: boolean;
   /** Written by a function through `context.put`: internal, never rendered into the Lambda record. */
   origin?: WriteOrigin;
+  /**
+   * Cluster mode: the offset in the telemetry topic of the write this change was
+   * materialized from. Sources rise along a shard, so a shard's writer can tell which
+   * changes are already on the changes topic (a rebuild, a handover). Internal, never
+   * rendered into the Lambda record.
+   */
+  source?: number;
 }
 
 /**

@@ -4,11 +4,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { call } from './app-harness.js';
 import { cliCwd, runCli, spawnCli } from './cli-run.js';
-import { tempDir, waitFor } from './helpers.js';
+import { freePort, tempDir, waitFor } from './helpers.js';
 import { startServerProcess, type ServerProcess } from './process.js';
 
 let server: ServerProcess;
@@ -25,15 +24,6 @@ afterAll(async () => {
   data.cleanup();
   cliCwd.cleanup();
 });
-
-/** A port nothing listens on (bound and released just now). */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address() as AddressInfo;
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
 
 interface Reading {
   deviceId: string;

@@ -17,12 +17,17 @@ export interface ServerProcess {
   signal: (sig: NodeJS.Signals) => Promise<number | null>;
 }
 
-/** Starts `tributary start` in a child process on ephemeral ports and waits for its addresses. */
-export async function startServerProcess(args: string[]): Promise<ServerProcess> {
+/**
+ * Starts `tributary start` in a child process and waits for its addresses: on ephemeral
+ * ports, unless `env` is given (then the environment sets them, as a deployment would).
+ */
+export async function startServerProcess(args: string[], env?: Record<string, string>): Promise<ServerProcess> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` (npm test does it first)`);
-  const child = spawn(process.execPath, [CLI, 'start', '--mqtt-port', '0', '--http-port', '0', '--log-level', 'warn', ...args], {
+  const ports = env === undefined ? ['--mqtt-port', '0', '--http-port', '0'] : [];
+  const child = spawn(process.execPath, [CLI, 'start', ...ports, '--log-level', 'warn', ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
   });
   let out = '';
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()));

@@ -1,0 +1,182 @@
+/**
+ * A node's membership of a Tributary cluster (ADR 0002), everything that differs from
+ * single-node mode in one place: ingest writes to the telemetry topic; the store
+ * materializes the partitions the store group assigns to this node, with the consumed
+ * offset in the same batch; the change log writes only the shards this node owns; and
+ * a device's queries go to its partition's owner.
+ */
+import type { DeviceRoute, DeviceRouter } from '../api/forward.js';
+import type { Config } from '../core/config.js';
+import { isTributaryError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { Database } from '../store/database.js';
+import type { TelemetryStore } from '../store/types.js';
+import type { ShardPlacement } from '../functions/types.js';
+import { KafkaChangeLog } from '../streams/kafka-log.js';
+import { shardOf } from '../streams/shard.js';
+import { KafkaClient } from './kafka-client.js';
+import { KafkaTelemetryWriter } from './kafka-writer.js';
+import { consumerOffsetOp, readConsumerOffset } from './offsets.js';
+import { ownerUserData, PartitionOwners } from './partition-owners.js';
+import { StoreConsumer, type ApplyBatch } from './store-consumer.js';
+import { materialize, TelemetryProducer } from './telemetry-topic.js';
+
+/** The shards this node owns, for the functions' pollers. */
+class OwnedShards implements ShardPlacement {
+  private shards: readonly number[] = [];
+  private readonly listeners = new Set<() => void>();
+
+  owned(): readonly number[] {
+    return this.shards;
+  }
+
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  set(shards: readonly number[]): void {
+    this.shards = shards;
+    for (const l of this.listeners) l();
+  }
+}
+
+export interface ClusterTopics {
+  telemetry: string;
+  changes: string;
+  /** The store nodes' consumer group. */
+  storeGroup: string;
+  /** Prefix of the functions' checkpoint groups. */
+  groupPrefix: string;
+}
+
+export function clusterTopics(prefix: string): ClusterTopics {
+  return { telemetry: `${prefix}telemetry`, changes: `${prefix}changes`, storeGroup: `${prefix}store`, groupPrefix: prefix };
+}
+
+export class ClusterNode implements DeviceRouter {
+  readonly placement = new OwnedShards();
+  private consumer: StoreConsumer | undefined;
+  private owners: PartitionOwners | undefined;
+  private owned = new Set<number>();
+
+  private constructor(
+    readonly client: KafkaClient,
+    readonly topics: ClusterTopics,
+    readonly changeLog: KafkaChangeLog,
+    private readonly producer: TelemetryProducer,
+    readonly writer: KafkaTelemetryWriter,
+    private readonly database: Database,
+    private readonly config: Config,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Connects, creates or checks the topics, and opens the change log owning no shard yet. */
+  static async connect(config: Config, database: Database, logger: Logger): Promise<ClusterNode> {
+    const brokers = config.kafkaBrokers.split(',').map((b) => b.trim()).filter((b) => b !== '');
+    const client = await KafkaClient.connect({ brokers, clientId: `tributary-${process.pid}`, logger: logger.child({ module: 'kafka' }) });
+    const topics = clusterTopics(config.kafkaTopicPrefix);
+    try {
+      const replicationFactor = config.kafkaReplicationFactor;
+      const changeLog = await KafkaChangeLog.open({ client, database, topic: topics.changes, shards: config.streamShards, replicationFactor, retentionMs: config.streamRetention, owned: 'none', logger: logger.child({ module: 'streams' }) });
+      const producer = await TelemetryProducer.open({ client, topic: topics.telemetry, partitions: config.streamShards, replicationFactor, retentionMs: config.retention });
+      return new ClusterNode(client, topics, changeLog, producer, new KafkaTelemetryWriter(producer), database, config, logger);
+    } catch (err) {
+      await client.close();
+      throw err;
+    }
+  }
+
+  /** Joins the store group: from now on the group's assignment decides what this node materializes and serves. */
+  async startStore(store: TelemetryStore, httpUrl: string): Promise<void> {
+    const { telemetry, storeGroup } = this.topics;
+    this.owners = new PartitionOwners(this.client, storeGroup, telemetry);
+    this.consumer = await StoreConsumer.start({
+      client: this.client,
+      topic: telemetry,
+      groupId: storeGroup,
+      sessionTimeoutMs: this.config.kafkaSessionTimeout,
+      userData: ownerUserData(httpUrl),
+      position: (partition) => readConsumerOffset(this.database, telemetry, partition),
+      apply: (batch) => this.apply(store, batch),
+      onAssignment: (partitions) => this.takeOver(partitions),
+      logger: this.logger.child({ module: 'cluster' }),
+    });
+  }
+
+  /** Moves change-log ownership to the new assignment, then the functions' pollers. */
+  private async takeOver(partitions: readonly number[]): Promise<void> {
+    const next = new Set(partitions);
+    const lost = [...this.owned].filter((p) => !next.has(p));
+    const gained = partitions.filter((p) => !this.owned.has(p));
+    this.owned = next;
+    await Promise.all(lost.map((p) => this.changeLog.release(p)));
+    for (const p of gained) await this.changeLog.acquire(p);
+    this.placement.set(partitions);
+  }
+
+  /**
+   * Applies consecutive records of one partition. The consumed offset goes into the batch
+   * of the last record, written only once every other record is in, so the offset never
+   * passes a record that failed; one applied twice after a crash is found in place.
+   */
+  private async apply(store: TelemetryStore, { topic, partition, records, nextOffset }: ApplyBatch): Promise<void> {
+    const requests = records.map((r) => materialize(r.message, r.offset));
+    const last = requests.pop();
+    if (last === undefined) return;
+    await this.settle(requests.map((req) => store.write(req)));
+    const offsetOp = consumerOffsetOp(topic, partition, nextOffset);
+    const [lastFailed] = await this.settle([store.write({ ...last, batchOps: [offsetOp] })]);
+    if (lastFailed) await this.database.commit([offsetOp]);
+  }
+
+  /**
+   * Waits for the writes; a record the store refuses (e.g. older than the retention by now)
+   * is skipped with a warning — retrying would never succeed. Anything else fails the
+   * batch, which the consumer retries. Resolves with which writes were refused.
+   */
+  private async settle(writes: Array<Promise<unknown>>): Promise<boolean[]> {
+    const results = await Promise.allSettled(writes);
+    return results.map((r) => {
+      if (r.status === 'fulfilled') return false;
+      if (isTributaryError(r.reason) && r.reason.code === 'ValidationError') {
+        this.logger.warn({ err: r.reason }, 'a telemetry record the store refuses was skipped');
+        return true;
+      }
+      throw r.reason;
+    });
+  }
+
+  /** Where `deviceId`'s queries are answered now. */
+  async route(deviceId: string): Promise<DeviceRoute> {
+    const consumer = this.consumer;
+    const owners = this.owners;
+    if (consumer === undefined || owners === undefined) return { unavailable: 'this node has not joined the cluster yet' };
+    const partition = shardOf(deviceId, this.config.streamShards);
+    if (consumer.partitions.includes(partition)) {
+      return consumer.caughtUp(partition) ? { local: true } : { unavailable: `partition ${partition} is being brought up to date on this node` };
+    }
+    const url = await owners.urlOf(partition);
+    return url === undefined ? { unavailable: `no node owns partition ${partition} right now (the cluster is rebalancing)` } : { url };
+  }
+
+  /** Forget cached ownership after a forward failed. */
+  forwardFailed(): void {
+    this.owners?.invalidate();
+  }
+
+  /** Leaves the store group (its partitions move to the other nodes), then sends what is left and disconnects. */
+  async stop(): Promise<void> {
+    await this.consumer?.stop();
+    this.placement.set([]);
+    await Promise.all([...this.owned].map((p) => this.changeLog.release(p)));
+    this.owned.clear();
+    await this.producer.close();
+  }
+
+  /** After the store closed: the change log and the connection. */
+  async close(): Promise<void> {
+    await this.changeLog.close();
+    await this.client.close();
+  }
+}
