@@ -248,7 +248,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     const apiKeys = await ApiKeyStore.open({ database, ...(adminKey === undefined ? {} : { adminDigest: adminKey.digest }) });
 
     api = buildApi({
-      store: openStore,
+      store: cluster?.deviceStore(openStore) ?? openStore,
       changeLog,
       logger: logger.child({ module: 'api' }),
       metrics: metrics.registry,

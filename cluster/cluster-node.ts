@@ -7,10 +7,12 @@
  */
 import type { DeviceRoute, DeviceRouter } from '../api/forward.js';
 import type { Config } from '../core/config.js';
-import { isTributaryError } from '../core/errors.js';
+import { randomUUID } from 'node:crypto';
+import { isTributaryError, TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
-import type { TelemetryStore } from '../store/types.js';
+import type { DeleteDeviceResult, PutDeviceResult, TelemetryStore, WriteRequest } from '../store/types.js';
+import type { BatchOp } from '../streams/types.js';
 import type { ShardPlacement } from '../functions/types.js';
 import { KafkaChangeLog } from '../streams/kafka-log.js';
 import { shardOf } from '../streams/shard.js';
@@ -19,7 +21,10 @@ import { KafkaTelemetryWriter } from './kafka-writer.js';
 import { consumerOffsetOp, readConsumerOffset } from './offsets.js';
 import { ownerUserData, PartitionOwners } from './partition-owners.js';
 import { StoreConsumer, type ApplyBatch } from './store-consumer.js';
-import { materialize, TelemetryProducer } from './telemetry-topic.js';
+import { materialize, TelemetryProducer, type DeviceControl, type DeviceControlMessage } from './telemetry-topic.js';
+
+/** How long a registry change waits for the partition's owner (this node) to apply it. */
+const CONTROL_TIMEOUT_MS = 30_000;
 
 /** The shards this node owns, for the functions' pollers. */
 class OwnedShards implements ShardPlacement {
@@ -59,6 +64,8 @@ export class ClusterNode implements DeviceRouter {
   private consumer: StoreConsumer | undefined;
   private owners: PartitionOwners | undefined;
   private owned = new Set<number>();
+  /** Registry changes sent from here, waiting for this node to apply them: control id → the caller. */
+  private readonly waiting = new Map<string, { resolve: (value: unknown) => void; reject: (err: unknown) => void }>();
 
   private constructor(
     readonly client: KafkaClient,
@@ -116,18 +123,98 @@ export class ClusterNode implements DeviceRouter {
   }
 
   /**
-   * Applies consecutive records of one partition. The consumed offset goes into the batch
-   * of the last record, written only once every other record is in, so the offset never
-   * passes a record that failed; one applied twice after a crash is found in place.
+   * Applies consecutive records of one partition: runs of readings through the store's
+   * group commit, registry changes one at a time between them, in offset order. The
+   * consumed offset goes into the batch of the last reading, written only once every
+   * other record is in, so the offset never passes a record that failed; anything applied
+   * twice after a crash finds itself in place (readings) or is idempotent (registry).
    */
   private async apply(store: TelemetryStore, { topic, partition, records, nextOffset }: ApplyBatch): Promise<void> {
-    const requests = records.map((r) => materialize(r.message, r.offset));
+    let run: WriteRequest[] = [];
+    for (const r of records) {
+      const { control } = r.message;
+      if (control === undefined) {
+        run.push(materialize(r.message, r.offset));
+        continue;
+      }
+      await this.applyWrites(store, run);
+      run = [];
+      await this.applyControl(store, r.message.req.deviceId, control);
+    }
+    await this.applyWrites(store, run, consumerOffsetOp(topic, partition, nextOffset));
+  }
+
+  private async applyWrites(store: TelemetryStore, requests: WriteRequest[], offsetOp?: BatchOp): Promise<void> {
     const last = requests.pop();
-    if (last === undefined) return;
+    if (last === undefined) {
+      if (offsetOp !== undefined) await this.database.commit([offsetOp]);
+      return;
+    }
     await this.settle(requests.map((req) => store.write(req)));
-    const offsetOp = consumerOffsetOp(topic, partition, nextOffset);
-    const [lastFailed] = await this.settle([store.write({ ...last, batchOps: [offsetOp] })]);
-    if (lastFailed) await this.database.commit([offsetOp]);
+    const [lastFailed] = await this.settle([store.write(offsetOp === undefined ? last : { ...last, batchOps: [offsetOp] })]);
+    if (lastFailed && offsetOp !== undefined) await this.database.commit([offsetOp]);
+  }
+
+  private async applyControl(store: TelemetryStore, deviceId: string, control: DeviceControlMessage): Promise<void> {
+    const waiter = this.waiting.get(control.id);
+    try {
+      const result = 'tags' in control ? await store.putDevice({ deviceId, tags: control.tags }) : await store.deleteDevice(deviceId);
+      waiter?.resolve(result);
+    } catch (err) {
+      if (!isTributaryError(err) || err.code !== 'ValidationError') throw err;
+      this.logger.warn({ err, deviceId }, 'a device change the store refuses was skipped');
+      waiter?.reject(err);
+    }
+  }
+
+  /**
+   * The store as the API sees it in cluster mode: registry changes go through the
+   * telemetry topic, in order with the device's readings, so that every later owner of the
+   * partition — one rebuilding it included — applies them too. The API forwards them to the
+   * owner, which waits here for its own consumer to apply them and answers with the result.
+   */
+  deviceStore(store: TelemetryStore): TelemetryStore {
+    const viaTopic: Pick<TelemetryStore, 'putDevice' | 'deleteDevice'> = {
+      putDevice: (req) => this.control(req.deviceId, { tags: req.tags }) as Promise<PutDeviceResult>,
+      deleteDevice: (deviceId) => this.control(deviceId, { delete: true }) as Promise<DeleteDeviceResult | undefined>,
+    };
+    return new Proxy(store, {
+      get: (target, prop) => {
+        if (prop === 'putDevice' || prop === 'deleteDevice') return viaTopic[prop];
+        const value: unknown = Reflect.get(target, prop, target);
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+  }
+
+  private async control(deviceId: string, control: DeviceControl): Promise<unknown> {
+    const id = randomUUID();
+    const applied = new Promise<unknown>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new TributaryError('StoreUnavailable', "cluster: the change is on the telemetry topic, but the device's partition owner has not applied it yet (the partition may be moving); it will be applied — retry to see the result"));
+      }, CONTROL_TIMEOUT_MS);
+      const settle = (): void => {
+        clearTimeout(timer);
+        this.waiting.delete(id);
+      };
+      this.waiting.set(id, {
+        resolve: (value) => {
+          settle();
+          resolve(value);
+        },
+        reject: (err) => {
+          settle();
+          reject(err);
+        },
+      });
+    });
+    try {
+      await this.producer.sendControl(deviceId, { ...control, id });
+    } catch (err) {
+      this.waiting.get(id)?.reject(err);
+    }
+    return applied;
   }
 
   /**

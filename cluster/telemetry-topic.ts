@@ -13,20 +13,32 @@ import type { KafkaClient } from './kafka-client.js';
 
 const packr = new Packr({ useRecords: false });
 
+/**
+ * A change to a device's registry entry rather than readings: its tags replaced, or the
+ * device deleted. On the topic in order with the readings, so a rebuilt partition ends up
+ * with the same devices.
+ */
+export type DeviceControl = { tags: Record<string, string> } | { delete: true };
+
+/** A registry change as it travels, with the id of the request waiting for its result. */
+export type DeviceControlMessage = DeviceControl & { id: string };
+
 /** A write as it travels: the request exactly as ingest validated it, and when it arrived. */
 export interface TelemetryMessage {
   req: WriteRequest;
   /** Receive time (epoch ms); the owner stamps readings without `ts` from it, so a rebuild stamps alike. */
   receivedAt: number;
+  /** Set on a registry change; `req` then carries the device id and no readings. */
+  control?: DeviceControlMessage;
 }
 
 export function encodeTelemetry(msg: TelemetryMessage): Buffer {
-  return packr.pack([msg.req, msg.receivedAt]);
+  return packr.pack(msg.control === undefined ? [msg.req, msg.receivedAt] : [msg.req, msg.receivedAt, msg.control]);
 }
 
 export function decodeTelemetry(bytes: Buffer): TelemetryMessage {
-  const [req, receivedAt] = packr.unpack(bytes) as [WriteRequest, number];
-  return { req, receivedAt };
+  const [req, receivedAt, control] = packr.unpack(bytes) as [WriteRequest, number, DeviceControlMessage | undefined];
+  return control === undefined ? { req, receivedAt } : { req, receivedAt, control };
 }
 
 /**
@@ -130,8 +142,17 @@ export class TelemetryProducer {
     if (req.readings.length > MAX_READINGS_PER_RECORD) {
       return Promise.reject(new TributaryError('ValidationError', `a request may carry at most ${MAX_READINGS_PER_RECORD} readings in cluster mode`, { field: 'readings' }));
     }
+    return this.enqueue({ req, receivedAt });
+  }
+
+  /** A registry change of one device, in order with its readings. */
+  sendControl(deviceId: string, control: DeviceControlMessage): Promise<{ partition: number; offset: number }> {
+    return this.enqueue({ req: { deviceId, readings: [] }, receivedAt: Date.now(), control });
+  }
+
+  private enqueue(msg: TelemetryMessage): Promise<{ partition: number; offset: number }> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ partition: this.partitionOf(req.deviceId), key: req.deviceId, value: encodeTelemetry({ req, receivedAt }), resolve, reject });
+      this.queue.push({ partition: this.partitionOf(msg.req.deviceId), key: msg.req.deviceId, value: encodeTelemetry(msg), resolve, reject });
       this.flushing ??= this.flush();
     });
   }

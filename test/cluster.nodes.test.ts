@@ -133,6 +133,22 @@ describeWithKafka('cluster: three node processes on one Kafka', (brokers) => {
     }
   }, 120_000);
 
+  it("applies a device's tags and its deletion through its partition, whichever node is asked", async () => {
+    const [a, b, c] = nodes as [Node, Node, Node];
+    const put = await fetch(`${a.http}/v1/devices/reg-1`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tags: { site: 'north' } }) });
+    expect(put.status).toBe(201);
+    const client = await connect(b, 'reg-2');
+    for (let n = 1; n <= 5; n++) await client.publishAsync('devices/reg-2/telemetry', JSON.stringify({ n }), { qos: 1 });
+    await client.endAsync();
+    await waitFor(async () => (await storedValues(c, 'reg-2'))?.length === 5, 30_000, 'reg-2 stored');
+    const deleted = await fetch(`${b.http}/v1/devices/reg-2`, { method: 'DELETE' });
+    expect(deleted.status).toBeLessThan(300);
+    for (const node of nodes) {
+      expect((await getJson(`${node.http}/v1/devices/reg-1`)).body).toMatchObject({ deviceId: 'reg-1', tags: { site: 'north' } });
+      expect(await storedValues(node, 'reg-2')).toEqual([]);
+    }
+  }, 120_000);
+
   it('keeps every acknowledged reading once, on the store and the stream, when a node is killed under load; handlers go on', async () => {
     const devices = Array.from({ length: 12 }, (_, i) => `load-${i}`);
     const acked = new Map<string, number[]>(devices.map((d) => [d, []]));
@@ -209,6 +225,9 @@ describeWithKafka('cluster: three node processes on one Kafka', (brokers) => {
       expect(viaRestarted).toEqual(viaOther);
       expect(new Set(viaRestarted).size).toBe(viaRestarted?.length);
     }
+    // Registry changes travel with the readings: whoever rebuilt a partition applied them too.
+    expect((await getJson(`${victim.http}/v1/devices/reg-1`)).body).toMatchObject({ tags: { site: 'north' } });
+    expect(await storedValues(victim, 'reg-2')).toEqual([]);
     // The partitions moved again; whoever rebuilt or caught one up wrote no change record twice.
     expect(await changeInserts()).toEqual(before);
   }, 240_000);
