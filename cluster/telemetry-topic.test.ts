@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { consumerOffsetKey, consumerOffsetOp } from './offsets.js';
-import { decodeTelemetry, encodeTelemetry, type TelemetryMessage } from './telemetry-topic.js';
+import { prepareWrite } from '../store/items.js';
+import { acceptedResult, decodeTelemetry, encodeTelemetry, materialize, type TelemetryMessage } from './telemetry-topic.js';
 
 describe('telemetry topic codec', () => {
   it('round-trips a write request with its delivery id, origin and receive time', () => {
@@ -14,6 +15,40 @@ describe('telemetry topic codec', () => {
       receivedAt: 1_700_000_000_999,
     };
     expect(decodeTelemetry(encodeTelemetry(msg))).toStrictEqual(msg);
+  });
+
+  it('round-trips a registry change', () => {
+    const msg: TelemetryMessage = { req: { deviceId: 'd', readings: [] }, receivedAt: 5, control: { id: 'x', tags: { site: 'n' } } };
+    expect(decodeTelemetry(encodeTelemetry(msg))).toStrictEqual(msg);
+  });
+});
+
+describe('materialize', () => {
+  const msg: TelemetryMessage = {
+    req: { deviceId: 'd', readings: [{ values: { a: 1 } }, { ts: 7, values: { a: 2 } }, { values: { a: 3 } }, { ts: 7, values: { a: 4 } }] },
+    receivedAt: 1_000,
+  };
+
+  it('stamps readings without ts from the receive time and the offset alike on every apply, marked with their source', () => {
+    const req = materialize(msg, 123_456);
+    expect(req).toStrictEqual(materialize(msg, 123_456));
+    expect(req.source).toBe(123_456);
+    const keys = prepareWrite(req).readings.map((r) => [r.ts, r.seq]);
+    // Server seqs above 2^31 (clear of device-stamped 0, 1, ...), ordered by offset then index.
+    expect(keys).toEqual([
+      [1_000, 2 ** 31 + (123_456 % 0x8000) * 0x1_0000],
+      [7, 0],
+      [1_000, 2 ** 31 + (123_456 % 0x8000) * 0x1_0000 + 2],
+      [7, 1],
+    ]);
+    const next = prepareWrite(materialize(msg, 123_457)).readings[0];
+    expect(next?.seq).toBeGreaterThan(keys[2]?.[1] as number);
+  });
+
+  it("tells ingest the item keys the owner will give the readings", () => {
+    const items = acceptedResult(msg.req, msg.receivedAt, 99).items.map(({ ts, seq }) => [ts, seq]);
+    expect(items).toEqual(prepareWrite(materialize(msg, 99)).readings.map((r) => [r.ts, r.seq]));
+    expect(acceptedResult(msg.req, msg.receivedAt, 99).items.every((i) => i.change === 'ACCEPTED')).toBe(true);
   });
 });
 

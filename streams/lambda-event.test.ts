@@ -58,6 +58,15 @@ describe('toStreamRecord', () => {
     expect(toStreamRecord({ ...modify, sequenceNumber: 18 }, ARN).eventID).not.toBe(toStreamRecord(modify, ARN).eventID);
   });
 
+  it('derives the event id in cluster mode from the telemetry record and the item, not the place in the stream', () => {
+    const fromSource = { ...modify, source: 4_711 };
+    // The same change written twice (at two places) keeps its id; another item or record does not.
+    expect(toStreamRecord({ ...fromSource, sequenceNumber: 99, shard: 3 }, ARN).eventID).toBe(toStreamRecord(fromSource, ARN).eventID);
+    expect(toStreamRecord({ ...fromSource, source: 4_712 }, ARN).eventID).not.toBe(toStreamRecord(fromSource, ARN).eventID);
+    expect(toStreamRecord({ ...fromSource, seq: 1 }, ARN).eventID).not.toBe(toStreamRecord(fromSource, ARN).eventID);
+    expect(toStreamRecord(fromSource, ARN).eventID).not.toBe(toStreamRecord(modify, ARN).eventID);
+  });
+
   it('marks retention removals with the DynamoDB service identity', () => {
     const r = toStreamRecord({ ...modify, eventName: 'REMOVE', newValues: undefined, byService: true }, ARN);
     expect(r.userIdentity).toEqual({ type: 'Service', principalId: 'dynamodb.amazonaws.com' });
