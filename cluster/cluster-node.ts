@@ -117,9 +117,14 @@ export class ClusterNode implements DeviceRouter {
     const lost = [...this.owned].filter((p) => !next.has(p));
     const gained = partitions.filter((p) => !this.owned.has(p));
     this.owned = next;
-    await Promise.all(lost.map((p) => this.changeLog.release(p)));
-    for (const p of gained) await this.changeLog.acquire(p);
-    this.placement.set(partitions);
+    try {
+      await Promise.all(lost.map((p) => this.changeLog.release(p)));
+      // A shard that cannot be taken over now (Kafka unreachable) is taken over by its first batch (see apply).
+      const failed = await Promise.allSettled(gained.map((p) => this.changeLog.acquire(p)));
+      for (const f of failed) if (f.status === 'rejected') this.logger.warn({ err: f.reason }, 'taking over a change-log shard failed; retried with its next batch');
+    } finally {
+      this.placement.set(partitions);
+    }
   }
 
   /**
@@ -130,6 +135,7 @@ export class ClusterNode implements DeviceRouter {
    * twice after a crash finds itself in place (readings) or is idempotent (registry).
    */
   private async apply(store: TelemetryStore, { topic, partition, records, nextOffset }: ApplyBatch): Promise<void> {
+    if (!this.changeLog.owns(partition)) await this.changeLog.acquire(partition);
     let run: WriteRequest[] = [];
     for (const r of records) {
       const { control } = r.message;

@@ -1,28 +1,32 @@
 /**
  * The durable function registry: deployed handler modules, one immutable version per
- * deploy, their metadata in the database (table `F`, store/keyspace.ts) and their code
- * on disk under `<dataDir>/functions/<name>/v<version>/index.mjs` (or `index.cjs`).
- *
- * Ordering rules that keep the two in step:
- * - deploy writes and fsyncs the code file (and its folders) before it commits the
- *   metadata, so committed metadata never names a missing file; a crash in between
- *   leaves an orphan folder, removed at the next open;
- * - delete commits the removal of the metadata first, then removes the code folder; a
- *   crash in between leaves an orphan folder, removed at the next open.
+ * deploy, their metadata and code in the database (table `F`, store/keyspace.ts). Every
+ * write goes through a {@link MetadataWriter}, so in cluster mode every node holds every
+ * version, code included. The file under `<dataDir>/functions/<name>/v<version>/index.mjs`
+ * (or `index.cjs`) is a cache of the code for the runtime: written when a version is
+ * deployed here or first resolved here, and rewritten when missing or not that version's
+ * (its SHA-256 differs). A node that learns of a version from another node can run it.
  *
  * Version numbers never repeat for a name, not even after a delete: the runtime keeps a
  * warm process per function keyed by (version, code path, ...), so reusing `v1` for new
- * code could run the old module. The last version number of a name therefore outlives
- * its versions (one small key per name ever deployed).
+ * code could run the old module. A deploy first *claims* the next number (a key of its
+ * own, `F · name · 0x01 · version · random id`) and waits until the claim is applied;
+ * the first claim of a number in the order every node applies wins it, and only the
+ * winner writes the version. A loser (another node deployed the same name at once) claims
+ * the next number. The highest claim of a name outlives its versions, so numbers keep
+ * counting after a delete; the winner deletes the claims below its own. Data written
+ * before claims has a plain counter `F · name · 0x01` instead, honoured the same way.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { invalidParameter, TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
+import { LocalMetadata, type MetadataWriter } from '../store/metadata.js';
+import type { BatchOp } from '../streams/types.js';
 import type { FunctionSpec } from './types.js';
 
 export type ModuleType = 'esm' | 'commonjs';
@@ -67,7 +71,10 @@ export interface FunctionPage {
 }
 
 export interface FunctionRegistryOptions {
+  /** Where the registry reads its table. */
   database: Database;
+  /** Where its writes go (in cluster mode, to every node); default: `database` itself. */
+  metadata?: MetadataWriter;
   /** The server's data directory; code goes to `<dataDir>/functions`. */
   dataDir: string;
   /** Limits of functions that do not set their own. */
@@ -82,7 +89,10 @@ export interface FunctionRegistryOptions {
 }
 
 export const FUNCTION_NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
-/** Largest handler module, in bytes of UTF-8. */
+/**
+ * Largest handler module, in bytes of UTF-8. The code is one value in the database, so in
+ * cluster mode one record of the metadata topic: its `max.message.bytes` must exceed this.
+ */
 export const MAX_CODE_BYTES = 5 * 1024 * 1024;
 export const TIMEOUT_RANGE = { min: 1, max: 900_000 } as const;
 export const MEMORY_RANGE = { min: 16, max: 10_240 } as const;
@@ -93,9 +103,17 @@ const MAX_ENV_BYTES = 4096;
 const RESERVED_ENV = new Set(['NODE_OPTIONS', 'TZ', 'AWS_REGION']);
 const RESERVED_ENV_PREFIX = 'AWS_LAMBDA_';
 
-/** Key byte after `F · name`: a version (then u32 BE) or the name's last version number. */
+/** Key byte after `F · name`: a version (then u32 BE), or a number taken (then u32 BE · claim id; alone: the counter of older data). */
 const VERSION_TAG = 0x00;
-const COUNTER_TAG = 0x01;
+const TAKEN_TAG = 0x01;
+const CLAIM_ID_BYTES = 8;
+/**
+ * Second key byte of the code of a version, `F · 0x00 · name · 0x00 · version`: it sorts
+ * before every name (names never contain bytes below 0x2d), so listing names reads no code.
+ */
+const CODE_SECTION = 0x00;
+/** Claims lost in a row to deploys on other nodes before a deploy gives up. */
+const MAX_CLAIMS = 5;
 
 /** Stored per version (the code path is derived, so the data directory can move). */
 interface VersionRecord {
@@ -116,21 +134,41 @@ function nameKey(name: string, tag: number): Buffer {
   return Buffer.concat([Buffer.from([Prefix.function]), Buffer.from(name, 'utf8'), Buffer.from([tag])]);
 }
 
-function versionKey(name: string, version: number): Buffer {
-  const v = Buffer.alloc(4);
-  v.writeUInt32BE(version);
-  return Buffer.concat([nameKey(name, VERSION_TAG), v]);
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
 }
 
-/** Splits an `F` key into the name and, for a version key, the version number. */
-function parseKey(key: Buffer): { name: string; version?: number } | undefined {
+function versionKey(name: string, version: number): Buffer {
+  return Buffer.concat([nameKey(name, VERSION_TAG), u32(version)]);
+}
+
+/** A claim of `version`; with an empty id, the bound below every claim of it. */
+function claimKey(name: string, version: number, id: Buffer): Buffer {
+  return Buffer.concat([nameKey(name, TAKEN_TAG), u32(version), id]);
+}
+
+function codeKey(name: string, version: number): Buffer {
+  return Buffer.concat([Buffer.from([Prefix.function, CODE_SECTION]), Buffer.from(name, 'utf8'), Buffer.from([0x00]), u32(version)]);
+}
+
+type ParsedKey = { kind: 'version'; name: string; version: number } | { kind: 'claim'; name: string; version: number; id: string };
+
+/** Reads a version or claim key of `F` (undefined for the counter and the code section). */
+function parseKey(key: Buffer): ParsedKey | undefined {
   // Names never contain bytes below 0x2d, so the first byte < 0x02 ends the name.
   let i = 1;
-  while (i < key.length && (key[i] as number) > COUNTER_TAG) i++;
-  if (i >= key.length) return undefined;
+  while (i < key.length && (key[i] as number) > TAKEN_TAG) i++;
+  if (i === 1 || i >= key.length) return undefined;
   const name = key.subarray(1, i).toString('utf8');
-  if (key[i] === COUNTER_TAG) return { name };
-  return key.length === i + 5 ? { name, version: key.readUInt32BE(i + 1) } : undefined;
+  const rest = key.length - i - 1;
+  if (key[i] === VERSION_TAG) return rest === 4 ? { kind: 'version', name, version: key.readUInt32BE(i + 1) } : undefined;
+  return rest === 4 + CLAIM_ID_BYTES ? { kind: 'claim', name, version: key.readUInt32BE(i + 1), id: key.subarray(i + 5).toString('hex') } : undefined;
+}
+
+function sha256Hex(bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex');
 }
 
 /** Node's base64url decoder skips characters outside the alphabet; round-tripping rejects them. */
@@ -192,38 +230,35 @@ export function detectModuleType(code: string): ModuleType {
   return cjs && !esm ? 'commonjs' : 'esm';
 }
 
-/** fsyncs a file or folder (a folder's fsync makes the entries in it durable). */
-async function fsyncPath(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 /** Durable, versioned storage of function code and settings. */
 export class FunctionRegistry {
   private readonly database: Database;
+  private readonly metadata: MetadataWriter;
   private readonly root: string;
   private readonly defaults: { timeoutMs: number; memoryMb: number };
   private readonly logger: Pick<Logger, 'info' | 'warn'> | undefined;
   private readonly reserved: ((name: string) => string | undefined) | undefined;
-  /** The latest version of each name asked for; `changes` counts deploys and deletes, so a read that raced one is not cached. */
+  /** The latest version of each name asked for; `changes` counts applied version writes, so a read that raced one is not cached. */
   private readonly latest = new Map<string, FunctionVersion>();
   private changes = 0;
+  /** Code files known to hold their version's code: version folder → SHA-256. */
+  private readonly cached = new Map<string, string>();
+  /** Claims applied while this node's deploy of `name` claims a number: version → the first claim's id. */
+  private watch: { name: string; first: Map<number, string> } | undefined;
   /** Deploys and deletes run one at a time (version numbers, folders). */
   private tail: Promise<unknown> = Promise.resolve();
 
   private constructor(options: FunctionRegistryOptions) {
     this.database = options.database;
+    this.metadata = options.metadata ?? new LocalMetadata(options.database);
     this.root = resolve(options.dataDir, 'functions');
     this.defaults = options.defaults;
     this.logger = options.logger;
     this.reserved = options.reserved;
+    this.metadata.onApplied((ops) => this.applied(ops));
   }
 
-  /** Opens the registry and removes code folders no committed version refers to (left by a crash). */
+  /** Opens the registry and removes code folders no committed version refers to (deleted, or left by older releases). */
   static async open(options: FunctionRegistryOptions): Promise<FunctionRegistry> {
     const registry = new FunctionRegistry(options);
     mkdirSync(registry.root, { recursive: true, mode: 0o700 });
@@ -232,7 +267,11 @@ export class FunctionRegistry {
     return registry;
   }
 
-  /** Deploys a new version of `name` (version 1 for a new name) and returns it. */
+  /**
+   * Deploys a new version of `name` (version 1 for a new name) and returns it.
+   * @throws TributaryError `Conflict` when deploys of the same name on other nodes took
+   * every number this one claimed ({@link MAX_CLAIMS} in a row).
+   */
   async deploy(name: string, input: DeployInput): Promise<FunctionVersion> {
     validateFunctionName(name);
     const holder = this.reserved?.(name);
@@ -254,11 +293,11 @@ export class FunctionRegistry {
     const moduleType = input.moduleType ?? detectModuleType(code);
 
     return this.exclusive(async () => {
-      const version = (await this.lastVersion(name)) + 1;
+      const version = await this.claim(name);
       const record: VersionRecord = {
         name,
         version,
-        codeSha256: createHash('sha256').update(bytes).digest('hex'),
+        codeSha256: sha256Hex(bytes),
         codeSize: bytes.length,
         moduleType,
         ...(timeoutMs === undefined ? {} : { timeoutMs }),
@@ -266,20 +305,17 @@ export class FunctionRegistry {
         environment,
         createdAt: Date.now(),
       };
-      const dir = this.versionDir(name, version);
+      // The highest claim is what keeps numbers from repeating; the ones below it (and an old counter) can go.
+      const below = await this.database.read((db) => db.keys({ gte: nameKey(name, TAKEN_TAG), lt: claimKey(name, version, Buffer.alloc(0)) }).all());
+      await this.metadata.commit([
+        { type: 'put', key: versionKey(name, version), value: Buffer.from(JSON.stringify(record), 'utf8') },
+        { type: 'put', key: codeKey(name, version), value: bytes },
+        ...below.map((key) => ({ type: 'del' as const, key })),
+      ]);
       try {
-        await this.writeCode(dir, record, bytes);
-        const counter = Buffer.alloc(4);
-        counter.writeUInt32BE(version);
-        await this.database.commit([
-          { type: 'put', key: versionKey(name, version), value: Buffer.from(JSON.stringify(record), 'utf8') },
-          { type: 'put', key: nameKey(name, COUNTER_TAG), value: counter },
-        ]);
-        this.forget(name);
+        await this.materialize(record, bytes);
       } catch (err) {
-        // Nothing refers to the folder: remove it (the next open would anyway).
-        await rm(dir, { recursive: true, force: true }).catch(noop);
-        throw err;
+        this.logger?.warn({ err, function: name, version }, 'cannot write the code file of a new version; it is written when the version is resolved');
       }
       return this.toVersion(record);
     });
@@ -297,7 +333,7 @@ export class FunctionRegistry {
     };
   }
 
-  /** What the runtime needs to invoke `name` (the latest version, or the one given). */
+  /** What the runtime needs to invoke `name` (the latest version, or the one given), its code file written. */
   async spec(name: string, version?: number): Promise<FunctionVersion> {
     validateFunctionName(name);
     // Mappings ask for the latest version on every batch: answer from memory, not a scan.
@@ -307,6 +343,7 @@ export class FunctionRegistry {
     const records = await this.versionsOf(name);
     const record = version === undefined ? records[records.length - 1] : records.find((r) => r.version === version);
     if (record === undefined) throw notFound(name, version);
+    await this.materialize(record);
     const spec = this.toVersion(record);
     if (version === undefined && changes === this.changes) this.latest.set(name, spec);
     return spec;
@@ -316,7 +353,7 @@ export class FunctionRegistry {
   async list(q: { limit: number; cursor?: string }): Promise<FunctionPage> {
     const { limit } = q;
     if (!Number.isSafeInteger(limit) || limit < 1) throw invalidParameter('limit', `limit must be a positive integer (got ${String(limit)})`);
-    const gte = q.cursor === undefined ? Buffer.from([Prefix.function]) : nameKey(decodeCursor(q.cursor), COUNTER_TAG + 1);
+    const gte = q.cursor === undefined ? Buffer.from([Prefix.function, CODE_SECTION + 1]) : nameKey(decodeCursor(q.cursor), TAKEN_TAG + 1);
     const lt = Buffer.from([Prefix.function + 1]);
     const found = await this.database.read(async (db) => {
       const latest: VersionRecord[] = [];
@@ -330,7 +367,7 @@ export class FunctionRegistry {
           // One more than the page: it tells whether there is a next page.
           if (latest.length > limit) break;
         }
-        if (parsed.version !== undefined) pending = JSON.parse(value.toString('utf8')) as VersionRecord;
+        if (parsed.kind === 'version') pending = JSON.parse(value.toString('utf8')) as VersionRecord;
       }
       if (pending !== undefined && latest.length <= limit) latest.push(pending);
       return latest;
@@ -341,15 +378,14 @@ export class FunctionRegistry {
     return { items: page.map((r) => this.toVersion(r)), nextCursor: more && last !== undefined ? encodeCursor(last.name) : null };
   }
 
-  /** Removes every version of `name`: the metadata, then the code. */
+  /** Removes every version of `name`: the metadata and code, then the code files. */
   async delete(name: string): Promise<void> {
     validateFunctionName(name);
     return this.exclusive(async () => {
       const versions = await this.versionsOf(name);
       if (versions.length === 0) throw notFound(name);
-      // The last version number stays (see the module comment).
-      await this.database.commit(versions.map((r) => ({ type: 'del' as const, key: versionKey(name, r.version) })));
-      this.forget(name);
+      // The claims stay (see the module comment).
+      await this.metadata.commit(versions.flatMap((r) => [{ type: 'del' as const, key: versionKey(name, r.version) }, { type: 'del' as const, key: codeKey(name, r.version) }]));
       try {
         await rm(join(this.root, name), { recursive: true, force: true });
       } catch (err) {
@@ -358,9 +394,100 @@ export class FunctionRegistry {
     });
   }
 
-  private forget(name: string): void {
-    this.changes++;
-    this.latest.delete(name);
+  /**
+   * Follows what was applied, here or (cluster mode) on another node: versions written or
+   * deleted leave the latest-version cache, deleted ones their code file; claims of a
+   * number this node is claiming are noted in the order they come.
+   */
+  private applied(ops: readonly BatchOp[]): void {
+    for (const op of ops) {
+      if (op.key[0] !== Prefix.function) continue;
+      const key = parseKey(op.key);
+      if (key?.kind === 'version') {
+        this.changes++;
+        this.latest.delete(key.name);
+        if (op.type === 'del') this.dropCodeFile(key.name, key.version);
+      } else if (key?.kind === 'claim' && op.type === 'put' && this.watch?.name === key.name && !this.watch.first.has(key.version)) {
+        this.watch.first.set(key.version, key.id);
+      }
+    }
+  }
+
+  /**
+   * Takes the next version number of `name`. Every node applies claims in one order, and
+   * this node has applied all claims before its own once its commit resolves, so it knows
+   * whether its claim came first; if not, another node's deploy has the number, and it
+   * claims the next.
+   */
+  private async claim(name: string): Promise<number> {
+    for (let attempt = 1; ; attempt++) {
+      // Watching before reading: a claim applied after the read is seen by the watch.
+      const first = new Map<number, string>();
+      this.watch = { name, first };
+      let version: number;
+      let id: Buffer;
+      try {
+        version = await this.nextVersion(name);
+        id = randomBytes(CLAIM_ID_BYTES);
+        await this.metadata.commit([{ type: 'put', key: claimKey(name, version, id), value: Buffer.alloc(0) }]);
+      } finally {
+        this.watch = undefined;
+      }
+      const winner = first.get(version);
+      if (winner === undefined) throw new TributaryError('InternalError', 'the metadata writer resolved a commit before reporting it applied (onApplied must run first)');
+      if (winner === id.toString('hex')) return version;
+      this.logger?.info({ function: name, version }, 'version number taken by a deploy on another node; claiming the next');
+      if (attempt === MAX_CLAIMS) {
+        throw new TributaryError('Conflict', `function ${name} is being deployed on other nodes at the same time: ${MAX_CLAIMS} version numbers in a row were taken; deploy again`, { field: 'name' });
+      }
+    }
+  }
+
+  /** One past the highest number ever taken for `name`. */
+  private async nextVersion(name: string): Promise<number> {
+    const taken = nameKey(name, TAKEN_TAG);
+    const [last] = await this.database.read((db) => db.iterator({ gte: taken, lt: nameKey(name, TAKEN_TAG + 1), reverse: true, limit: 1 }).all());
+    if (last === undefined) return 1;
+    const [key, value] = last;
+    // Claims sort by number after the old counter, which is last only when there is no claim.
+    return (key.length === taken.length ? value : key.subarray(taken.length)).readUInt32BE(0) + 1;
+  }
+
+  /**
+   * Makes the version's code file hold its code: left as it is when its SHA-256 is the
+   * version's, written from the database (or `code`) otherwise.
+   * @throws TributaryError `InternalError` when the database has no code for it (a version
+   * deployed before code was kept there) and the file is gone.
+   */
+  private async materialize(record: VersionRecord, code?: Buffer): Promise<void> {
+    const dir = this.versionDir(record.name, record.version);
+    if (this.cached.get(dir) === record.codeSha256) return;
+    const path = this.codePath(record);
+    const onDisk = await readFile(path).catch(() => undefined);
+    if (onDisk === undefined || sha256Hex(onDisk) !== record.codeSha256) {
+      const bytes = code ?? (await this.database.read((db) => db.get(codeKey(record.name, record.version))));
+      if (bytes === undefined) throw new TributaryError('InternalError', `the code of function ${record.name} version ${record.version} is neither in the database nor at ${path}`);
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      // Written aside, then renamed: a process starting meanwhile never loads half a module.
+      // No fsync: after a crash a torn file fails the hash check and is written again.
+      const aside = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+      try {
+        await writeFile(aside, bytes, { mode: 0o600 });
+        await rename(aside, path);
+      } catch (err) {
+        await rm(aside, { force: true }).catch(noop);
+        throw err;
+      }
+    }
+    this.cached.set(dir, record.codeSha256);
+  }
+
+  private dropCodeFile(name: string, version: number): void {
+    const dir = this.versionDir(name, version);
+    this.cached.delete(dir);
+    rm(dir, { recursive: true, force: true }).catch((err: unknown) => {
+      this.logger?.warn({ err, function: name, version }, 'cannot remove the code file of a deleted version; it is removed at the next start');
+    });
   }
 
   /** Refuses to open over a name that is both deployed here and reserved elsewhere. */
@@ -411,34 +538,13 @@ export class FunctionRegistry {
     };
   }
 
-  /** Writes the code into a fresh folder and makes the file and the folder entries durable. */
-  private async writeCode(dir: string, record: VersionRecord, bytes: Buffer): Promise<void> {
-    // A folder of this version can only be a leftover of a deploy that never committed.
-    await rm(dir, { recursive: true, force: true });
-    const nameDir = join(this.root, record.name);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const file = await open(this.codePath(record), 'wx', 0o600);
-    try {
-      await file.writeFile(bytes);
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    for (const d of [dir, nameDir, this.root]) await fsyncPath(d);
-  }
-
-  private async lastVersion(name: string): Promise<number> {
-    const value = await this.database.read((db) => db.get(nameKey(name, COUNTER_TAG)));
-    return value === undefined ? 0 : value.readUInt32BE(0);
-  }
-
   private versionsOf(name: string): Promise<VersionRecord[]> {
     const gte = nameKey(name, VERSION_TAG);
-    const lt = nameKey(name, COUNTER_TAG);
+    const lt = nameKey(name, TAKEN_TAG);
     return this.database.read(async (db) => (await db.values({ gte, lt }).all()).map((v) => JSON.parse(v.toString('utf8')) as VersionRecord));
   }
 
-  /** Removes code folders of versions that have no metadata (a crash between writing code and committing, or during a delete). */
+  /** Removes code folders of versions that have no metadata (deleted while a file was being written, or left by older releases). */
   private async sweep(): Promise<void> {
     let removed = 0;
     for (const name of readdirSync(this.root)) {
@@ -458,7 +564,7 @@ export class FunctionRegistry {
       }
       if (known.size === 0 && readdirSync(nameDir).length === 0) rmSync(nameDir, { recursive: true, force: true });
     }
-    if (removed > 0) this.logger?.info({ removed }, 'removed code folders of function versions that were never committed or were deleted');
+    if (removed > 0) this.logger?.info({ removed }, 'removed code folders of function versions that no longer exist');
   }
 }
 

@@ -10,26 +10,33 @@
  *   they cannot be combined (a window's state is one per shard, and parallel batches of a
  *   shard would race on it).
  * - `startingPosition: AT_TIMESTAMP` takes `startingPositionTimestamp` in epoch ms (the
- *   API's unit; Lambda's is seconds): on the first start, each shard's checkpoint is put
- *   just before the first record committed at or after it.
+ *   API's unit; Lambda's is seconds): a shard with no checkpoint yet starts just before
+ *   the first record committed at or after it (the mapping decides, see TriggerConfig).
  * - `maximumRetryAttempts` defaults to 3; -1 (Lambda's "forever") is accepted as in
  *   Lambda, but then one poison record blocks its shard until it expires by
  *   `maximumRecordAgeSeconds` (if set) — use with care.
  * - `startingPosition` (and its timestamp) cannot be changed by an update (as in Lambda); disabling keeps the
  *   checkpoints, so re-enabling delivers what was committed in between.
- * - Deleting a trigger deletes its checkpoints in the same commit (ids are never reused).
+ * - Deleting a trigger deletes its checkpoints (the `K` rows) in the same commit (ids are
+ *   never reused). Checkpoints in Kafka (cluster mode) are not deleted: the unused group's
+ *   offsets expire by the broker's `offsets.retention.minutes`.
  * - A mapping invokes the function's *current* latest version for each batch, so a
  *   redeploy takes effect from the next batch. If the function is deleted, its triggers
  *   stay (listed and deletable, not updatable); their running pollers log and back off
  *   until a function of that name is deployed again, and they are not started at boot.
+ * - Rows are written through a {@link MetadataWriter}; a {@link TriggerManager} follows
+ *   every row applied — written here or, in cluster mode, on another node — by starting,
+ *   stopping or restarting that trigger's mapping to match the row (one change at a time).
  */
 import { randomUUID } from 'node:crypto';
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
+import { LocalMetadata, type MetadataWriter } from '../store/metadata.js';
+import type { BatchOp } from '../streams/types.js';
 import { retrySettingProblems } from './batch-plan.js';
-import { LevelCheckpointStore } from './checkpoints.js';
+import { LevelCheckpointStore, type CheckpointStore } from './checkpoints.js';
 import { DEFAULT_TRIGGER, EventSourceMapping, type MappingDeps, type TriggerConfig } from './event-source-mapping.js';
 import { compileFilterCriteria, type FilterCriteria } from './filter-pattern.js';
 import type { FunctionRegistry } from './registry.js';
@@ -140,6 +147,14 @@ function rowKey(functionName: string, id: string): Buffer {
   return Buffer.concat([rowPrefix(functionName), Buffer.from(id, 'utf8')]);
 }
 
+/** The function and trigger id of a `G` key (function names never contain NUL). */
+function parseRowKey(key: Buffer): { functionName: string; id: string } | undefined {
+  if (key[0] !== Prefix.trigger) return undefined;
+  const text = key.subarray(1).toString('utf8');
+  const nul = text.indexOf('\u0000');
+  return nul < 0 ? undefined : { functionName: text.slice(0, nul), id: text.slice(nul + 1) };
+}
+
 /** The byte string just past every key that starts with `prefix` (its last byte is < 0xff). */
 function after(prefix: Buffer): Buffer {
   const end = Buffer.from(prefix);
@@ -158,9 +173,12 @@ export function triggerView(t: Trigger): TriggerView {
   return warnings.length === 0 ? t : { ...t, warnings: [...warnings] };
 }
 
-/** Trigger rows in the database: `G · functionName · 0x00 · id` → JSON. */
+/** Trigger rows in the database: `G · functionName · 0x00 · id` → JSON. Read here, written through `metadata`. */
 export class TriggerStore {
-  constructor(private readonly database: Database) {}
+  constructor(
+    private readonly database: Database,
+    private readonly metadata: MetadataWriter,
+  ) {}
 
   async list(functionName?: string): Promise<Trigger[]> {
     const gte = functionName === undefined ? Buffer.of(Prefix.trigger) : rowPrefix(functionName);
@@ -178,21 +196,29 @@ export class TriggerStore {
   }
 
   async put(t: Trigger): Promise<void> {
-    await this.database.commit([{ type: 'put', key: rowKey(t.functionName, t.id), value: Buffer.from(JSON.stringify(t), 'utf8') }]);
+    await this.metadata.commit([{ type: 'put', key: rowKey(t.functionName, t.id), value: Buffer.from(JSON.stringify(t), 'utf8') }]);
   }
 
   /** Removes the row and the trigger's checkpoints in one commit. */
   async delete(functionName: string, id: string): Promise<void> {
     const cp = Buffer.concat([Buffer.of(Prefix.checkpoint), Buffer.from(`${functionName}\u0000${id}\u0000`, 'utf8')]);
     const keys = await this.database.read((db) => db.keys({ gte: cp, lt: after(cp) }).all());
-    await this.database.commit([{ type: 'del', key: rowKey(functionName, id) }, ...keys.map((key) => ({ type: 'del' as const, key }))]);
+    await this.metadata.commit([{ type: 'del', key: rowKey(functionName, id) }, ...keys.map((key) => ({ type: 'del' as const, key }))]);
   }
 }
 
 export interface TriggerManagerOptions {
+  /** Where trigger rows are read. */
   database: Database;
+  /** Where they are written, and whose applied writes the running mappings follow; default: `database` itself. */
+  metadata?: MetadataWriter;
   registry: FunctionRegistry;
-  mapping: Omit<MappingDeps, 'checkpoints' | 'runtime'> & { runtime: FunctionRuntime };
+  /**
+   * What every mapping gets. `checkpoints` defaults to the database's `K` table (cluster
+   * mode passes a KafkaCheckpointStore); `placement` (cluster mode) limits the pollers to
+   * the shards this node owns.
+   */
+  mapping: Omit<MappingDeps, 'checkpoints' | 'runtime'> & { runtime: FunctionRuntime; checkpoints?: CheckpointStore };
   logger: Logger;
 }
 
@@ -200,37 +226,39 @@ function notFound(functionName: string, id: string): TributaryError {
   return new TributaryError('NotFound', `function ${functionName} has no trigger ${id}`, { field: 'id' });
 }
 
-/** Keeps one running mapping per enabled trigger; every change is serialized. */
+/** Keeps one running mapping per enabled trigger, in step with the stored rows; every change is serialized. */
 export class TriggerManager {
   readonly store: TriggerStore;
-  private readonly running = new Map<string, EventSourceMapping>();
+  /** Running mappings by trigger id, with the row (as JSON) each was started from. */
+  private readonly running = new Map<string, { mapping: EventSourceMapping; row: string }>();
+  private readonly checkpoints: CheckpointStore;
+  private readonly unsubscribe: () => void;
   private tail: Promise<unknown> = Promise.resolve();
+  private started = false;
   private stopped = false;
 
   constructor(private readonly options: TriggerManagerOptions) {
-    this.store = new TriggerStore(options.database);
+    const metadata = options.metadata ?? new LocalMetadata(options.database);
+    this.store = new TriggerStore(options.database, metadata);
+    this.checkpoints = options.mapping.checkpoints ?? new LevelCheckpointStore(options.database);
+    this.unsubscribe = metadata.onApplied((ops) => this.applied(ops));
   }
 
   /** Starts a mapping for every stored enabled trigger whose function exists. */
   async start(): Promise<void> {
     await this.exclusive(async () => {
-      for (const t of await this.store.list()) {
-        if (!t.enabled) continue;
-        if (!(await this.exists(t.functionName))) {
-          this.options.logger.warn({ function: t.functionName, trigger: t.id }, 'trigger of a function that is not deployed; not started');
-          continue;
-        }
-        await this.startMapping(t);
-      }
+      this.started = true;
+      for (const t of await this.store.list()) await this.reconcile(t.id, t);
     });
   }
 
   async stop(): Promise<void> {
+    this.unsubscribe();
     await this.exclusive(async () => {
       this.stopped = true;
       const all = [...this.running.values()];
       this.running.clear();
-      await Promise.all(all.map((m) => m.stop()));
+      await Promise.all(all.map((r) => r.mapping.stop()));
     });
   }
 
@@ -258,7 +286,7 @@ export class TriggerManager {
       const base: Trigger = { id: randomUUID(), functionName, ...TRIGGER_DEFAULTS, functionResponseTypes: [], createdAt: Date.now() };
       const t = mergeTrigger(base, input ?? {});
       await this.store.put(t);
-      if (t.enabled) await this.startMapping(t);
+      await this.reconcile(t.id, await this.store.get(functionName, t.id));
       return triggerView(t);
     });
   }
@@ -271,9 +299,8 @@ export class TriggerManager {
       // As in Lambda: where a mapping starts is fixed once it has run (its checkpoints decide).
       if (t.startingPosition !== current.startingPosition) throw invalid('startingPosition', 'startingPosition cannot be changed; delete the trigger and create a new one');
       if (t.startingPositionTimestamp !== current.startingPositionTimestamp) throw invalid('startingPositionTimestamp', 'startingPositionTimestamp cannot be changed; delete the trigger and create a new one');
-      await this.stopMapping(id);
       await this.store.put(t);
-      if (t.enabled) await this.startMapping(t);
+      await this.reconcile(id, await this.store.get(functionName, id));
       return triggerView(t);
     });
   }
@@ -281,9 +308,46 @@ export class TriggerManager {
   async delete(functionName: string, id: string): Promise<void> {
     return this.exclusive(async () => {
       await this.row(functionName, id);
+      // Stopped first, so that no checkpoint of it is written after they are deleted.
       await this.stopMapping(id);
       await this.store.delete(functionName, id);
     });
+  }
+
+  /**
+   * Trigger rows applied — written here (already followed, so reconciling finds nothing to
+   * do) or on another node: each trigger's mapping is brought in line with its row, after
+   * the changes queued before.
+   */
+  private applied(ops: readonly BatchOp[]): void {
+    const touched = new Map<string, string>();
+    for (const op of ops) {
+      const key = parseRowKey(op.key);
+      if (key !== undefined) touched.set(key.id, key.functionName);
+    }
+    if (touched.size === 0) return;
+    this.exclusive(async () => {
+      if (!this.started) return; // start() reads every row
+      for (const [id, functionName] of touched) await this.reconcile(id, await this.store.get(functionName, id));
+    }).catch((err: unknown) => this.options.logger.error({ err, triggers: [...touched.keys()] }, 'following a change of triggers failed; they change at the next update or restart'));
+  }
+
+  /**
+   * Makes the mapping of trigger `id` match its row `t` (undefined: deleted): stopped when
+   * deleted or disabled, started when enabled and its function exists, restarted (from its
+   * checkpoints) when the row changed.
+   */
+  private async reconcile(id: string, t: Trigger | undefined): Promise<void> {
+    if (this.stopped) return;
+    const row = t?.enabled === true ? JSON.stringify(t) : undefined;
+    if (this.running.get(id)?.row === row) return;
+    await this.stopMapping(id);
+    if (t === undefined || row === undefined) return;
+    if (!(await this.exists(t.functionName))) {
+      this.options.logger.warn({ function: t.functionName, trigger: t.id }, 'trigger of a function that is not deployed; not started');
+      return;
+    }
+    await this.startMapping(t, row);
   }
 
   private async exists(name: string): Promise<boolean> {
@@ -296,9 +360,8 @@ export class TriggerManager {
     }
   }
 
-  private async startMapping(t: Trigger): Promise<void> {
-    if (this.stopped) return;
-    const { registry, database, mapping } = this.options;
+  private async startMapping(t: Trigger, row: string): Promise<void> {
+    const { registry, mapping } = this.options;
     const spec = await registry.spec(t.functionName);
     const config: TriggerConfig = {
       id: t.id,
@@ -306,37 +369,31 @@ export class TriggerManager {
       maximumBatchingWindowMs: t.maximumBatchingWindowMs,
       parallelizationFactor: t.parallelizationFactor,
       tumblingWindowSeconds: t.tumblingWindowSeconds,
-      startingPosition: t.startingPosition === 'TRIM_HORIZON' ? 'TRIM_HORIZON' : 'LATEST',
+      startingPosition: t.startingPosition,
       maximumRetryAttempts: t.maximumRetryAttempts,
       bisectBatchOnFunctionError: t.bisectBatchOnFunctionError,
       functionResponseTypes: t.functionResponseTypes,
       maximumRecordAgeSeconds: t.maximumRecordAgeSeconds,
     };
     if (t.filterCriteria !== undefined) config.filterCriteria = t.filterCriteria;
+    if (t.startingPositionTimestamp !== undefined) config.startingPositionTimestamp = t.startingPositionTimestamp;
     // Each batch goes to the latest version deployed at that moment.
     const runtime: FunctionRuntime = {
       invoke: async (fn, event, options) => mapping.runtime.invoke(await registry.spec(fn.name), event, options),
       close: async () => {},
     };
-    const checkpoints = new LevelCheckpointStore(database);
-    if (t.startingPosition === 'AT_TIMESTAMP' && t.startingPositionTimestamp !== undefined) {
-      // The mapping starts from its checkpoints; place the missing ones at the timestamp.
-      for (const s of await mapping.log.shards()) {
-        if ((await checkpoints.get(t.functionName, t.id, s.shard)) !== undefined) continue;
-        const [first] = await mapping.log.readFromTime(s.shard, t.startingPositionTimestamp, 1);
-        const position = first === undefined ? (s.lastSequenceNumber ?? 0) : Math.max(0, first.sequenceNumber - 1);
-        await checkpoints.set(t.functionName, t.id, s.shard, position);
-      }
-    }
-    const m = new EventSourceMapping(spec, config, { ...mapping, runtime, checkpoints });
+    const m = new EventSourceMapping(spec, config, { ...mapping, runtime, checkpoints: this.checkpoints });
     await m.start();
-    this.running.set(t.id, m);
+    this.running.set(t.id, { mapping: m, row });
+    this.options.logger.info({ function: t.functionName, trigger: t.id }, 'trigger mapping started');
   }
 
   private async stopMapping(id: string): Promise<void> {
-    const m = this.running.get(id);
+    const r = this.running.get(id);
+    if (r === undefined) return;
     this.running.delete(id);
-    await m?.stop();
+    await r.mapping.stop();
+    this.options.logger.info({ function: r.mapping.fn.name, trigger: id }, 'trigger mapping stopped');
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
