@@ -11,6 +11,10 @@ import { createMetrics, type Metrics } from './core/metrics.js';
 import { buildApi } from './api/index.js';
 import { LevelCheckpointStore, type CheckpointStore } from './functions/checkpoints.js';
 import { ClusterNode } from './cluster/cluster-node.js';
+import { KafkaMetadata } from './cluster/kafka-metadata.js';
+import { CommandTopic } from './cluster/command-topic.js';
+import { ClusterDeviceDirectory } from './cluster/device-directory.js';
+import { LocalMetadata, type MetadataWriter } from './store/metadata.js';
 import { KafkaCheckpointStore } from './cluster/kafka-checkpoints.js';
 import { functionsFromDirectory } from './functions/directory.js';
 import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
@@ -22,7 +26,7 @@ import { ReplayManager } from './functions/replay.js';
 import type { FunctionSpec } from './functions/types.js';
 import { TriggerManager } from './functions/triggers.js';
 import type { FunctionRuntime } from './functions/types.js';
-import { MqttBroker, maxPacketBytesFor } from './ingest/mqtt-broker.js';
+import { MqttBroker, maxPacketBytesFor, type CommandSender } from './ingest/mqtt-broker.js';
 import { levelPersistence, MQTT_SUBLEVEL } from './ingest/mqtt-persistence.js';
 import { loadTlsCredentials, MQTT_WEBSOCKET_PATH } from './ingest/mqtt-transports.js';
 import { deviceAccess } from './ingest/mqtt-auth.js';
@@ -71,6 +75,9 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   let store: LevelTelemetryStore | undefined;
   let changeLog: ChangeLog | undefined;
   let cluster: ClusterNode | undefined;
+  let controlPlane: { close?: () => Promise<void> } | undefined;
+  let rejectsTopic: KafkaMetadata | undefined;
+  let commandTopic: CommandTopic | undefined;
   let broker: MqttBroker | undefined;
   let api: FastifyInstance | undefined;
   let runtime: FunctionRuntime | undefined;
@@ -129,8 +136,23 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     trimStream();
     trimTimer = setInterval(trimStream, 60_000);
     trimTimer.unref();
+    // The control plane (credentials, keys, audit, functions, triggers, DLQ): in cluster mode
+    // written through a compacted Kafka topic that every node applies in one order.
+    const metadata: MetadataWriter & { close?: () => Promise<void> } = cluster
+      ? await KafkaMetadata.open({ client: cluster.client, database, topic: cluster.topics.metadata, replicationFactor: config.kafkaReplicationFactor, cleanup: { compact: true }, logger: logger.child({ module: 'metadata' }) })
+      : new LocalMetadata(database);
+    controlPlane = metadata;
     // Rejected payloads with their reasons (table R), bounded by age and count; GET /v1/rejects.
-    const rejectsLog = await RejectsLog.open(database, { retentionMs: config.rejectsRetention, maxEntries: config.rejectsMaxEntries });
+    // In cluster mode every node keeps every node's rejects (trimmed locally), through a topic deleted by age.
+    const rejectsReplication = cluster
+      ? await KafkaMetadata.open({ client: cluster.client, database, topic: cluster.topics.rejects, replicationFactor: config.kafkaReplicationFactor, cleanup: { retentionMs: config.rejectsRetention }, logger: logger.child({ module: 'rejects' }) })
+      : undefined;
+    rejectsTopic = rejectsReplication;
+    const rejectsLog = await RejectsLog.open(database, {
+      retentionMs: config.rejectsRetention,
+      maxEntries: config.rejectsMaxEntries,
+      ...(rejectsReplication === undefined ? {} : { metadata: rejectsReplication }),
+    });
     rejects = rejectsLog;
     const ingest = new TelemetryIngest({
       // Cluster mode: durable once the telemetry topic has it; the partition's owner stores it.
@@ -146,7 +168,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     });
 
     // Device secrets (table S), held in memory; the broker checks them in secured mode.
-    const credentials = await DeviceCredentials.open(database);
+    const credentials = await DeviceCredentials.open(database, { metadata });
     const mode = securityMode(config);
     const deviceLogins =
       mode === 'secured'
@@ -167,6 +189,14 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       metrics: { connectedClients: metrics.mqttConnectedClients, messagesOut: metrics.mqttMessagesOut },
     });
     broker = mqtt;
+    // Cluster mode: commands go through Kafka and every node publishes them to the devices connected to it.
+    const clusterCommands = cluster
+      ? await CommandTopic.open({ client: cluster.client, topic: cluster.topics.commands, replicationFactor: config.kafkaReplicationFactor, deliver: (c) => mqtt.publishLocal(c), logger: logger.child({ module: 'commands' }) })
+      : undefined;
+    commandTopic = clusterCommands;
+    const commands: CommandSender = clusterCommands ?? mqtt;
+    // A secret rotated or revoked (on any node) ends the device's live session here too.
+    credentials.onInvalidated((deviceId) => mqtt.disconnect(deviceId));
 
     // Captured function logs (table W): written in batches, trimmed by age and by size per function.
     const fnLogs = new FunctionLogStore({
@@ -186,7 +216,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
           await ingest.ingestBody(deviceId, reading, origin);
         },
         publish: async (deviceId, command) => {
-          await mqtt.sendCommand(deviceId, command.name, command.payload, 1);
+          await commands.sendCommand(deviceId, command.name, command.payload, 1);
         },
       },
     });
@@ -196,6 +226,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     // Functions deployed over the API (code under <dataDir>/functions); names of --functions-dir files are refused.
     const registry = await FunctionRegistry.open({
       database,
+      metadata,
       dataDir: config.dataDir,
       defaults: { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb },
       logger: logger.child({ module: 'functions' }),
@@ -209,7 +240,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     const replayManager = new ReplayManager({ log: changeLog, runtime: fnRuntime, resolve: resolveFunction, logs: fnLogs, logger: logger.child({ module: 'functions' }) });
     replays = replayManager;
     // Batches that mappings give up on (table X); listed, redriven and deleted under /v1/dlq.
-    const dlq = new LevelDeadLetterQueue(database);
+    const dlq = new LevelDeadLetterQueue(database, metadata);
     // Cluster mode: a shard's pollers run on the node that owns it, with checkpoints as Kafka committed offsets.
     const clusterNode = cluster;
     const checkpoints: CheckpointStore = clusterNode
@@ -235,6 +266,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     // started/stopped at runtime as triggers change.
     const triggerManager = new TriggerManager({
       database,
+      metadata,
       registry,
       mapping: { log: changeLog, runtime: fnRuntime, checkpoints, ...placement, logger: logger.child({ module: 'functions' }), metrics, onDiscard: dlq.onDiscard },
       logger: logger.child({ module: 'triggers' }),
@@ -245,7 +277,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     // API keys (table A) and, in secured mode, the bootstrap admin key (<dataDir>/admin.key).
     const adminKey = mode === 'secured' ? loadOrCreateAdminKey(config.dataDir) : undefined;
     if (adminKey?.looseMode) logger.warn({ path: adminKey.path }, 'the admin key file is readable by other users; chmod 600 it');
-    const apiKeys = await ApiKeyStore.open({ database, ...(adminKey === undefined ? {} : { adminDigest: adminKey.digest }) });
+    // In cluster mode each node's bootstrap admin key works on every node.
+    const apiKeys = await ApiKeyStore.open({ database, metadata, shareAdminKey: cluster !== undefined, ...(adminKey === undefined ? {} : { adminDigest: adminKey.digest }) });
 
     api = buildApi({
       store: cluster?.deviceStore(openStore) ?? openStore,
@@ -259,17 +292,18 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
         return { accepted: result.items.length, items: result.items };
       },
       maxBodyBytes: config.maxPayloadBytes,
-      access: { mode, keys: apiKeys, audit: new AuditLog(database) },
+      access: { mode, keys: apiKeys, audit: new AuditLog(database, metadata) },
       corsOrigins: config.corsOrigins.split(',').map((o) => o.trim()).filter((o) => o !== ''),
       rateLimit: config.apiRateLimit,
       functions: { registry, runtime: fnRuntime, resolve: resolveFunction, logs: fnLogs, replays: replayManager },
       triggers: triggerManager,
       rejects: rejectsLog,
       credentials,
-      // aedes keeps live clients by id; its typings do not declare the map.
-      commands: mqtt,
+      commands,
       ...(tls === undefined ? {} : { https: tls }),
-      ...(cluster === undefined ? {} : { router: cluster }),
+      ...(cluster === undefined
+        ? {}
+        : { router: cluster, deviceDirectory: new ClusterDeviceDirectory({ owners: cluster.partitionOwners, shards: config.streamShards, served: () => cluster?.servedPartitions() ?? [] }) }),
       disconnectDevice: (deviceId) => mqtt.disconnect(deviceId),
       dlq: {
         queue: dlq,
@@ -296,6 +330,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     stopping ??= (async () => {
       clearInterval(trimTimer);
       // Ingest first so no new writes arrive; then drain what is in flight.
+      await commandTopic?.close();
       await broker?.close();
       // Leaving the store group hands this node's partitions to the others at once.
       await cluster?.stop();
@@ -308,10 +343,13 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       // After the runtime: the last invocations' lines are written too.
       await functionLogs?.close();
       await store?.close();
-      await cluster?.close();
       await rejects?.close();
+      await rejectsTopic?.close();
       await api?.close();
+      await controlPlane?.close?.();
       await trimming;
+      // Last of what uses Kafka: the change log sends what the store committed, then the connection goes.
+      await cluster?.close();
       await database?.close();
       logger.info('stopped');
     })();

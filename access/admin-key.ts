@@ -4,6 +4,8 @@
  * 0600, created exclusively and fsynced) and handed to the caller so that the CLI can
  * print it once. Later starts read the file and keep only its digest. To rotate it,
  * delete the file and restart: a new one is generated and the old one stops working.
+ * In cluster mode each node has its own, and `ApiKeyStore` (`shareAdminKey`) shares its
+ * digest so that it works on every node — a rotation replaces it everywhere.
  *
  * @module
  */

@@ -7,7 +7,8 @@
  *
  * Entries live in table `U` (key: time u64 BE · 8 random bytes; value: the entry as
  * JSON), synced like every commit, and are listed newest first. They are kept forever:
- * administrative actions are rare.
+ * administrative actions are rare. Written through a MetadataWriter, so in cluster mode
+ * every node lists every node's entries.
  *
  * @module
  */
@@ -15,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { invalidParameter } from '../core/errors.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
+import { LocalMetadata, type MetadataWriter } from '../store/metadata.js';
 
 export interface AuditEntry {
   /** `<time ms>-<16 hex digits>`, unique and time-ordered. */
@@ -71,16 +73,23 @@ function timeKey(time: number): Buffer {
 /** Entries in the store's LevelDB, or in memory when no database is given (tests). */
 export class AuditLog {
   private readonly memory = new Map<string, Buffer>();
+  private readonly metadata: MetadataWriter | undefined;
 
-  constructor(private readonly database?: Database) {}
+  /** @param metadata where entries are written; default: `database` alone. */
+  constructor(
+    private readonly database?: Database,
+    metadata?: MetadataWriter,
+  ) {
+    this.metadata = database === undefined ? undefined : (metadata ?? new LocalMetadata(database));
+  }
 
   async record(input: AuditInput): Promise<AuditEntry> {
     const time = Date.now();
     const entry: AuditEntry = { id: `${time}-${randomBytes(8).toString('hex')}`, time, ...input };
     const key = keyOf(entry.id);
     const value = Buffer.from(JSON.stringify(entry), 'utf8');
-    if (this.database === undefined) this.memory.set(key.toString('hex'), value);
-    else await this.database.commit([{ type: 'put', key, value }]);
+    if (this.metadata === undefined) this.memory.set(key.toString('hex'), value);
+    else await this.metadata.commit([{ type: 'put', key, value }]);
     return entry;
   }
 

@@ -3,9 +3,9 @@
  * SHA-256 digest in table `S` (store/keyspace.ts), key `S · deviceId`, value JSON
  * `{ "sha256": <base64 digest>, "createdAt": <epoch ms> }`.
  *
- * Every digest is loaded into memory at open and the map is kept in step with each
- * write (only this class writes table `S`, and only one process opens the database), so
- * verifying a login is a hash and a constant-time compare with no disk read: a reconnect
+ * Every digest is loaded into memory at open and the map follows every `S` op the
+ * metadata writer applies — this node's writes and, in cluster mode, every other node's —
+ * so verifying a login is a hash and a constant-time compare with no disk read: a reconnect
  * storm of thousands of devices stays cheap, and unknown ids cost the same as known ones.
  * Memory is about 150 bytes per provisioned device.
  *
@@ -14,6 +14,8 @@
 import { assertDeviceId } from '../core/ids.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
+import { loadThenFollow, LocalMetadata, type MetadataWriter } from '../store/metadata.js';
+import type { BatchOp } from '../streams/types.js';
 import { newSecret, secretDigest, secretMatches } from './secrets.js';
 
 /** Prefix of device secrets, so a leaked one is recognisable (e.g. by secret scanners). */
@@ -40,23 +42,42 @@ const NO_DIGEST = secretDigest('no credential');
 export class DeviceCredentials {
   /** Issues and revokes run one at a time, so memory and disk change in the same order. */
   private tail: Promise<unknown> = Promise.resolve();
+  private readonly byDevice = new Map<string, StoredCredential>();
+  private readonly invalidated = new Set<(deviceId: string) => void>();
 
   private constructor(
     private readonly database: Database,
-    private readonly byDevice: Map<string, StoredCredential>,
+    private readonly metadata: MetadataWriter,
     private readonly now: () => number,
   ) {}
 
-  /** Loads every stored digest. */
-  static async open(database: Database, opts: { now?: () => number } = {}): Promise<DeviceCredentials> {
-    const byDevice = await database.read(async (db) => {
-      const out = new Map<string, StoredCredential>();
-      for await (const [key, value] of db.iterator({ gte: Buffer.of(Prefix.credential), lt: Buffer.of(Prefix.credential + 1) })) {
-        out.set(key.subarray(1).toString('utf8'), decode(value));
-      }
-      return out;
-    });
-    return new DeviceCredentials(database, byDevice, opts.now ?? Date.now);
+  /**
+   * Loads every stored digest and follows `metadata` (default: writes go to `database` alone).
+   * @param database where table `S` is read.
+   */
+  static async open(database: Database, opts: { metadata?: MetadataWriter; now?: () => number } = {}): Promise<DeviceCredentials> {
+    const creds = new DeviceCredentials(database, opts.metadata ?? new LocalMetadata(database), opts.now ?? Date.now);
+    await loadThenFollow(
+      creds.metadata,
+      () =>
+        database.read(async (db) => {
+          for await (const [key, value] of db.iterator({ gte: Buffer.of(Prefix.credential), lt: Buffer.of(Prefix.credential + 1) })) {
+            creds.byDevice.set(key.subarray(1).toString('utf8'), decode(value));
+          }
+        }),
+      (ops) => creds.apply(ops),
+    );
+    return creds;
+  }
+
+  /**
+   * Calls `listener` when a secret a device may be logged in with stops verifying here:
+   * rotated or revoked, by any node (this one included), once per change — so that the
+   * device's live connection on this node can be closed. Must not throw. Returns an unsubscribe.
+   */
+  onInvalidated(listener: (deviceId: string) => void): () => void {
+    this.invalidated.add(listener);
+    return () => this.invalidated.delete(listener);
   }
 
   /**
@@ -69,9 +90,9 @@ export class DeviceCredentials {
     return this.serialized(async () => {
       const secret = newSecret(DEVICE_SECRET_PREFIX);
       const stored: StoredCredential = { digest: secretDigest(secret), createdAt: this.now() };
-      await this.database.commit([{ type: 'put', key: keyOf(deviceId), value: encode(stored) }]);
       const rotated = this.byDevice.has(deviceId);
-      this.byDevice.set(deviceId, stored);
+      // Applying it (see apply) puts it in the map.
+      await this.metadata.commit([{ type: 'put', key: keyOf(deviceId), value: encode(stored) }]);
       return { deviceId, secret, createdAt: stored.createdAt, rotated };
     });
   }
@@ -102,18 +123,49 @@ export class DeviceCredentials {
    */
   revoke(deviceId: string): Promise<boolean> {
     return this.serialized(async () => {
-      const stored = this.byDevice.get(deviceId);
-      if (stored === undefined) return false;
-      this.byDevice.delete(deviceId);
+      if (!this.byDevice.has(deviceId)) return false;
+      this.forget(deviceId);
       try {
-        await this.database.commit([{ type: 'del', key: keyOf(deviceId) }]);
+        await this.metadata.commit([{ type: 'del', key: keyOf(deviceId) }]);
       } catch (err) {
-        // Not revoked on disk: keep memory truthful.
-        this.byDevice.set(deviceId, stored);
+        // Perhaps not revoked: memory follows what is on disk (if even that read fails, it stays revoked here: the safe side).
+        await this.reload(deviceId).catch(() => undefined);
         throw err;
       }
       return true;
     });
+  }
+
+  /** Follows applied `S` ops; one already in the map (this node's own revoke, an op applied twice) changes nothing. */
+  private apply(ops: readonly BatchOp[]): void {
+    for (const op of ops) {
+      if (op.key[0] !== Prefix.credential) continue;
+      const deviceId = op.key.subarray(1).toString('utf8');
+      if (op.type === 'del') {
+        if (this.byDevice.has(deviceId)) this.forget(deviceId);
+        continue;
+      }
+      const next = decode(op.value as Buffer);
+      const current = this.byDevice.get(deviceId);
+      if (current !== undefined && current.createdAt === next.createdAt && current.digest.equals(next.digest)) continue;
+      this.byDevice.set(deviceId, next);
+      if (current !== undefined) this.emitInvalidated(deviceId);
+    }
+  }
+
+  private forget(deviceId: string): void {
+    this.byDevice.delete(deviceId);
+    this.emitInvalidated(deviceId);
+  }
+
+  private async reload(deviceId: string): Promise<void> {
+    const value = await this.database.read((db) => db.get(keyOf(deviceId)));
+    if (value === undefined) this.byDevice.delete(deviceId);
+    else this.byDevice.set(deviceId, decode(value));
+  }
+
+  private emitInvalidated(deviceId: string): void {
+    for (const listener of this.invalidated) listener(deviceId);
   }
 
   private serialized<T>(fn: () => Promise<T>): Promise<T> {

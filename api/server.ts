@@ -23,7 +23,7 @@ import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js'
 import { openApi } from './openapi.js';
 import { auditRoutes } from './routes/audit.js';
 import { credentialRoutes } from './routes/credentials.js';
-import { deviceRoutes } from './routes/devices.js';
+import { deviceRoutes, type DeviceDirectory } from './routes/devices.js';
 import { commandRoutes } from './routes/commands.js';
 import { dlqRoutes } from './routes/dlq.js';
 import { rejectRoutes } from './routes/rejects.js';
@@ -80,6 +80,8 @@ export interface ApiDeps {
   https?: TlsCredentials;
   /** Cluster mode: routes of one device's stored data are answered by the node that owns it. */
   router?: DeviceRouter;
+  /** Cluster mode: `GET /v1/devices` asks every node for the devices of the partitions it owns. */
+  deviceDirectory?: DeviceDirectory;
 }
 
 /**
@@ -155,6 +157,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     store: deps.store,
     ...(deps.credentials === undefined ? {} : { credentials: deps.credentials }),
     ...(deps.disconnectDevice === undefined ? {} : { disconnect: deps.disconnectDevice }),
+    ...(deps.deviceDirectory === undefined ? {} : { directory: deps.deviceDirectory }),
   });
   if (deps.credentials !== undefined) {
     void app.register(credentialRoutes, {

@@ -49,6 +49,12 @@ class OwnedShards implements ShardPlacement {
 export interface ClusterTopics {
   telemetry: string;
   changes: string;
+  /** The control plane, compacted (cluster/kafka-metadata.ts). */
+  metadata: string;
+  /** The rejects log, replicated the same way but deleted by age. */
+  rejects: string;
+  /** Commands to devices, which every node publishes on its broker. */
+  commands: string;
   /** The store nodes' consumer group. */
   storeGroup: string;
   /** Prefix of the functions' checkpoint groups. */
@@ -56,13 +62,13 @@ export interface ClusterTopics {
 }
 
 export function clusterTopics(prefix: string): ClusterTopics {
-  return { telemetry: `${prefix}telemetry`, changes: `${prefix}changes`, storeGroup: `${prefix}store`, groupPrefix: prefix };
+  return { telemetry: `${prefix}telemetry`, changes: `${prefix}changes`, metadata: `${prefix}metadata`, rejects: `${prefix}rejects`, commands: `${prefix}commands`, storeGroup: `${prefix}store`, groupPrefix: prefix };
 }
 
 export class ClusterNode implements DeviceRouter {
   readonly placement = new OwnedShards();
   private consumer: StoreConsumer | undefined;
-  private owners: PartitionOwners | undefined;
+  private readonly owners: PartitionOwners;
   private owned = new Set<number>();
   /** Registry changes sent from here, waiting for this node to apply them: control id → the caller. */
   private readonly waiting = new Map<string, { resolve: (value: unknown) => void; reject: (err: unknown) => void }>();
@@ -76,7 +82,9 @@ export class ClusterNode implements DeviceRouter {
     private readonly database: Database,
     private readonly config: Config,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.owners = new PartitionOwners(client, topics.storeGroup, topics.telemetry);
+  }
 
   /** Connects, creates or checks the topics, and opens the change log owning no shard yet. */
   static async connect(config: Config, database: Database, logger: Logger): Promise<ClusterNode> {
@@ -97,7 +105,6 @@ export class ClusterNode implements DeviceRouter {
   /** Joins the store group: from now on the group's assignment decides what this node materializes and serves. */
   async startStore(store: TelemetryStore, httpUrl: string): Promise<void> {
     const { telemetry, storeGroup } = this.topics;
-    this.owners = new PartitionOwners(this.client, storeGroup, telemetry);
     this.consumer = await StoreConsumer.start({
       client: this.client,
       topic: telemetry,
@@ -244,7 +251,7 @@ export class ClusterNode implements DeviceRouter {
   async route(deviceId: string): Promise<DeviceRoute> {
     const consumer = this.consumer;
     const owners = this.owners;
-    if (consumer === undefined || owners === undefined) return { unavailable: 'this node has not joined the cluster yet' };
+    if (consumer === undefined) return { unavailable: 'this node has not joined the cluster yet' };
     const partition = shardOf(deviceId, this.config.streamShards);
     if (consumer.partitions.includes(partition)) {
       return consumer.caughtUp(partition) ? { local: true } : { unavailable: `partition ${partition} is being brought up to date on this node` };
@@ -253,9 +260,20 @@ export class ClusterNode implements DeviceRouter {
     return url === undefined ? { unavailable: `no node owns partition ${partition} right now (the cluster is rebalancing)` } : { url };
   }
 
+  /** Who owns each partition, as the store group says (for the device list's fan-out). */
+  get partitionOwners(): PartitionOwners {
+    return this.owners;
+  }
+
+  /** The partitions this node answers for now: assigned here and caught up. */
+  servedPartitions(): number[] {
+    const c = this.consumer;
+    return c === undefined ? [] : c.partitions.filter((p) => c.caughtUp(p));
+  }
+
   /** Forget cached ownership after a forward failed. */
   forwardFailed(): void {
-    this.owners?.invalidate();
+    this.owners.invalidate();
   }
 
   /** Leaves the store group (its partitions move to the other nodes), then sends what is left and disconnects. */

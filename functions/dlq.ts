@@ -12,12 +12,15 @@
  *
  * Entries are keyed by a time-ordered id (`<createdAt ms, 15 digits>-<16 hex digits>`),
  * so listing returns them oldest first. The LevelDB implementation keeps them in table
- * `X` (store/keyspace.ts), each write synced before it resolves.
+ * `X` (store/keyspace.ts), each write synced before it resolves; it writes through a
+ * MetadataWriter, so in cluster mode every node lists, redrives and deletes every node's
+ * entries.
  */
 import { randomBytes } from 'node:crypto';
 import { invalidParameter, TributaryError } from '../core/errors.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
+import { LocalMetadata, type MetadataWriter } from '../store/metadata.js';
 import { toStreamRecord, type DynamoDBStreamEvent } from '../streams/lambda-event.js';
 import type { ChangeLog, ChangeRecord } from '../streams/types.js';
 import { parseItemFailures } from './batch-plan.js';
@@ -257,7 +260,11 @@ function entryKey(id: string): Buffer {
 
 /** Entries in the store's LevelDB (table `X`: id → the entry as JSON), each write synced. */
 export class LevelDeadLetterQueue extends BaseDeadLetterQueue {
-  constructor(private readonly database: Database) {
+  /** @param metadata where entries are written; default: `database` alone. */
+  constructor(
+    private readonly database: Database,
+    private readonly metadata: MetadataWriter = new LocalMetadata(database),
+  ) {
     super();
   }
 
@@ -267,11 +274,11 @@ export class LevelDeadLetterQueue extends BaseDeadLetterQueue {
   }
 
   protected async save(entry: DeadLetterEntry): Promise<void> {
-    await this.database.commit([{ type: 'put', key: entryKey(entry.id), value: Buffer.from(JSON.stringify(entry), 'utf8') }]);
+    await this.metadata.commit([{ type: 'put', key: entryKey(entry.id), value: Buffer.from(JSON.stringify(entry), 'utf8') }]);
   }
 
   protected async remove(id: string): Promise<void> {
-    await this.database.commit([{ type: 'del', key: entryKey(id) }]);
+    await this.metadata.commit([{ type: 'del', key: entryKey(id) }]);
   }
 
   protected async scan(afterId: string | undefined, accept: (e: DeadLetterEntry) => boolean, limit: number): Promise<DeadLetterEntry[]> {

@@ -92,15 +92,39 @@ export const REJECTS_TOPIC_PREFIX = '$tributary/rejects/';
 
 const COMMAND_NAME = new RegExp(COMMAND_NAME_PATTERN, 'u');
 
-/** Sends commands to devices (the API's `POST .../commands/{name}` and handlers' `context.publish`). */
+/**
+ * Sends commands to devices (the API's `POST .../commands/{name}` and handlers'
+ * `context.publish`). {@link MqttBroker} is the single-node implementation; in cluster
+ * mode cluster/command-topic.ts sends through Kafka to every node's broker.
+ */
 export interface CommandSender {
   /**
    * Publishes `payload` as JSON on `devices/{deviceId}/commands/{name}`; resolves with
-   * the topic once the broker has handed it to the connected subscribers and queued it
-   * for offline persistent sessions (QoS 1). Nobody subscribed is not an error.
+   * the topic once the command is on its way: here, once the broker has handed it to the
+   * connected subscribers and queued it for offline persistent sessions (QoS 1). Nobody
+   * subscribed is not an error.
    * @throws TributaryError `InvalidParameter` for a bad device id or command name.
    */
   sendCommand(deviceId: string, name: string, payload: unknown, qos: 0 | 1): Promise<string>;
+}
+
+/** A command as a broker publishes it. */
+export interface Command {
+  topic: string;
+  /** The JSON of the command's payload. */
+  payload: Buffer;
+  qos: 0 | 1;
+}
+
+/**
+ * Checks a command's device id and name and builds what is published; every
+ * {@link CommandSender} validates through here, before anything leaves the node.
+ * @throws TributaryError `InvalidParameter` for a bad device id or command name.
+ */
+export function commandOf(deviceId: string, name: string, payload: unknown, qos: 0 | 1): Command {
+  if (!isValidDeviceId(deviceId)) throw invalidParameter('id', `${JSON.stringify(deviceId)} is not a valid device id (1-128 characters of A-Z a-z 0-9 . _ : -)`);
+  if (!COMMAND_NAME.test(name)) throw invalidParameter('name', `${JSON.stringify(name)} is not a valid command name (one topic level of 1-128 characters, without / + # or control characters)`);
+  return { topic: commandTopic(deviceId, name), payload: Buffer.from(JSON.stringify(payload ?? null)), qos };
 }
 
 /**
@@ -235,11 +259,18 @@ export class MqttBroker implements CommandSender {
   }
 
   async sendCommand(deviceId: string, name: string, payload: unknown, qos: 0 | 1): Promise<string> {
-    if (!isValidDeviceId(deviceId)) throw invalidParameter('id', `${JSON.stringify(deviceId)} is not a valid device id (1-128 characters of A-Z a-z 0-9 . _ : -)`);
-    if (!COMMAND_NAME.test(name)) throw invalidParameter('name', `${JSON.stringify(name)} is not a valid command name (one topic level of 1-128 characters, without / + # or control characters)`);
-    const topic = commandTopic(deviceId, name);
-    await this.publish({ topic, payload: Buffer.from(JSON.stringify(payload ?? null)), qos, retain: false });
-    return topic;
+    const command = commandOf(deviceId, name, payload, qos);
+    await this.publishLocal(command);
+    return command.topic;
+  }
+
+  /**
+   * Hands a command to this node's broker only: delivered to the subscribers connected
+   * here and queued for the offline persistent sessions held here (QoS 1). Cluster mode's
+   * command follower calls it for every node's commands.
+   */
+  publishLocal(command: Command): Promise<void> {
+    return this.publish({ ...command, retain: false });
   }
 
   /** Stops accepting connections and disconnects every client. */

@@ -4,13 +4,17 @@
  * silently thrown away. Listed by `GET /v1/rejects`.
  *
  * Table `R` (store/keyspace.ts): `R · receivedAt u64 BE · seq u32 BE` → msgpack of the
- * entry. Keys are time-ordered; `seq` counts up within a millisecond (and past the last
- * stored key after a restart or a clock step back), so keys never collide.
+ * entry. Keys are time-ordered. `seq` is a count within the millisecond (its high 12
+ * bits; it goes past the last stored key after a restart or a clock step back) and a
+ * writer tag drawn at open (its low 20 bits), so the keys of two nodes writing in the
+ * same millisecond do not collide either.
  *
- * Appends are group-committed: while one synced batch is being written, new entries
- * gather for the next, so a flood of garbage costs one fsync per batch, not per reject.
- * An append resolves once its entry is durable — the moment a QoS 1 reject may be
- * acknowledged (API.md).
+ * Appends go through a {@link MetadataWriter}: this node's database, or in cluster mode
+ * every node's (each node keeps every reject). They are group-committed: while one batch
+ * is being committed, new entries gather for the next, so a flood of garbage costs one
+ * commit (one fsync) per batch, not per reject. An append resolves once its entry is
+ * durable here — the moment a QoS 1 reject may be acknowledged (API.md). Trimming is not
+ * replicated: each node trims its own copy by the same rules.
  *
  * Bounded on disk whatever arrives: each entry keeps at most {@link KEPT_PAYLOAD_BYTES}
  * of payload, entries older than the retention are dropped every minute, and once the
@@ -19,10 +23,12 @@
  * (an MQTT connection whose socket is not read meanwhile, an HTTP request) until durable.
  */
 import { isUtf8 } from 'node:buffer';
+import { randomInt } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { invalidParameter, TributaryError } from '../core/errors.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
+import { LocalMetadata, type MetadataWriter } from '../store/metadata.js';
 import type { BatchOp } from '../streams/types.js';
 import type { RejectReason } from './payload.js';
 
@@ -32,8 +38,13 @@ export const KEPT_PAYLOAD_BYTES = 2048;
 const TRIM_EVERY_MS = 60_000;
 /** Entries deleted per synced batch when trimming. */
 const TRIM_CHUNK = 1000;
+/** Most bytes of entries in one commit (a replicated commit travels as one Kafka record batch: 1 MiB at most by default). */
+const COMMIT_BYTES = 512 * 1024;
 const TWO_32 = 0x1_0000_0000;
 const KEY_BYTES = 1 + 8 + 4;
+/** `seq` = count within the millisecond · writer tag. */
+const TAG_SPAN = 0x10_0000;
+const MAX_COUNT = 0xfff;
 
 /** Where a rejected reading came from; `function`: a handler's `context.put`. */
 export type RejectTransport = 'mqtt' | 'http' | 'function';
@@ -92,6 +103,8 @@ export interface RejectsLogOptions {
   retentionMs: number;
   maxEntries: number;
   now?: () => number;
+  /** Where appends are committed; default this node's database alone. */
+  metadata?: MetadataWriter;
 }
 
 // Stored as an array: [receivedAt, deviceId, transport, clientId, topic, reason, message, field, payloadBytes, kept bytes]
@@ -107,14 +120,17 @@ interface Pending {
 
 export class RejectsLog {
   private readonly now: () => number;
+  private readonly metadata: MetadataWriter;
+  private readonly tag = randomInt(TAG_SPAN);
   private lastTs = 0;
-  private lastSeq = 0;
-  /** Entries on disk (plus those being committed). */
+  private lastCount = 0;
+  /** Entries on disk, appended here or (cluster mode) on other nodes. */
   private count = 0;
   private pending: Pending[] = [];
   private flushing: Promise<void> | undefined;
   private trimming: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private unsubscribe: (() => void) | undefined;
   private closed = false;
 
   private constructor(
@@ -122,6 +138,7 @@ export class RejectsLog {
     private readonly opts: RejectsLogOptions,
   ) {
     this.now = opts.now ?? Date.now;
+    this.metadata = opts.metadata ?? new LocalMetadata(database);
   }
 
   /** Opens the log over the database: counts its entries, finds its last key, trims once and then every minute. */
@@ -133,10 +150,13 @@ export class RejectsLog {
         log.count++;
         if (key.length === KEY_BYTES) {
           log.lastTs = readTs(key);
-          log.lastSeq = key.readUInt32BE(9);
+          log.lastCount = Math.floor(key.readUInt32BE(9) / TAG_SPAN);
         }
       }
     });
+    // After the count: an entry another node adds meanwhile may go uncounted (trimmed a
+    // little late), never counted twice (which would trim entries early).
+    log.unsubscribe = log.metadata.onApplied((ops) => log.applied(ops));
     log.trim();
     log.timer = setInterval(() => log.trim(), TRIM_EVERY_MS);
     log.timer.unref();
@@ -210,6 +230,7 @@ export class RejectsLog {
     this.closed = true;
     clearInterval(this.timer);
     while (this.flushing !== undefined) await this.flushing;
+    this.unsubscribe?.();
     await this.trimming;
   }
 
@@ -217,32 +238,40 @@ export class RejectsLog {
     const now = this.now();
     if (now > this.lastTs) {
       this.lastTs = now;
-      this.lastSeq = 0;
-    } else if (this.lastSeq === 0xffff_ffff) {
+      this.lastCount = 0;
+    } else if (this.lastCount === MAX_COUNT) {
       this.lastTs++;
-      this.lastSeq = 0;
+      this.lastCount = 0;
     } else {
-      this.lastSeq++;
+      this.lastCount++;
     }
-    return keyOf(this.lastTs, this.lastSeq);
+    return keyOf(this.lastTs, this.lastCount * TAG_SPAN + this.tag);
   }
 
   private async flush(): Promise<void> {
     // Let the rest of this event-loop turn join the batch.
     await new Promise((r) => setImmediate(r));
     while (this.pending.length > 0) {
-      const batch = this.pending;
-      this.pending = [];
+      let bytes = 0;
+      let n = 0;
+      while (n < this.pending.length && (n === 0 || bytes < COMMIT_BYTES)) bytes += (this.pending[n++] as Pending).value.length;
+      const batch = this.pending.splice(0, n);
       const ops: BatchOp[] = batch.map((p) => ({ type: 'put', key: p.key, value: p.value }));
       try {
-        await this.database.commit(ops);
-        this.count += batch.length;
+        await this.metadata.commit(ops);
         for (const p of batch) p.resolve();
       } catch (err) {
         for (const p of batch) p.reject(err);
       }
     }
     this.flushing = undefined;
+  }
+
+  /** Counts entries as they land in this node's database (own appends too) and trims past the bound. */
+  private applied(ops: readonly BatchOp[]): void {
+    const added = ops.filter((op) => op.type === 'put' && op.key[0] === Prefix.reject).length;
+    if (added === 0) return;
+    this.count += added;
     if (this.count > this.opts.maxEntries + Math.max(10, Math.ceil(this.opts.maxEntries / 100))) void this.trim();
   }
 

@@ -149,6 +149,42 @@ describeWithKafka('cluster: three node processes on one Kafka', (brokers) => {
     }
   }, 120_000);
 
+  it('shares the control plane: functions, triggers, rejects, commands and the device list', async () => {
+    const [a, b, c] = nodes as [Node, Node, Node];
+    const json = { 'content-type': 'application/json' };
+    // A function deployed on one node, with a trigger, is known to every node.
+    const deployed = await fetch(`${a.http}/v1/functions/shared`, { method: 'PUT', headers: json, body: JSON.stringify({ code: 'export async function handler() { return {}; }' }) });
+    expect(deployed.status).toBeLessThan(300);
+    const trigger = await fetch(`${b.http}/v1/functions/shared/triggers`, { method: 'POST', headers: json, body: JSON.stringify({ startingPosition: 'LATEST' }) });
+    expect(trigger.status).toBe(201);
+    for (const node of nodes) {
+      await waitFor(async () => (await getJson(`${node.http}/v1/functions/shared`)).status === 200, 10_000, `the function on ${node.http}`);
+      await waitFor(async () => ((await getJson(`${node.http}/v1/functions/shared/triggers`)).body as { items: unknown[] }).items.length === 1, 10_000, `the trigger on ${node.http}`);
+    }
+    // A payload rejected by one node is in every node's rejects log.
+    const bad = await connect(a, 'rej-1');
+    await bad.publishAsync('devices/rej-1/telemetry', '{not json', { qos: 1 });
+    await bad.endAsync();
+    for (const node of nodes) {
+      await waitFor(async () => ((await getJson(`${node.http}/v1/rejects?deviceId=rej-1`)).body as { items: unknown[] }).items.length === 1, 10_000, `the reject on ${node.http}`);
+    }
+    // A command sent through one node reaches a device connected to another.
+    const device = await connect(c, 'cmd-1');
+    await device.subscribeAsync('devices/cmd-1/commands/#', { qos: 1 });
+    const received = new Promise<string>((resolve) => device.once('message', (topic, payload) => resolve(`${topic} ${payload.toString()}`)));
+    const sent = await fetch(`${a.http}/v1/devices/cmd-1/commands/reboot`, { method: 'POST', headers: json, body: JSON.stringify({ payload: { delay: 5 } }) });
+    expect(sent.status).toBe(202);
+    expect(await received).toBe('devices/cmd-1/commands/reboot {"delay":5}');
+    await device.endAsync();
+    // The device list, asked of any node, has every device of every partition.
+    for (const node of nodes) {
+      const listed = (await getJson(`${node.http}/v1/devices?limit=1000`)).body as { items: Array<{ deviceId: string }> };
+      const ids = listed.items.map((d) => d.deviceId);
+      for (let i = 0; i < 12; i++) expect(ids).toContain(`any-${i}`);
+      expect(new Set(ids).size).toBe(ids.length);
+    }
+  }, 120_000);
+
   it('keeps every acknowledged reading once, on the store and the stream, when a node is killed under load; handlers go on', async () => {
     const devices = Array.from({ length: 12 }, (_, i) => `load-${i}`);
     const acked = new Map<string, number[]>(devices.map((d) => [d, []]));

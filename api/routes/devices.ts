@@ -9,9 +9,32 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { DeviceCredentials } from '../../access/device-credentials.js';
 import { TributaryError } from '../../core/errors.js';
-import type { TelemetryStore } from '../../store/types.js';
+import type { DeviceInfo as StoredDevice, Page, TelemetryStore } from '../../store/types.js';
 import { accessOf } from '../auth.js';
 import { DEFAULT_LIMIT, DeviceIdParams, DeviceInfo, DevicePage, errorResponses, ListDevicesQuery, NoQuery, PutDeviceBody } from '../schemas.js';
+
+/** Marks a node's fan-out of `GET /v1/devices` to the others: the node asked answers with its own part only. */
+export const DEVICE_LIST_FANOUT_HEADER = 'x-tributary-fanout';
+/** On the answer to a fan-out: the partitions whose devices it lists, comma-separated. */
+export const DEVICE_LIST_PARTITIONS_HEADER = 'x-tributary-partitions';
+
+/** A device list request as the route validated it (`tag` unparsed, to pass along). */
+export interface DeviceListRequest {
+  limit: number;
+  cursor?: string;
+  tag?: string;
+}
+
+/**
+ * Cluster mode (cluster/device-directory.ts): each node's registry holds the devices of the
+ * partitions it materialized, so the list is every node's part, merged.
+ */
+export interface DeviceDirectory {
+  /** A page of the whole cluster's devices, same cursor semantics as one node's; `authorization` is passed to the nodes asked. */
+  list(query: DeviceListRequest, authorization: string | undefined): Promise<Page<StoredDevice>>;
+  /** This node's part of a fan-out: the devices of a local page whose partitions this node answers for now, and those partitions. */
+  localPart(page: Page<StoredDevice>): { page: Page<StoredDevice>; partitions: readonly number[] };
+}
 
 /** Options of {@link deviceRoutes}. */
 export interface DeviceRoutesOptions {
@@ -20,6 +43,8 @@ export interface DeviceRoutesOptions {
   credentials?: Pick<DeviceCredentials, 'revoke'>;
   /** Closes a device's live MQTT connection, if any. */
   disconnect?: (deviceId: string) => void;
+  /** Cluster mode: `GET /devices` lists every node's devices. */
+  directory?: DeviceDirectory;
 }
 
 /** `?tag=key` (has the tag) or `?tag=key:value` (has it with that value). */
@@ -32,13 +57,24 @@ export function parseTagFilter(text: string): Record<string, string | undefined>
  * `GET /devices` (paged registry, optionally filtered by tag), `GET`, `PUT` and
  * `DELETE /devices/:id`.
  */
-export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app, { store, credentials, disconnect }) => {
+export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app, { store, credentials, disconnect, directory }) => {
   app.get<{ Querystring: ListDevicesQuery }>(
     '/devices',
     { config: { access: { action: 'telemetry:Read' } }, schema: { tags: ['devices'], summary: 'List devices', querystring: ListDevicesQuery, response: { 200: DevicePage, ...errorResponses } } },
-    async (request) => {
+    async (request, reply) => {
       const { limit = DEFAULT_LIMIT, cursor, tag } = request.query;
-      const page = await store.listDevices({ limit, ...(cursor === undefined ? {} : { cursor }), ...(tag === undefined ? {} : { tags: parseTagFilter(tag) }) });
+      const paging = { limit, ...(cursor === undefined ? {} : { cursor }) };
+      let page: Page<StoredDevice>;
+      if (directory !== undefined && request.headers[DEVICE_LIST_FANOUT_HEADER] === undefined) {
+        page = await directory.list({ ...paging, ...(tag === undefined ? {} : { tag }) }, request.headers.authorization);
+      } else {
+        page = await store.listDevices({ ...paging, ...(tag === undefined ? {} : { tags: parseTagFilter(tag) }) });
+        if (directory !== undefined) {
+          const part = directory.localPart(page);
+          void reply.header(DEVICE_LIST_PARTITIONS_HEADER, part.partitions.join(','));
+          page = part.page;
+        }
+      }
       // Devices outside the key's policy are left out (a page may then be short, as with a tag filter).
       const access = accessOf(request);
       return { ...page, items: page.items.filter((d) => access.allowsDevice(d.deviceId)) };
