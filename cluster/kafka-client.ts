@@ -265,9 +265,6 @@ export class KafkaClient {
       replicationFactor: spec.replicationFactor,
       configs: { 'cleanup.policy': 'compact', 'delete.retention.ms': String(tombstoneRetentionMs), 'max.message.bytes': String(maxRecordBytes) },
     });
-    if (Number(state.configs['max.message.bytes'] ?? 0) < maxRecordBytes) {
-      throw new TributaryError('Conflict', `Kafka topic ${name} takes records of at most max.message.bytes=${state.configs['max.message.bytes']}; it must take ${maxRecordBytes} (a function's code is one record)`);
-    }
     refuseOtherPartitionCount(name, state, partitions);
     if (state.configs['cleanup.policy'] !== 'compact') {
       throw new TributaryError('Conflict', `Kafka topic ${name} has cleanup.policy=${state.configs['cleanup.policy'] ?? '(unknown)'}; it must be cleanup.policy=compact`);
@@ -275,6 +272,9 @@ export class KafkaClient {
     const kept = Number(state.configs['delete.retention.ms'] ?? 0);
     if (kept < tombstoneRetentionMs) {
       throw new TributaryError('Conflict', `Kafka topic ${name} drops deletions after delete.retention.ms=${kept}; it must keep them for ${tombstoneRetentionMs} ms, or a reader away for longer misses them`);
+    }
+    if (Number(state.configs['max.message.bytes'] ?? 0) < maxRecordBytes) {
+      throw new TributaryError('Conflict', `Kafka topic ${name} takes records of at most max.message.bytes=${state.configs['max.message.bytes']}; it must take ${maxRecordBytes} (a function's code is one record)`);
     }
   }
 

@@ -243,6 +243,11 @@ describeWithKafka('control plane metadata on Kafka (real broker)', (brokers) => 
       await kafka.ensureTopic({ name: forgetful, partitions: 1, replicationFactor: 1, configs: { 'cleanup.policy': 'compact' } });
       await expect(open(forgetful, { compact: true })).rejects.toMatchObject({ code: 'Conflict', message: expect.stringContaining(`${forgetful} drops deletions after delete.retention.ms=86400000`) as unknown });
 
+      // Keeps deletions, but a function's code (one record of up to 5 MiB) would not fit.
+      const narrow = newTopic('metadata-narrow');
+      await kafka.ensureTopic({ name: narrow, partitions: 1, replicationFactor: 1, configs: { 'cleanup.policy': 'compact', 'delete.retention.ms': String(100 * 365 * 86_400_000) } });
+      await expect(open(narrow, { compact: true })).rejects.toMatchObject({ code: 'Conflict', message: expect.stringContaining(`${narrow} takes records of at most max.message.bytes=`) as unknown });
+
       // The topic open creates is right for it, and refused as a log.
       const compacted = newTopic('metadata-compact');
       const fine = await open(compacted, { compact: true });
