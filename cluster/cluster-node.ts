@@ -13,7 +13,7 @@ import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
 import type { DeleteDeviceResult, PutDeviceResult, TelemetryStore, WriteRequest } from '../store/types.js';
 import type { BatchOp } from '../streams/types.js';
-import type { ShardPlacement } from '../functions/types.js';
+import { AssignedShards } from '../functions/placement.js';
 import { KafkaChangeLog } from '../streams/kafka-log.js';
 import { shardOf } from '../streams/shard.js';
 import { KafkaClient } from './kafka-client.js';
@@ -25,26 +25,6 @@ import { materialize, TelemetryProducer, type DeviceControl, type DeviceControlM
 
 /** How long a registry change waits for the partition's owner (this node) to apply it. */
 const CONTROL_TIMEOUT_MS = 30_000;
-
-/** The shards this node owns, for the functions' pollers. */
-class OwnedShards implements ShardPlacement {
-  private shards: readonly number[] = [];
-  private readonly listeners = new Set<() => void>();
-
-  owned(): readonly number[] {
-    return this.shards;
-  }
-
-  onChange(listener: () => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
-  }
-
-  set(shards: readonly number[]): void {
-    this.shards = shards;
-    for (const l of this.listeners) l();
-  }
-}
 
 export interface ClusterTopics {
   telemetry: string;
@@ -66,7 +46,8 @@ export function clusterTopics(prefix: string): ClusterTopics {
 }
 
 export class ClusterNode implements DeviceRouter {
-  readonly placement = new OwnedShards();
+  /** The shards this node owns, for the functions' pollers. */
+  readonly placement = new AssignedShards();
   private consumer: StoreConsumer | undefined;
   private readonly owners: PartitionOwners;
   private owned = new Set<number>();

@@ -262,16 +262,20 @@ describeWithKafka('ChangeLog compliance: kafka', (brokers) => {
       async function onTopic(log: KafkaChangeLog, shard: number): Promise<Array<[number, number | undefined]>> {
         return (await log.read(shard, 0, 10_000)).map((r) => [r.sequenceNumber, r.source]);
       }
-      const notOwned = (shard: number): unknown => expect.objectContaining({ code: 'StoreUnavailable', message: expect.stringContaining(`shard ${shard} `) });
-
-      it('hands a shard from node to node: numbering goes on gap-free and either node reads every record once, in order', async () => {
-        const topic = uniqueTopic('handover');
+      /** Two nodes, each with its own database, sharing `topic` and owning nothing yet; `shard` is d1's. */
+      async function twoNodes(topic: string): Promise<{ a: KafkaChangeLog; b: KafkaChangeLog; dbA: Database; dbB: Database; shard: number }> {
         dropTopicsAfter(topic);
         const { database: dbA } = await openDatabase();
         const { database: dbB } = await openDatabase();
         const a = await openLog(dbA, topic, { owned: 'none' });
         const b = await openLog(dbB, topic, { owned: 'none' });
-        const shard = a.shardOf('d1');
+        return { a, b, dbA, dbB, shard: a.shardOf('d1') };
+      }
+      const notOwned = (shard: number): unknown => expect.objectContaining({ code: 'StoreUnavailable', message: expect.stringContaining(`shard ${shard} `) });
+
+      it('hands a shard from node to node: numbering goes on gap-free and either node reads every record once, in order', async () => {
+        const topic = uniqueTopic('handover');
+        const { a, b, dbA, dbB, shard } = await twoNodes(topic);
         expect(a.ownedShards()).toEqual([]);
         expect(() => a.stage([], [sourced('d1', 0)], Date.now())).toThrow(notOwned(shard));
         await a.acquire(shard);
@@ -382,12 +386,7 @@ describeWithKafka('ChangeLog compliance: kafka', (brokers) => {
 
       it('when another writer got in, warns, acquires the shard again and resends only what Kafka lacks', async () => {
         const topic = uniqueTopic('rebalance');
-        dropTopicsAfter(topic);
-        const { database: dbA } = await openDatabase();
-        const { database: dbB } = await openDatabase();
-        const a = await openLog(dbA, topic, { owned: 'none' });
-        const b = await openLog(dbB, topic, { owned: 'none' });
-        const shard = a.shardOf('d1');
+        const { a, b, dbA, dbB, shard } = await twoNodes(topic);
         // A rebalance race: both nodes believe they own the shard, both saw it empty.
         await a.acquire(shard);
         await b.acquire(shard);

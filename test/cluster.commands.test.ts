@@ -5,15 +5,13 @@
  * order sent; a node that was not following when a command was sent never publishes it.
  */
 import mqtt, { type MqttClient } from 'mqtt';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CommandTopic } from '../cluster/command-topic.js';
-import { KafkaClient } from '../cluster/kafka-client.js';
-import { createLogger } from '../core/logger.js';
 import { MqttBroker } from '../ingest/mqtt-broker.js';
 import { MemoryTelemetryStore } from '../store/memory-store.js';
 import { standaloneIngest } from './app-harness.js';
 import { waitFor } from './helpers.js';
-import { describeWithKafka, uniqueTopic } from './kafka/broker.js';
+import { describeWithKafka, kafkaTestKit, uniqueTopic } from './kafka/broker.js';
 
 interface Received {
   topic: string;
@@ -36,16 +34,7 @@ async function device(broker: MqttBroker, deviceId: string, opts: { clean?: bool
 }
 
 describeWithKafka('commands across nodes (real Kafka)', (brokers) => {
-  const logger = createLogger((process.env.TEST_LOG as 'info' | undefined) ?? 'silent');
-  let shared: Promise<KafkaClient> | undefined;
-  const kafka = (): Promise<KafkaClient> => (shared ??= KafkaClient.connect({ brokers, clientId: 'tributary-test', logger }));
-  const cleanups: Array<() => Promise<void> | void> = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0).reverse()) await c();
-  });
-  afterAll(async () => {
-    await (await shared)?.close();
-  });
+  const { kafka, logger, cleanups } = kafkaTestKit(brokers);
 
   /** A node: a broker and, unless told otherwise, its command topic follower. */
   async function node(topic: string): Promise<{ broker: MqttBroker; open: () => Promise<CommandTopic> }> {

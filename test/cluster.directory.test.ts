@@ -6,20 +6,19 @@
  * has it, paged like one node's list. And the merge of nodes' parts on its own.
  */
 import fastify, { type FastifyInstance } from 'fastify';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DEVICE_LIST_FANOUT_HEADER, DEVICE_LIST_PARTITIONS_HEADER, deviceRoutes } from '../api/routes/devices.js';
 import { errorHandling } from '../api/errors.js';
 import { ClusterDeviceDirectory, mergeDevicePages } from '../cluster/device-directory.js';
 import { KafkaClient } from '../cluster/kafka-client.js';
 import { ownerUserData, PartitionOwners } from '../cluster/partition-owners.js';
 import { StoreConsumer } from '../cluster/store-consumer.js';
-import { createLogger } from '../core/logger.js';
 import { encodeDeviceCursor } from '../store/cursor.js';
 import { MemoryTelemetryStore } from '../store/memory-store.js';
 import type { DeviceInfo, Page } from '../store/types.js';
 import { shardOf } from '../streams/shard.js';
 import { waitFor } from './helpers.js';
-import { describeWithKafka, uniqueTopic } from './kafka/broker.js';
+import { describeWithKafka, kafkaTestKit, uniqueTopic } from './kafka/broker.js';
 
 const SHARDS = 4;
 
@@ -69,16 +68,7 @@ describe('mergeDevicePages', () => {
 });
 
 describeWithKafka('the device list across nodes (real Kafka, real HTTP)', (brokers) => {
-  const logger = createLogger((process.env.TEST_LOG as 'info' | undefined) ?? 'silent');
-  let shared: Promise<KafkaClient> | undefined;
-  const kafka = (): Promise<KafkaClient> => (shared ??= KafkaClient.connect({ brokers, clientId: 'tributary-test', logger }));
-  const cleanups: Array<() => Promise<void> | void> = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0).reverse()) await c();
-  });
-  afterAll(async () => {
-    await (await shared)?.close();
-  });
+  const { kafka, logger, cleanups } = kafkaTestKit(brokers);
 
   interface Node {
     url: string;

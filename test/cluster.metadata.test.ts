@@ -5,7 +5,7 @@
  * modules on top (device credentials, API keys and admin keys, the DLQ, the audit log)
  * see on one node what was written on the other.
  */
-import { afterAll, afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { ADMIN_KEY_ID, ApiKeyStore, newApiKeyToken } from '../access/api-keys.js';
 import { AuditLog } from '../access/audit-log.js';
 import { DeviceCredentials } from '../access/device-credentials.js';
@@ -13,13 +13,12 @@ import { secretDigest } from '../access/secrets.js';
 import { KafkaClient } from '../cluster/kafka-client.js';
 import { KafkaMetadata, type KafkaMetadataOptions } from '../cluster/kafka-metadata.js';
 import { readConsumerOffset } from '../cluster/offsets.js';
-import { createLogger } from '../core/logger.js';
 import type { DiscardMetadata } from '../functions/event-source-mapping.js';
 import { LevelDeadLetterQueue } from '../functions/dlq.js';
 import { Database } from '../store/database.js';
 import type { BatchOp } from '../streams/types.js';
 import { tempDir, waitFor } from './helpers.js';
-import { describeWithKafka, uniqueTopic } from './kafka/broker.js';
+import { describeWithKafka, kafkaTestKit, uniqueTopic } from './kafka/broker.js';
 
 const WAIT_MS = 20_000;
 const TEST_MS = 90_000;
@@ -43,19 +42,10 @@ function describeOps(ops: readonly BatchOp[]): string[] {
 }
 
 describeWithKafka('control plane metadata on Kafka (real broker)', (brokers) => {
-  const logger = createLogger((process.env.TEST_LOG as 'info' | undefined) ?? 'silent');
   // Creates and deletes the tests' topics. The nodes have clients of their own (as on two
   // machines), closed before the topic is deleted: a client that still asks for a deleted
   // topic's metadata fails every request.
-  let shared: Promise<KafkaClient> | undefined;
-  const admin = (): Promise<KafkaClient> => (shared ??= KafkaClient.connect({ brokers, clientId: 'tributary-test-admin', logger }));
-  const cleanups: Array<() => Promise<void> | void> = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0).reverse()) await c();
-  });
-  afterAll(async () => {
-    await (await shared)?.close();
-  });
+  const { kafka: admin, logger, cleanups } = kafkaTestKit(brokers, 'tributary-test-admin');
 
   /** A topic for this test, deleted after it. */
   function newTopic(label: string): string {

@@ -5,28 +5,17 @@
  * entries; an append resolves once the entry is in the appending node's database; and each
  * node trims its own copy by its own bound.
  */
-import { afterAll, afterEach, expect, it } from 'vitest';
-import { KafkaClient } from '../cluster/kafka-client.js';
+import { expect, it } from 'vitest';
 import { KafkaMetadata } from '../cluster/kafka-metadata.js';
-import { createLogger } from '../core/logger.js';
 import { RejectsLog, type RejectInput } from '../ingest/rejects-log.js';
 import { Database } from '../store/database.js';
 import { tempDir, waitFor } from './helpers.js';
-import { describeWithKafka, uniqueTopic } from './kafka/broker.js';
+import { describeWithKafka, kafkaTestKit, uniqueTopic } from './kafka/broker.js';
 
 const reject = (node: string, n: number): RejectInput => ({ transport: 'mqtt', reason: 'invalid_json', message: `${node} ${n}`, deviceId: `dev-${node}`, payload: Buffer.from(`garbage ${n}`) });
 
 describeWithKafka('the rejects log across nodes (real Kafka)', (brokers) => {
-  const logger = createLogger((process.env.TEST_LOG as 'info' | undefined) ?? 'silent');
-  let shared: Promise<KafkaClient> | undefined;
-  const kafka = (): Promise<KafkaClient> => (shared ??= KafkaClient.connect({ brokers, clientId: 'tributary-test', logger }));
-  const cleanups: Array<() => Promise<void> | void> = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0).reverse()) await c();
-  });
-  afterAll(async () => {
-    await (await shared)?.close();
-  });
+  const { kafka, logger, cleanups } = kafkaTestKit(brokers);
 
   /** A node's database, its replica of the rejects topic and its rejects log, on one fixed clock. */
   async function node(topic: string, maxEntries: number): Promise<RejectsLog> {

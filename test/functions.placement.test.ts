@@ -13,33 +13,11 @@ import type { DynamoDBStreamEvent } from '../streams/lambda-event.js';
 import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp, ChangeLog } from '../streams/types.js';
 import { waitFor } from './helpers.js';
+import { AssignedShards } from '../functions/placement.js';
 
 const FN: FunctionSpec = { name: 'placed', version: 1, codePath: '/nowhere/handler.mjs', timeoutMs: 1000, memoryMb: 128, environment: {} };
 const SHARDS = 4;
 
-/** A placement the test moves by hand, telling listeners as a consumer group's assignment would. */
-class FakePlacement implements ShardPlacement {
-  private shards: readonly number[];
-  private readonly listeners = new Set<() => void>();
-
-  constructor(shards: readonly number[]) {
-    this.shards = shards;
-  }
-
-  owned(): readonly number[] {
-    return this.shards;
-  }
-
-  onChange(listener: () => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
-  }
-
-  set(shards: readonly number[]): void {
-    this.shards = shards;
-    for (const l of this.listeners) l();
-  }
-}
 
 /** One delivered record: which node, which invocation, which device reading. */
 interface Delivery {
@@ -114,6 +92,13 @@ describe('EventSourceMapping with a shard placement', () => {
     await Promise.all(started.splice(0).map((m) => m.stop()));
   });
 
+  /** Nodes a and b sharing one log and checkpoint store; a owns every shard to begin with. */
+  function twoNodes(shared: { log: ChangeLog; checkpoints: CheckpointStore; deliveries: Deliveries }): { placeA: AssignedShards; placeB: AssignedShards; a: EventSourceMapping; b: EventSourceMapping } {
+    const placeA = new AssignedShards([0, 1, 2, 3]);
+    const placeB = new AssignedShards([]);
+    return { placeA, placeB, a: node('a', { ...shared, placement: placeA }), b: node('b', { ...shared, placement: placeB }) };
+  }
+
   function node(name: string, setup: { log: ChangeLog; checkpoints: CheckpointStore; deliveries: Deliveries; placement: ShardPlacement; trigger?: Partial<TriggerConfig> }): EventSourceMapping {
     const trigger: TriggerConfig = { id: 'trigger-1', batchSize: 5, startingPosition: 'TRIM_HORIZON', maximumRetryAttempts: 2, ...setup.trigger };
     const mapping = new EventSourceMapping(FN, trigger, {
@@ -134,10 +119,7 @@ describe('EventSourceMapping with a shard placement', () => {
     const deliveries = new Deliveries();
     // Invocations take a little while, so that moves find batches in flight.
     deliveries.hold = () => new Promise((resolve) => setTimeout(resolve, Math.random() * 4));
-    const placeA = new FakePlacement([0, 1, 2, 3]);
-    const placeB = new FakePlacement([]);
-    const a = node('a', { log, checkpoints, deliveries, placement: placeA });
-    const b = node('b', { log, checkpoints, deliveries, placement: placeB });
+    const { placeA, placeB, a, b } = twoNodes({ log, checkpoints, deliveries });
     await a.start();
     await b.start();
     expect([a.shards(), b.shards()]).toEqual([[0, 1, 2, 3], []]);
@@ -201,10 +183,7 @@ describe('EventSourceMapping with a shard placement', () => {
     const log = new MemoryChangeLog({ shards: SHARDS });
     const checkpoints = new MemoryCheckpointStore();
     const deliveries = new Deliveries();
-    const placeA = new FakePlacement([0, 1, 2, 3]);
-    const placeB = new FakePlacement([]);
-    const a = node('a', { log, checkpoints, deliveries, placement: placeA });
-    const b = node('b', { log, checkpoints, deliveries, placement: placeB });
+    const { placeA, placeB, a, b } = twoNodes({ log, checkpoints, deliveries });
     // Both start now, when shard 0's checkpoint is still 0.
     await a.start();
     await b.start();
@@ -248,7 +227,7 @@ describe('EventSourceMapping with a shard placement', () => {
     const log = new MemoryChangeLog({ shards: SHARDS });
     const checkpoints = new MemoryCheckpointStore();
     const deliveries = new Deliveries();
-    const placement = new FakePlacement([0]);
+    const placement = new AssignedShards([0]);
     const a = node('a', { log, checkpoints, deliveries, placement, trigger: { startingPosition: 'LATEST' } });
     await a.start();
     // Only owned shards are started, so only they have a checkpoint.
@@ -281,7 +260,7 @@ describe('EventSourceMapping with a shard placement', () => {
       },
     });
     const deliveries = new Deliveries();
-    const placement = new FakePlacement([0]);
+    const placement = new AssignedShards([0]);
     const a = node('a', { log, checkpoints, deliveries, placement });
     await a.start();
     placement.set([0, 2]);
@@ -308,7 +287,7 @@ describe('EventSourceMapping with a shard placement', () => {
       },
     });
     const deliveries = new Deliveries();
-    const placement = new FakePlacement([0]);
+    const placement = new AssignedShards([0]);
     const a = node('a', { log, checkpoints, deliveries, placement });
     await a.start();
     gated = true;

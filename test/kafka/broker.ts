@@ -5,7 +5,9 @@
  * runs them against a real broker.
  */
 import { randomBytes } from 'node:crypto';
-import { describe, it } from 'vitest';
+import { afterAll, afterEach, describe, it } from 'vitest';
+import { KafkaClient } from '../../cluster/kafka-client.js';
+import { createLogger, type Logger } from '../../core/logger.js';
 
 export function kafkaBrokers(): string[] | undefined {
   const value = process.env.KAFKA_BROKERS?.trim();
@@ -38,4 +40,21 @@ export function describeWithKafka(name: string, body: (brokers: string[]) => voi
 /** A topic name no other test run uses (kafkajs' own tests do the same). */
 export function uniqueTopic(label: string): string {
   return `tributary-test.${label}.${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+}
+
+/**
+ * For a Kafka test file: one client made on first use and closed after the file, a logger
+ * (TEST_LOG=info shows it), and a list of cleanups run after each test, last first.
+ */
+export function kafkaTestKit(brokers: string[], clientId = 'tributary-test'): { kafka: () => Promise<KafkaClient>; logger: Logger; cleanups: Array<() => Promise<void> | void> } {
+  const logger = createLogger((process.env.TEST_LOG as 'info' | undefined) ?? 'silent');
+  let shared: Promise<KafkaClient> | undefined;
+  const cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+  afterAll(async () => {
+    await (await shared)?.close();
+  });
+  return { kafka: () => (shared ??= KafkaClient.connect({ brokers, clientId, logger })), logger, cleanups };
 }
