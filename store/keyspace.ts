@@ -13,7 +13,7 @@
  * | `Q` | QoS 1 delivery ids (redelivery guard) | clientId · 0x00 · packetId (u16 BE) |
  * | `C` | change log | shard (u16 BE) · sequence (u64 BE) |
  * | `K` | function checkpoints | function · 0x00 · trigger · 0x00 · shard (u16 BE) |
- * | `F` | function registry: a deployed version / a name's last version number | name · 0x00 · version (u32 BE) / name · 0x01 |
+ * | `F` | function registry: a version's code / a deployed version / version claims | 0x00 · name · 0x00 · version (u32 BE) / name · 0x00 · version / name · 0x01 · version · claim id |
  * | `G` | triggers (event source mappings, functions/triggers.ts) | function · 0x00 · trigger id |
  * | `X` | dead-letter queue of stream mappings (functions/dlq.ts) | id (`<createdAt ms, 15 digits>-<16 hex>`, utf8) |
  * | `S` | device credentials (access/device-credentials.ts) | deviceId |
@@ -21,7 +21,7 @@
  * | `U` | audit log of administrative actions | time (u64 BE) · id |
  * | `R` | rejects log (ingest) | time (u64 BE) · seq |
  * | `W` | function logs | function · 0x00 · time (u64 BE) · seq |
- * | `O` | Kafka consumer offsets applied to this store (cluster/offsets.ts) | topic · 0x00 · partition (u32 BE) |
+ * | `O` | Kafka positions applied to this database: telemetry partitions, metadata, rejects (cluster/offsets.ts) | topic · 0x00 · partition (u32 BE) |
  * | `!` | sublevels of libraries (e.g. `!mqtt!` for aedes persistence) | — |
  */
 export const Prefix = {

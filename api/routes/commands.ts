@@ -23,7 +23,7 @@ export const commandRoutes: FastifyPluginAsync<CommandRoutesOptions> = async (ap
         tags: ['devices'],
         summary: 'Send a command to a device over MQTT',
         description:
-          'Publishes `payload` (as JSON) on `devices/{id}/commands/{name}` with QoS `qos` (default 1). 202 means the broker has delivered it to the subscribers connected now and queued it for persistent sessions that are offline (QoS 1); a device that is not subscribed does not receive it, and that is not an error.',
+          'Publishes `payload` (as JSON) on `devices/{id}/commands/{name}` with QoS `qos` (default 1). 202 means the broker has delivered it to the subscribers connected now and queued it for persistent sessions that are offline (QoS 1); a device that is not subscribed does not receive it, and that is not an error. In cluster mode 202 means Kafka has the command; every node then publishes it to the devices connected to it.',
         params: CommandParams,
         querystring: NoQuery,
         body: CommandBody,
