@@ -19,7 +19,7 @@
  *   when embedded) and publish→PUBACK p50/p99 at a fixed offered rate (open loop); then
  *   every acknowledged reading must be stored, read through every node.
  * - partition takeover: 2 nodes, R readings loaded over HTTP (arrays of 1,000 readings),
- *   every device queryable; then SIGKILL of the node owning one device's partition, and the
+ *   all of them for devices of one partition, every device queryable; then SIGKILL of the node owning one device's partition, and the
  *   time until (a) the store group gives the partition to the survivor, (b) the device's
  *   range query answers 200 with all its readings there. The loaded partitions were never
  *   the survivor's, so (b) is a rebuild from the telemetry topic.
@@ -235,10 +235,15 @@ async function assignment(owners: PartitionOwners): Promise<Array<string | undef
   return out;
 }
 
-/** TAKEOVER readings over HTTP, in requests of PER_REQUEST readings spread over the devices and nodes; the count per device. */
+/**
+ * TAKEOVER readings over HTTP, in requests of PER_REQUEST readings spread over the devices
+ * and nodes; the count per device. Every device maps to tk-0's partition, so that one
+ * partition holds them all: the takeover measured is of TAKEOVER readings.
+ */
 async function loadOverHttp(nodes: readonly NodeProcess[]): Promise<Map<string, number>> {
   const requests = Math.ceil(TAKEOVER / PER_REQUEST);
-  const devices = Array.from({ length: Math.min(TAKEOVER_DEVICES, requests) }, (_, d) => `tk-${d}`);
+  const devices: string[] = [];
+  for (let d = 0; devices.length < Math.min(TAKEOVER_DEVICES, requests); d++) if (shardOf(`tk-${d}`, SHARDS) === shardOf('tk-0', SHARDS)) devices.push(`tk-${d}`);
   const expected = new Map<string, number>(devices.map((d) => [d, 0]));
   let next = 0;
   let sent = 0;
