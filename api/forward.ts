@@ -23,6 +23,8 @@ const OWNER_ROUTES = new Set([
   'GET /v1/devices/:id',
   'PUT /v1/devices/:id',
   'DELETE /v1/devices/:id',
+  // Registers the device in its partition's registry before issuing the secret.
+  'POST /v1/devices/:id/credentials',
   'GET /v1/devices/:id/telemetry',
   'GET /v1/devices/:id/telemetry/aggregate',
   'GET /v1/devices/:id/latest',
