@@ -9,6 +9,7 @@ import type { DeviceRoute, DeviceRouter } from '../api/forward.js';
 import type { Config } from '../core/config.js';
 import { randomUUID } from 'node:crypto';
 import { isTributaryError, TributaryError } from '../core/errors.js';
+import { withOverrides } from '../core/overrides.js';
 import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
 import type { DeleteDeviceResult, PutDeviceResult, TelemetryStore, WriteRequest } from '../store/types.js';
@@ -172,13 +173,7 @@ export class ClusterNode implements DeviceRouter {
       putDevice: (req) => this.control(req.deviceId, { tags: req.tags }) as Promise<PutDeviceResult>,
       deleteDevice: (deviceId) => this.control(deviceId, { delete: true }) as Promise<DeleteDeviceResult | undefined>,
     };
-    return new Proxy(store, {
-      get: (target, prop) => {
-        if (prop === 'putDevice' || prop === 'deleteDevice') return viaTopic[prop];
-        const value: unknown = Reflect.get(target, prop, target);
-        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
-    });
+    return withOverrides(store, viaTopic);
   }
 
   private async control(deviceId: string, control: DeviceControl): Promise<unknown> {

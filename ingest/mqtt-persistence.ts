@@ -13,6 +13,7 @@
  */
 import { createRequire } from 'node:module';
 import type { Sublevel } from '../store/database.js';
+import { withOverrides } from '../core/overrides.js';
 
 /**
  * The part of aedes-persistence's async interface Tributary touches: what aedes checks
@@ -68,13 +69,5 @@ export function onlyGrantedSubscriptions<C extends { id: string }>(
       client,
       subs.filter((sub) => isGranted(client, sub.topic)),
     );
-  // A proxy rather than a subclass or wrapper object: the implementations keep their
-  // state in private fields, so every other method must run on the original instance.
-  return new Proxy(persistence, {
-    get(target, prop) {
-      if (prop === 'addSubscriptions') return addSubscriptions;
-      const value: unknown = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-    },
-  });
+  return withOverrides(persistence, { addSubscriptions } as Partial<AedesAsyncPersistence>);
 }
