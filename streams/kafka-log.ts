@@ -40,7 +40,8 @@ import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
 import { OffsetOutOfRange, type KafkaClient, type OutgoingRecord } from '../cluster/kafka-client.js';
-import type { Producer } from 'kafkajs';
+import { randomUUID } from 'node:crypto';
+import type { Consumer, Producer } from 'kafkajs';
 import { decodeRecord, encodeRecord } from './codec.js';
 import { changeKey } from './embedded-log.js';
 import { SequencedLog } from './sequenced-log.js';
@@ -70,6 +71,10 @@ const SEND_RECORDS = 500;
 const SEND_BYTES = 512 * 1024;
 /** How long a read waits for this node's own pending sends before reading what Kafka has. */
 const READ_WAIT_MS = 5_000;
+/** How long the follower of other nodes' records outlives its last holder (tails come and go). */
+const FOLLOW_IDLE_MS = 30_000;
+/** The follower's group has one member; a short session lets Kafka forget it soon after a crash. */
+const FOLLOW_SESSION_MS = 10_000;
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 5_000;
 /** How long acquire and release wait for a shard's records to reach Kafka; the outbox keeps what is left. */
@@ -165,6 +170,10 @@ export class KafkaChangeLog extends SequencedLog {
   /** Set when the topic no longer matches what this writer sent (`owned: 'all'`): writes are refused from then on. */
   private fault: TributaryError | undefined;
   private closed = false;
+  /** Holders of {@link followOthers}, the consumer that follows, and the timer that stops it once idle. */
+  private followers = 0;
+  private following: Promise<Consumer | undefined> | undefined;
+  private followIdle: NodeJS.Timeout | undefined;
   private wakeSleeper: (() => void) | undefined;
 
   private constructor(opts: KafkaChangeLogOptions, producer: Producer, streamArn: string, lastCommitted: number[], published: number[]) {
@@ -615,7 +624,57 @@ export class KafkaChangeLog extends SequencedLog {
   }
 
   /** Stops sending (unsent records stay in the outbox for the next open or acquire) and disconnects the producer. */
+  /**
+   * While held, the commit listeners also hear of the records other nodes commit (the
+   * shards this node does not own), so a live tail or a long poll on any node sees every
+   * device. A consumer of the changes topic in a group of its own (no committed offsets,
+   * so Kafka forgets the group when it stops), started on first use and stopped a while
+   * after the last holder let go. Returns the release.
+   */
+  followOthers(): () => void {
+    this.followers++;
+    clearTimeout(this.followIdle);
+    this.following ??= this.startFollowing();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.followers > 0) return;
+      this.followIdle = setTimeout(() => void this.stopFollowing(), FOLLOW_IDLE_MS);
+      this.followIdle.unref();
+    };
+  }
+
+  private async startFollowing(): Promise<Consumer | undefined> {
+    const consumer = this.client.consumer(`${this.topic}.follow.${randomUUID()}`, { sessionTimeoutMs: FOLLOW_SESSION_MS });
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topics: [this.topic], fromBeginning: false });
+      await consumer.run({
+        eachBatch: async ({ batch }) => {
+          // Records of owned shards reached the listeners at commit already.
+          if (this.owns(batch.partition)) return;
+          this.notify(batch.messages.filter((m) => m.value !== null).map((m) => decodeRecord(batch.partition, Number(m.offset) + 1, m.value as Buffer)));
+        },
+      });
+      return consumer;
+    } catch (err) {
+      this.logger.warn({ err, topic: this.topic }, "following other nodes' change records failed; live tails show this node's records only");
+      this.following = undefined;
+      await consumer.disconnect().catch(() => undefined);
+      return undefined;
+    }
+  }
+
+  private async stopFollowing(): Promise<void> {
+    const following = this.following;
+    this.following = undefined;
+    await (await following)?.disconnect().catch(() => undefined);
+  }
+
   async close(): Promise<void> {
+    clearTimeout(this.followIdle);
+    await this.stopFollowing();
     await this.settled();
     this.closed = true;
     this.wakeSleeper?.();

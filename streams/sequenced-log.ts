@@ -54,6 +54,11 @@ export abstract class SequencedLog implements ChangeLog {
       if (r.sequenceNumber > (this.committed[r.shard] as number)) this.committed[r.shard] = r.sequenceNumber;
     }
     this.afterCommit(records);
+    this.notify(records);
+  }
+
+  /** Tells the commit listeners of records committed (here, or — a log written by several nodes — elsewhere). */
+  protected notify(records: readonly ChangeRecord[]): void {
     if (records.length === 0) return;
     // The batch is already durable: a failing listener must not turn that into an error for writers.
     for (const listener of this.listeners) {

@@ -99,4 +99,10 @@ export interface ChangeLog {
   trim(olderThanMs: number): Promise<number>;
   /** Called with each committed group of records, in commit order. */
   onCommit(listener: (records: readonly ChangeRecord[]) => void): () => void;
+  /**
+   * A log written by several nodes (Kafka, cluster mode): while held, `onCommit` also
+   * reports records other nodes commit, in order per shard. Absent where every commit
+   * happens here. Returns the release.
+   */
+  followOthers?(): () => void;
 }

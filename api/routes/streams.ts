@@ -261,7 +261,9 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       stopped = true;
       wake?.();
     };
-    // Subscribed before the first read, so a commit between that read and the wait is not missed.
+    // Subscribed before the first read, so a commit between that read and the wait is not
+    // missed; in cluster mode following other nodes' commits too (the shard may be theirs).
+    const stopFollowing = log.followOthers?.();
     const unsubscribe = log.onCommit((records) => {
       if (records.some((r) => r.shard === shard)) {
         committed = true;
@@ -290,6 +292,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       }
     } finally {
       unsubscribe();
+      stopFollowing?.();
       active.delete(stop);
       res.off('close', stop);
     }
@@ -361,6 +364,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
         if (done) return;
         done = true;
         unsubscribe();
+        stopFollowing?.();
         clearInterval(heartbeat);
         active.delete(stop);
         pending = [];
@@ -403,6 +407,8 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
           setImmediate(flush);
         }
       });
+      // Cluster mode: the records other nodes commit too.
+      const stopFollowing = log.followOthers?.();
       const heartbeat = setInterval(() => send(': heartbeat\n\n'), heartbeatMs);
       active.add(stop);
       res.once('close', () => {
