@@ -11,11 +11,7 @@ import { createMetrics, type Metrics } from './core/metrics.js';
 import { buildApi } from './api/index.js';
 import { LevelCheckpointStore, type CheckpointStore } from './functions/checkpoints.js';
 import { ClusterNode } from './cluster/cluster-node.js';
-import { KafkaMetadata } from './cluster/kafka-metadata.js';
-import { CommandTopic } from './cluster/command-topic.js';
-import { ClusterDeviceDirectory } from './cluster/device-directory.js';
 import { LocalMetadata, type MetadataWriter } from './store/metadata.js';
-import { KafkaCheckpointStore } from './cluster/kafka-checkpoints.js';
 import { functionsFromDirectory } from './functions/directory.js';
 import { DEFAULT_TRIGGER, EventSourceMapping } from './functions/event-source-mapping.js';
 import { ProcessFunctionRuntime } from './functions/index.js';
@@ -75,9 +71,6 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   let store: LevelTelemetryStore | undefined;
   let changeLog: ChangeLog | undefined;
   let cluster: ClusterNode | undefined;
-  let controlPlane: { close?: () => Promise<void> } | undefined;
-  let rejectsTopic: KafkaMetadata | undefined;
-  let commandTopic: CommandTopic | undefined;
   let broker: MqttBroker | undefined;
   let api: FastifyInstance | undefined;
   let runtime: FunctionRuntime | undefined;
@@ -138,20 +131,13 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     trimTimer.unref();
     // The control plane (credentials, keys, audit, functions, triggers, DLQ): in cluster mode
     // written through a compacted Kafka topic that every node applies in one order.
-    const metadata: MetadataWriter & { close?: () => Promise<void> } = cluster
-      ? await KafkaMetadata.open({ client: cluster.client, database, topic: cluster.topics.metadata, replicationFactor: config.kafkaReplicationFactor, cleanup: { compact: true }, logger: logger.child({ module: 'metadata' }) })
-      : new LocalMetadata(database);
-    controlPlane = metadata;
+    const metadata: MetadataWriter = cluster?.metadata ?? new LocalMetadata(database);
     // Rejected payloads with their reasons (table R), bounded by age and count; GET /v1/rejects.
-    // In cluster mode every node keeps every node's rejects (trimmed locally), through a topic deleted by age.
-    const rejectsReplication = cluster
-      ? await KafkaMetadata.open({ client: cluster.client, database, topic: cluster.topics.rejects, replicationFactor: config.kafkaReplicationFactor, cleanup: { retentionMs: config.rejectsRetention }, logger: logger.child({ module: 'rejects' }) })
-      : undefined;
-    rejectsTopic = rejectsReplication;
+    // In cluster mode every node keeps every node's rejects (trimmed locally).
     const rejectsLog = await RejectsLog.open(database, {
       retentionMs: config.rejectsRetention,
       maxEntries: config.rejectsMaxEntries,
-      ...(rejectsReplication === undefined ? {} : { metadata: rejectsReplication }),
+      ...(cluster === undefined ? {} : { metadata: cluster.rejectsReplication }),
     });
     rejects = rejectsLog;
     const ingest = new TelemetryIngest({
@@ -190,11 +176,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     });
     broker = mqtt;
     // Cluster mode: commands go through Kafka and every node publishes them to the devices connected to it.
-    const clusterCommands = cluster
-      ? await CommandTopic.open({ client: cluster.client, topic: cluster.topics.commands, replicationFactor: config.kafkaReplicationFactor, deliver: (c) => mqtt.publishLocal(c), logger: logger.child({ module: 'commands' }) })
-      : undefined;
-    commandTopic = clusterCommands;
-    const commands: CommandSender = clusterCommands ?? mqtt;
+    const commands: CommandSender = cluster ? await cluster.openCommands((c) => mqtt.publishLocal(c)) : mqtt;
     // A secret rotated or revoked (on any node) ends the device's live session here too.
     credentials.onInvalidated((deviceId) => mqtt.disconnect(deviceId));
 
@@ -242,11 +224,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     // Batches that mappings give up on (table X); listed, redriven and deleted under /v1/dlq.
     const dlq = new LevelDeadLetterQueue(database, metadata);
     // Cluster mode: a shard's pollers run on the node that owns it, with checkpoints as Kafka committed offsets.
-    const clusterNode = cluster;
-    const checkpoints: CheckpointStore = clusterNode
-      ? new KafkaCheckpointStore({ client: clusterNode.client, topic: clusterNode.topics.changes, groupPrefix: clusterNode.topics.groupPrefix })
-      : new LevelCheckpointStore(database);
-    const placement = clusterNode === undefined ? {} : { placement: clusterNode.placement };
+    const checkpoints: CheckpointStore = cluster?.checkpoints ?? new LevelCheckpointStore(database);
+    const placement = cluster === undefined ? {} : { placement: cluster.placement };
     for (const fn of dirSpecs) {
       const mapping = new EventSourceMapping(fn, { id: 'functions-dir', ...DEFAULT_TRIGGER }, {
         log: changeLog,
@@ -303,7 +282,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       ...(tls === undefined ? {} : { https: tls }),
       ...(cluster === undefined
         ? {}
-        : { router: cluster, deviceDirectory: new ClusterDeviceDirectory({ owners: cluster.partitionOwners, shards: config.streamShards, served: () => cluster?.servedPartitions() ?? [] }) }),
+        : { router: cluster, deviceDirectory: cluster.deviceDirectory }),
       disconnectDevice: (deviceId) => mqtt.disconnect(deviceId),
       dlq: {
         queue: dlq,
@@ -330,7 +309,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     stopping ??= (async () => {
       clearInterval(trimTimer);
       // Ingest first so no new writes arrive; then drain what is in flight.
-      await commandTopic?.close();
+      await cluster?.closeCommands();
       await broker?.close();
       // Leaving the store group hands this node's partitions to the others at once.
       await cluster?.stop();
@@ -344,9 +323,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       await functionLogs?.close();
       await store?.close();
       await rejects?.close();
-      await rejectsTopic?.close();
       await api?.close();
-      await controlPlane?.close?.();
       await trimming;
       // Last of what uses Kafka: the change log sends what the store committed, then the connection goes.
       await cluster?.close();

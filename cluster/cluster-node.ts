@@ -17,7 +17,12 @@ import type { BatchOp } from '../streams/types.js';
 import { AssignedShards } from '../functions/placement.js';
 import { KafkaChangeLog } from '../streams/kafka-log.js';
 import { shardOf } from '../streams/shard.js';
+import type { Command, CommandSender } from '../ingest/mqtt-broker.js';
+import { CommandTopic } from './command-topic.js';
+import { ClusterDeviceDirectory } from './device-directory.js';
+import { KafkaCheckpointStore } from './kafka-checkpoints.js';
 import { KafkaClient } from './kafka-client.js';
+import { KafkaMetadata } from './kafka-metadata.js';
 import { KafkaTelemetryWriter } from './kafka-writer.js';
 import { consumerOffsetOp, readConsumerOffset } from './offsets.js';
 import { ownerUserData, PartitionOwners } from './partition-owners.js';
@@ -55,33 +60,74 @@ export class ClusterNode implements DeviceRouter {
   /** Registry changes sent from here, waiting for this node to apply them: control id → the caller. */
   private readonly waiting = new Map<string, { resolve: (value: unknown) => void; reject: (err: unknown) => void }>();
 
+  readonly client: KafkaClient;
+  readonly topics: ClusterTopics;
+  readonly changeLog: KafkaChangeLog;
+  /** Where ingest writes: the telemetry topic. */
+  readonly writer: KafkaTelemetryWriter;
+  /** The control plane (credentials, keys, audit, functions, triggers, DLQ), the same on every node. */
+  readonly metadata: KafkaMetadata;
+  /** The rejects log's replication: every node keeps every node's rejects (each trims its copy). */
+  readonly rejectsReplication: KafkaMetadata;
+  /** The functions' checkpoints: committed offsets of one group per mapping. */
+  readonly checkpoints: KafkaCheckpointStore;
+  /** `GET /v1/devices` across the partition owners. */
+  readonly deviceDirectory: ClusterDeviceDirectory;
+  private readonly producer: TelemetryProducer;
+  private commands: CommandTopic | undefined;
+
   private constructor(
-    readonly client: KafkaClient,
-    readonly topics: ClusterTopics,
-    readonly changeLog: KafkaChangeLog,
-    private readonly producer: TelemetryProducer,
-    readonly writer: KafkaTelemetryWriter,
+    parts: Pick<ClusterNode, 'client' | 'topics' | 'changeLog' | 'metadata' | 'rejectsReplication'> & { producer: TelemetryProducer },
     private readonly database: Database,
     private readonly config: Config,
     private readonly logger: Logger,
   ) {
-    this.owners = new PartitionOwners(client, topics.storeGroup, topics.telemetry);
+    ({ client: this.client, topics: this.topics, changeLog: this.changeLog, metadata: this.metadata, rejectsReplication: this.rejectsReplication, producer: this.producer } = parts);
+    this.writer = new KafkaTelemetryWriter(this.producer);
+    this.owners = new PartitionOwners(this.client, this.topics.storeGroup, this.topics.telemetry);
+    this.checkpoints = new KafkaCheckpointStore({ client: this.client, topic: this.topics.changes, groupPrefix: this.topics.groupPrefix });
+    this.deviceDirectory = new ClusterDeviceDirectory({ owners: this.owners, shards: config.streamShards, served: () => this.servedPartitions() });
   }
 
-  /** Connects, creates or checks the topics, and opens the change log owning no shard yet. */
+  /**
+   * Connects, creates or checks the topics, opens the change log owning no shard yet, and
+   * applies the control plane and the rejects log as far as Kafka has them.
+   */
   static async connect(config: Config, database: Database, logger: Logger): Promise<ClusterNode> {
     const brokers = config.kafkaBrokers.split(',').map((b) => b.trim()).filter((b) => b !== '');
     const client = await KafkaClient.connect({ brokers, clientId: `tributary-${process.pid}`, logger: logger.child({ module: 'kafka' }) });
     const topics = clusterTopics(config.kafkaTopicPrefix);
+    const opened: Array<{ close(): Promise<void> }> = [];
+    const open = async <T extends { close(): Promise<void> }>(part: Promise<T>): Promise<T> => {
+      const it = await part;
+      opened.push(it);
+      return it;
+    };
     try {
       const replicationFactor = config.kafkaReplicationFactor;
-      const changeLog = await KafkaChangeLog.open({ client, database, topic: topics.changes, shards: config.streamShards, replicationFactor, retentionMs: config.streamRetention, owned: 'none', logger: logger.child({ module: 'streams' }) });
-      const producer = await TelemetryProducer.open({ client, topic: topics.telemetry, partitions: config.streamShards, replicationFactor, retentionMs: config.retention });
-      return new ClusterNode(client, topics, changeLog, producer, new KafkaTelemetryWriter(producer), database, config, logger);
+      const changeLog = await open(KafkaChangeLog.open({ client, database, topic: topics.changes, shards: config.streamShards, replicationFactor, retentionMs: config.streamRetention, owned: 'none', logger: logger.child({ module: 'streams' }) }));
+      const producer = await open(TelemetryProducer.open({ client, topic: topics.telemetry, partitions: config.streamShards, replicationFactor, retentionMs: config.retention }));
+      const metadata = await open(KafkaMetadata.open({ client, database, topic: topics.metadata, replicationFactor, cleanup: { compact: true }, logger: logger.child({ module: 'metadata' }) }));
+      const rejectsReplication = await open(
+        KafkaMetadata.open({ client, database, topic: topics.rejects, replicationFactor, cleanup: { retentionMs: config.rejectsRetention }, logger: logger.child({ module: 'rejects' }) }),
+      );
+      return new ClusterNode({ client, topics, changeLog, producer, metadata, rejectsReplication }, database, config, logger);
     } catch (err) {
+      for (const part of opened.reverse()) await part.close().catch(() => undefined);
       await client.close();
       throw err;
     }
+  }
+
+  /** Follows the commands topic, handing each command to `deliver` (this node's broker); the sender for the API and functions. */
+  async openCommands(deliver: (command: Command) => Promise<void>): Promise<CommandSender> {
+    this.commands = await CommandTopic.open({ client: this.client, topic: this.topics.commands, replicationFactor: this.config.kafkaReplicationFactor, deliver, logger: this.logger.child({ module: 'commands' }) });
+    return this.commands;
+  }
+
+  /** Stops following commands (before the broker they are delivered to closes). */
+  async closeCommands(): Promise<void> {
+    await this.commands?.close();
   }
 
   /** Joins the store group: from now on the group's assignment decides what this node materializes and serves. */
@@ -236,10 +282,6 @@ export class ClusterNode implements DeviceRouter {
     return url === undefined ? { unavailable: `no node owns partition ${partition} right now (the cluster is rebalancing)` } : { url };
   }
 
-  /** Who owns each partition, as the store group says (for the device list's fan-out). */
-  get partitionOwners(): PartitionOwners {
-    return this.owners;
-  }
 
   /** The partitions this node answers for now: assigned here and caught up. */
   servedPartitions(): number[] {
@@ -261,8 +303,10 @@ export class ClusterNode implements DeviceRouter {
     await this.producer.close();
   }
 
-  /** After the store closed: the change log and the connection. */
+  /** After the store, the rejects log and the API closed: the replicated logs, the change log and the connection. */
   async close(): Promise<void> {
+    await this.rejectsReplication.close();
+    await this.metadata.close();
     await this.changeLog.close();
     await this.client.close();
   }

@@ -27,7 +27,7 @@ import { commandOf, type Command, type CommandSender } from '../ingest/mqtt-brok
 import { OffsetOutOfRange, type KafkaClient, type KafkaPoller } from './kafka-client.js';
 
 /** How long the topic keeps a command: far longer than any node should lag. */
-export const COMMAND_RETENTION_MS = 3_600_000;
+const COMMAND_RETENTION_MS = 3_600_000;
 const PARTITION = 0;
 /** How long a fetch at the topic's end waits at the broker for a command to arrive. */
 const POLL_WAIT_MS = 500;

@@ -4,10 +4,9 @@
  * an HTTP 201 goes out. The partition's owner materializes it into its store later.
  */
 import { prepareWrite } from '../store/items.js';
-import type { TelemetryStore, WriteRequest, WriteResult } from '../store/types.js';
+import type { TelemetryWriter } from '../ingest/telemetry-ingest.js';
+import type { WriteRequest, WriteResult } from '../store/types.js';
 import { acceptedResult, type TelemetryProducer } from './telemetry-topic.js';
-
-export type TelemetryWriter = Pick<TelemetryStore, 'write' | 'backlog'>;
 
 export class KafkaTelemetryWriter implements TelemetryWriter {
   constructor(

@@ -53,7 +53,7 @@ export function decodeTelemetry(bytes: Buffer): TelemetryMessage {
 const SERVER_SEQ_BASE = 0x8000_0000;
 const SEQ_OFFSET_SPAN = 0x8000;
 /** Most readings one request may carry in cluster mode (the index's 16 bits of the seq). */
-export const MAX_READINGS_PER_RECORD = 0x1_0000;
+const MAX_READINGS_PER_RECORD = 0x1_0000;
 
 function serverSeq(offset: number, index: number): number {
   return SERVER_SEQ_BASE + (offset % SEQ_OFFSET_SPAN) * MAX_READINGS_PER_RECORD + index;

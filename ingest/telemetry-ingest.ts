@@ -34,9 +34,11 @@ export function ingestMetricsOf(m: Metrics): IngestMetrics {
 
 export type Transport = 'mqtt' | 'http';
 
+/** Where validated requests go: the store, or in cluster mode the telemetry topic (cluster/kafka-writer.ts). */
+export type TelemetryWriter = Pick<TelemetryStore, 'write' | 'backlog'>;
+
 export interface TelemetryIngestOptions {
-  /** Where validated requests go: the store, or in cluster mode the telemetry topic. */
-  store: Pick<TelemetryStore, 'write' | 'backlog'>;
+  store: TelemetryWriter;
   rejects: Pick<RejectsLog, 'append'>;
   logger: Logger;
   metrics: IngestMetrics;
