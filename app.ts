@@ -86,7 +86,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   async function start(): Promise<Addresses> {
     // Before anything opens: a bad certificate or key is a configuration error.
     const tls = loadTlsCredentials(config);
-    database = await Database.open(config.dataDir);
+    database = await Database.open(config.dataDir, { writeBufferBytes: config.storeWriteBufferBytes });
     metrics.storeWritable.set(1);
     database.onWritableChange((writable, error) => {
       metrics.storeWritable.set(writable ? 1 : 0);

@@ -84,6 +84,13 @@ export const SETTINGS = {
     '--rejects-max-entries',
     'Most entries the rejects log keeps; the oldest go first. Each keeps at most 2 KiB of the raw payload, so the log stays under about this many times 2.5 KiB on disk however much garbage arrives.',
   ),
+  storeWriteBufferBytes: setting<number>(
+    { type: 'int', min: 1024 * 1024, max: 1024 * 1024 * 1024 },
+    64 * 1024 * 1024,
+    'TRIBUTARY_STORE_WRITE_BUFFER_BYTES',
+    '--store-write-buffer-bytes',
+    "LevelDB's write buffer: writes gather in memory up to this size before becoming a sorted table file. Larger means less compaction work per reading; it costs up to twice this in memory and up to this much log to replay when starting after a crash.",
+  ),
   commitMaxBatch: setting<number>({ type: 'int', min: 1, max: 100_000 }, 2000, 'TRIBUTARY_COMMIT_MAX_BATCH', '--commit-max-batch', 'Most readings in one group commit (one synced LevelDB batch).'),
   commitMaxDelayMs: setting<number>({ type: 'int', min: 0, max: 1000 }, 0, 'TRIBUTARY_COMMIT_MAX_DELAY_MS', '--commit-max-delay-ms', 'Extra time a group commit waits to gather writes when idle. 0: commit at once when idle, batch while a commit is in flight.'),
   secure: setting<boolean>(
