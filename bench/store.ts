@@ -12,7 +12,7 @@
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ClassicLevel } from 'classic-level';
-import { Database } from '../store/database.js';
+import { Database, sizingOptions } from '../store/database.js';
 import { MAX_U32, partitionOf, telemetryKey } from '../store/keys.js';
 import { LevelTelemetryStore, type LevelTelemetryStoreOptions } from '../store/level-store.js';
 import { EmbeddedChangeLog } from '../streams/embedded-log.js';
@@ -66,10 +66,10 @@ async function storeWrites(n: number): Promise<number> {
   return rate;
 }
 
-/** The baseline: raw classic-level `batch()` of 1,000 puts with `sync: true`, same keys and values. */
+/** The baseline: raw classic-level `batch()` of 1,000 puts with `sync: true`, same keys and values, same write buffer. */
 async function rawWrites(n: number): Promise<number> {
   const dir = scratchDir('raw-write');
-  const db = new ClassicLevel<string, string>(dir.path);
+  const db = new ClassicLevel<string, string>(dir.path, sizingOptions());
   await db.open();
   const t0 = performance.now();
   for (let i = 0; i < n; i += 1000) {

@@ -39,6 +39,12 @@ export interface DatabaseOptions {
  */
 export const DEFAULT_WRITE_BUFFER_BYTES = 64 * 1024 * 1024;
 
+/** classic-level's sizing options for a write buffer of `writeBufferBytes` (benchmarks give raw baselines the same). */
+export function sizingOptions(writeBufferBytes = DEFAULT_WRITE_BUFFER_BYTES): { writeBufferSize: number; maxFileSize: number } {
+  const writeBufferSize = Math.max(1024 * 1024, nonNegative(writeBufferBytes, 'writeBufferBytes'));
+  return { writeBufferSize, maxFileSize: Math.ceil(writeBufferSize / 2) };
+}
+
 /** A key range as abstract-level takes it (buffer keys). */
 export interface KeyRange {
   gt?: Buffer;
@@ -128,8 +134,7 @@ export class Database {
   static async open(dataDir: string, options: DatabaseOptions = {}): Promise<Database> {
     mkdirSync(dataDir, { recursive: true });
     const path = join(dataDir, 'db');
-    const writeBufferSize = Math.max(1024 * 1024, nonNegative(options.writeBufferBytes ?? DEFAULT_WRITE_BUFFER_BYTES, 'writeBufferBytes'));
-    const handle: Db = new ClassicLevel<Buffer, Buffer>(path, { keyEncoding: 'buffer', valueEncoding: 'buffer', writeBufferSize, maxFileSize: Math.ceil(writeBufferSize / 2) });
+    const handle: Db = new ClassicLevel<Buffer, Buffer>(path, { keyEncoding: 'buffer', valueEncoding: 'buffer', ...sizingOptions(options.writeBufferBytes) });
     try {
       await handle.open();
     } catch (err) {

@@ -97,8 +97,11 @@ interface Opened {
   close: () => Promise<void>;
 }
 
+/** LevelDB's own default: a buffer whose log and flushed table both fit the 12 MiB tmpfs. */
+const WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
+
 async function openAt(dataDir: string): Promise<Opened> {
-  const database = await Database.open(dataDir);
+  const database = await Database.open(dataDir, { writeBufferBytes: WRITE_BUFFER_BYTES });
   const changeLog = await EmbeddedChangeLog.open(database, { shards: 2 });
   const store = await LevelTelemetryStore.open({ database, changeLog, partitionWindowMs: DAY, maxBatch: 500, maxDelayMs: 0 });
   return {
