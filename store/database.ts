@@ -41,7 +41,7 @@ export const DEFAULT_WRITE_BUFFER_BYTES = 64 * 1024 * 1024;
 
 /** classic-level's sizing options for a write buffer of `writeBufferBytes` (benchmarks give raw baselines the same). */
 export function sizingOptions(writeBufferBytes = DEFAULT_WRITE_BUFFER_BYTES): { writeBufferSize: number; maxFileSize: number } {
-  const writeBufferSize = Math.max(1024 * 1024, nonNegative(writeBufferBytes, 'writeBufferBytes'));
+  const writeBufferSize = nonNegative(writeBufferBytes, 'writeBufferBytes');
   return { writeBufferSize, maxFileSize: Math.ceil(writeBufferSize / 2) };
 }
 
