@@ -34,6 +34,9 @@ export function ingestMetricsOf(m: Metrics): IngestMetrics {
 
 export type Transport = 'mqtt' | 'http';
 
+/** Metric labels of the MQTT path, built once (an object literal per publish adds up). */
+const MQTT = { transport: 'mqtt' } as const;
+
 /** Where validated requests go: the store, or in cluster mode the telemetry topic (cluster/kafka-writer.ts). */
 export type TelemetryWriter = Pick<TelemetryStore, 'write' | 'backlog'>;
 
@@ -94,32 +97,65 @@ export class TelemetryIngest {
    * reject is recorded; with `Throttled` when the device is too far over its rate; with
    * `StoreUnavailable` when nothing could be written.
    */
-  async ingestPayload(deviceId: string, payload: Buffer, delivery?: Omit<DeliveryId, 'payloadHash'>, source: PublishSource = {}): Promise<WriteResult> {
-    const m = this.deps.metrics;
-    m.messages.inc({ transport: 'mqtt' });
-    // Only a device over its rate waits: awaiting a no-op would cost every publish a microtask turn.
-    const wait = this.paceWait(deviceId);
-    if (wait > 0) await sleep(wait);
-    const end = m.durableLatency.startTimer({ transport: 'mqtt' });
-    const clientId = source.clientId ?? delivery?.clientId;
+  ingestPayload(deviceId: string, payload: Buffer, delivery?: Omit<DeliveryId, 'payloadHash'>, source: PublishSource = {}): Promise<WriteResult> {
+    this.deps.metrics.messages.inc(MQTT);
+    let wait: number;
+    try {
+      wait = this.paceWait(deviceId);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Only a device over its rate waits: waiting for nothing would cost every publish a turn.
+    if (wait > 0) return sleep(wait).then(() => this.ingestPaced(deviceId, payload, delivery, source));
+    return this.ingestPaced(deviceId, payload, delivery, source);
+  }
+
+  /**
+   * {@link ingestPayload} once paced. Promise callbacks rather than `async`: a publish
+   * waits here for its batch to commit, and a suspended async frame per publish in
+   * flight was the largest object the write path kept alive under load.
+   */
+  private ingestPaced(deviceId: string, payload: Buffer, delivery: Omit<DeliveryId, 'payloadHash'> | undefined, source: PublishSource): Promise<WriteResult> {
+    const started = performance.now();
+    let written: Promise<WriteResult>;
     try {
       const readings = decodePayload(payload, this.limits);
       this.checkTime(readings);
-      const req: WriteRequest = delivery
-        ? { deviceId, readings, delivery: { clientId: delivery.clientId, packetId: delivery.packetId, payloadHash: hash('sha1', payload, 'hex') } }
-        : { deviceId, readings };
-      const result = await this.write(req);
-      m.readings.inc({ transport: 'mqtt' }, result.items.length);
-      return result;
-    } catch (caught) {
-      const err = asReject(caught);
-      if (err instanceof RejectedPayload) {
-        await this.record({ transport: 'mqtt', reason: err.reason, message: err.message, field: err.field, deviceId, clientId, topic: source.topic ?? `devices/${deviceId}/telemetry`, payload });
-      }
-      throw err;
-    } finally {
-      end();
+      written = this.write(
+        delivery === undefined ? { deviceId, readings } : { deviceId, readings, delivery: { clientId: delivery.clientId, packetId: delivery.packetId, payloadHash: hash('sha1', payload, 'hex') } },
+      );
+    } catch (err) {
+      return this.publishFailed(err, deviceId, payload, delivery, source, started);
     }
+    return written.then(
+      (result) => {
+        this.deps.metrics.readings.inc(MQTT, result.items.length);
+        this.observeLatency(MQTT, started);
+        return result;
+      },
+      (err: unknown) => this.publishFailed(err, deviceId, payload, delivery, source, started),
+    );
+  }
+
+  /** Records a rejected publish in the rejects log, then fails with the reject (or with whatever else went wrong). */
+  private publishFailed(caught: unknown, deviceId: string, payload: Buffer, delivery: Omit<DeliveryId, 'payloadHash'> | undefined, source: PublishSource, started: number): Promise<never> {
+    const err = asReject(caught);
+    const recorded =
+      err instanceof RejectedPayload
+        ? this.record({ transport: 'mqtt', reason: err.reason, message: err.message, field: err.field, deviceId, clientId: source.clientId ?? delivery?.clientId, topic: source.topic ?? `devices/${deviceId}/telemetry`, payload })
+        : Promise.resolve();
+    const fail = (): never => {
+      this.observeLatency(MQTT, started);
+      throw err;
+    };
+    return recorded.then(fail, (recordErr: unknown) => {
+      this.observeLatency(MQTT, started);
+      throw recordErr;
+    });
+  }
+
+  private observeLatency(labels: { transport: Transport | 'function' }, started: number): void {
+    this.deps.metrics.durableLatency.observe(labels, (performance.now() - started) / 1000);
   }
 
   /**
@@ -132,7 +168,7 @@ export class TelemetryIngest {
     const transport = origin === undefined ? 'http' : 'function';
     const m = this.deps.metrics;
     m.messages.inc({ transport });
-    const end = m.durableLatency.startTimer({ transport });
+    const started = performance.now();
     try {
       const readings = decodeReadings(body, this.limits);
       this.checkTime(readings);
@@ -146,7 +182,7 @@ export class TelemetryIngest {
       }
       throw err;
     } finally {
-      end();
+      this.observeLatency({ transport }, started);
     }
   }
 

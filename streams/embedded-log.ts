@@ -4,7 +4,7 @@ import { Prefix } from '../store/keyspace.js';
 import { decodeRecord, encodeRecord } from './codec.js';
 import { SequencedLog } from './sequenced-log.js';
 import { TailCache } from './tail-cache.js';
-import type { BatchOp, ChangeRecord } from './types.js';
+import type { BatchOp, Change, ChangeRecord } from './types.js';
 
 /** `C` · shard (u16 BE) · sequence (u64 BE): a shard's records sort in sequence order. */
 export function changeKey(shard: number, sequenceNumber: number): Buffer {
@@ -43,8 +43,14 @@ const DEFAULT_TAIL_CACHE: TailCacheLimits = { records: 4096, bytes: 16 * 1024 * 
  */
 export class EmbeddedChangeLog extends SequencedLog {
   private readonly tails: TailCache[];
-  /** The encoding of each staged record, for the tail cache once its batch commits. */
-  private readonly encoded = new WeakMap<ChangeRecord, Buffer>();
+  /**
+   * The encodings of a staged batch's records (in order), for the tail cache once the
+   * batch commits. Keyed by the batch rather than by record: a WeakMap with an entry
+   * per record grew to a megabyte under load and was copied by every young-generation GC.
+   */
+  private readonly encoded = new WeakMap<ChangeRecord[], Buffer[]>();
+  /** Encodings of the batch being staged. */
+  private staging: Buffer[] = [];
 
   private constructor(
     private readonly database: Database,
@@ -72,16 +78,25 @@ export class EmbeddedChangeLog extends SequencedLog {
     return new EmbeddedChangeLog(database, fixed, `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${createdAt}`, last, opts.tailCache ?? DEFAULT_TAIL_CACHE);
   }
 
+  override stage(ops: BatchOp[], changes: Change[], now: number): ChangeRecord[] {
+    this.staging = [];
+    const records = super.stage(ops, changes, now);
+    this.encoded.set(records, this.staging);
+    return records;
+  }
+
   protected persist(ops: BatchOp[], record: ChangeRecord): void {
     const value = encodeRecord(record);
-    this.encoded.set(record, value);
+    this.staging.push(value);
     ops.push({ type: 'put', key: changeKey(record.shard, record.sequenceNumber), value });
   }
 
   protected override afterCommit(records: ChangeRecord[]): void {
-    for (const r of records) {
-      const value = this.encoded.get(r);
-      if (value !== undefined) this.tails[r.shard]?.append(r.sequenceNumber, value);
+    const values = this.encoded.get(records);
+    if (values === undefined) return;
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i] as ChangeRecord;
+      this.tails[r.shard]?.append(r.sequenceNumber, values[i] as Buffer);
     }
   }
 
