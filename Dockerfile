@@ -46,5 +46,5 @@ EXPOSE 1883 3000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["node", "-e", "const tls = Boolean(process.env.TRIBUTARY_TLS_CERT); if (tls) process.env.NODE_TLS_REJECT_UNAUTHORIZED = '0'; fetch((tls ? 'https' : 'http') + '://127.0.0.1:' + (process.env.TRIBUTARY_HTTP_PORT || '3000') + '/readyz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 
-ENTRYPOINT ["node", "dist/bin/tributary.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=64", "dist/bin/tributary.js"]
 CMD ["start"]

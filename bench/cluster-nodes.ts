@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { clusterTopics, type ClusterTopics } from '../cluster/cluster-node.js';
 import { TributaryError } from '../core/errors.js';
+import { NODE_FLAGS } from '../core/node-flags.js';
 import { parseDuration } from '../core/time.js';
 import { shardOf } from '../streams/shard.js';
 import { clusterNodeEnv, SHARED_NODE_ENV } from '../test/cluster/node-env.js';
@@ -63,7 +64,7 @@ function uniquePrefix(label: string): string {
 
 async function startNode(index: number, env: Record<string, string>): Promise<NodeProcess> {
   // Unpaced: one bench connection carries many devices' worth of publishes (as bench/ingest.ts).
-  const child = spawn(process.execPath, [CLI, 'start', '--log-level', 'warn', '--device-publish-rate', '0'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const child = spawn(process.execPath, [...NODE_FLAGS, CLI, 'start', '--log-level', 'warn', '--device-publish-rate', '0'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let out = '';
   const keep = (d: Buffer) => (out = (out + d.toString()).slice(-OUTPUT_TAIL));
   child.stdout.on('data', keep);

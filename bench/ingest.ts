@@ -19,6 +19,7 @@ import { connect, createServer, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { generate } from 'mqtt-packet';
+import { NODE_FLAGS } from '../core/node-flags.js';
 import { runLoad, type LoadResult } from './load.js';
 import { fmt, median, printTable, progress, sampleValues, scratchDir, type Row } from './harness.js';
 
@@ -79,7 +80,7 @@ function broker(url: string, child: ChildProcess, cleanup?: () => void): Broker 
 function spawnTributary(dir: string, extra: string[] = []): ChildProcess {
   return spawn(
     process.execPath,
-    [`${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dir, '--log-level', 'error', '--device-publish-rate', '0', '--mqtt-max-connections', String(2 * IDLE_CONNECTIONS), ...extra],
+    [...NODE_FLAGS, `${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dir, '--log-level', 'error', '--device-publish-rate', '0', '--mqtt-max-connections', String(2 * IDLE_CONNECTIONS), ...extra],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
 }
@@ -114,7 +115,7 @@ async function startTributarySecured(): Promise<Broker> {
 }
 
 async function startBareAedes(): Promise<Broker> {
-  const child = spawn(process.execPath, [`${DIST}bench/bare-aedes.js`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [...NODE_FLAGS, `${DIST}bench/bare-aedes.js`], { stdio: ['ignore', 'pipe', 'inherit'] });
   const m = await waitForLine(child, /PORT (\d+)/);
   return broker(`mqtt://127.0.0.1:${m[1]}`, child);
 }

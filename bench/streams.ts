@@ -20,6 +20,7 @@ import mqtt from 'mqtt';
 import { Database } from '../store/database.js';
 import { EmbeddedChangeLog } from '../streams/embedded-log.js';
 import { shardOf } from '../streams/shard.js';
+import { NODE_FLAGS } from '../core/node-flags.js';
 import { runLoad } from './load.js';
 import { fmt, percentile, printTable, progress, scratchDir, type Row } from './harness.js';
 
@@ -39,7 +40,7 @@ interface Server {
 async function startServer(dataDir: string, extra: string[] = []): Promise<Server> {
   const child = spawn(
     process.execPath,
-    [`${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dataDir, '--stream-shards', String(SHARDS), '--log-level', 'error', ...extra],
+    [...NODE_FLAGS, `${DIST}bin/tributary.js`, 'start', '--mqtt-port', '0', '--http-port', '0', '--data-dir', dataDir, '--stream-shards', String(SHARDS), '--log-level', 'error', ...extra],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   const [mqttUrl, httpUrl] = await new Promise<[string, string]>((resolve, reject) => {

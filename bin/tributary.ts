@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=64
 /**
  * The command line. The only place that reads argv and the environment; everything
  * below gets a frozen config.

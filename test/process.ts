@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../core/node-flags.js';
 import { waitFor } from './helpers.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -24,7 +25,7 @@ export interface ServerProcess {
 export async function startServerProcess(args: string[], env?: Record<string, string>): Promise<ServerProcess> {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` (npm test does it first)`);
   const ports = env === undefined ? ['--mqtt-port', '0', '--http-port', '0'] : [];
-  const child = spawn(process.execPath, [CLI, 'start', ...ports, '--log-level', 'warn', ...args], {
+  const child = spawn(process.execPath, [...NODE_FLAGS, CLI, 'start', ...ports, '--log-level', 'warn', ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
