@@ -26,12 +26,12 @@ import type { TelemetryIngest } from '../ingest/telemetry-ingest.js';
 import { connectClient, getJson } from './app-harness.js';
 import { connectBytes, encode, encodeRemainingLength, endsOnPacketBoundary, fuzzCase, mqttString, PINGREQ, rawPacket, telemetryPayload, type FuzzCase, type Regression } from './fuzz/packets.js';
 import { tempDir, waitFor } from './helpers.js';
-import { startServerProcess, type ServerProcess } from './process.js';
+import { startServerProcess, YOUNG_GENERATION_EXTRA_MB, type ServerProcess } from './process.js';
 
 const FUZZ_CASES = Number(process.env.FUZZ_CASES ?? 300);
 const FUZZ_SEED = Number(process.env.FUZZ_SEED ?? 20_240_611);
 const HEALTH_EVERY = Math.max(50, Math.ceil(FUZZ_CASES / 40));
-const RSS_LIMIT_MB = 300;
+const RSS_LIMIT_MB = 300 + YOUNG_GENERATION_EXTRA_MB;
 const MAX_PAYLOAD_BYTES = 4096;
 /** Telemetry payloads published by a real client and checked against the rejects log. */
 const ACCOUNTING_CASES = Math.max(100, Math.ceil(FUZZ_CASES / 10));

@@ -12,7 +12,7 @@ import { DEFAULT_WRITE_BUFFER_BYTES } from '../store/database.js';
 import { MemoryTelemetryStore } from '../store/memory-store.js';
 import { connectClient, getJson, standaloneIngest, startApp } from './app-harness.js';
 import { tempDir } from './helpers.js';
-import { startServerProcess, type ServerProcess } from './process.js';
+import { startServerProcess, YOUNG_GENERATION_EXTRA_MB, type ServerProcess } from './process.js';
 
 const CONNECTIONS = 40;
 const PER_CONNECTION = 1000;
@@ -20,11 +20,12 @@ const PAYLOAD_BYTES = 1024;
 /**
  * The broker runs with a 64 MB heap while ~40 MB of publishes (several times that once
  * parsed) are offered at once: buffering them would exhaust it. RSS includes LevelDB's
- * caches and V8's slack, and up to two write buffers (the one filling and the one being
- * written out: store/database.ts); unbounded buffering would blow through this.
+ * caches and V8's slack, up to two write buffers (the one filling and the one being
+ * written out: store/database.ts) and the server's larger young generation (test/process.ts);
+ * unbounded buffering would blow through this.
  */
 const HEAP_MB = 64;
-const RSS_LIMIT_MB = 250 + (2 * DEFAULT_WRITE_BUFFER_BYTES) / (1024 * 1024);
+const RSS_LIMIT_MB = 250 + (2 * DEFAULT_WRITE_BUFFER_BYTES) / (1024 * 1024) + YOUNG_GENERATION_EXTRA_MB;
 /**
  * aedes reads no more of a connection while a packet of the chunk it read last is still
  * waiting for its PUBACK, so the readings the store is behind by are bounded by about one

@@ -8,6 +8,15 @@ export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** The built CLI: `npm test` builds first (pretest), so tests run what users run. */
 export const CLI = `${ROOT}dist/bin/tributary.js`;
 
+/** V8's own largest semi-space on 64-bit Node 20, in MiB. */
+const DEFAULT_SEMI_SPACE_MB = 16;
+
+/**
+ * What the servers started here may hold beyond Node's defaults, in MB: the young
+ * generation core/node-flags.ts enlarges is two semi-spaces. Memory bounds add it.
+ */
+export const YOUNG_GENERATION_EXTRA_MB = 2 * (Number(/--max-semi-space-size=(\d+)/.exec(NODE_FLAGS.join(' '))?.[1] ?? DEFAULT_SEMI_SPACE_MB) - DEFAULT_SEMI_SPACE_MB);
+
 export interface ServerProcess {
   child: ChildProcess;
   mqttUrl: string;
