@@ -15,9 +15,9 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { KafkaClient } from '../cluster/kafka-client.js';
 import { decodeRecord } from '../streams/codec.js';
 import { clusterNodeEnv } from './cluster/node-env.js';
-import { freePort, tempDir, waitFor } from './helpers.js';
+import { tempDir, waitFor } from './helpers.js';
 import { describeWithKafka, uniqueTopic } from './kafka/broker.js';
-import { startServerProcess, type ServerProcess } from './process.js';
+import { startServerOnFreePorts, startServerProcess, type ServerProcess } from './process.js';
 
 const NODES = 3;
 /** The session timeout (10 s) plus a rebuild, with room for a loaded 2-core machine. */
@@ -80,14 +80,14 @@ describeWithKafka('cluster: three node processes on one Kafka', (brokers) => {
 }
 `,
     );
-    for (let i = 1; i <= NODES; i++) {
-      const httpPort = await freePort();
-      const mqttPort = await freePort();
-      const env = { ...clusterNodeEnv({ index: i, brokers: brokers.join(','), dataDir: join(work.path, `node-${i}`), httpPort, mqttPort, topicPrefix: prefix }), TRIBUTARY_FUNCTIONS_DIR: fnDir };
-      nodes.push({ env, process: undefined, http: `http://127.0.0.1:${httpPort}`, mqtt: `mqtt://127.0.0.1:${mqttPort}` });
-    }
     // One at a time: the first creates the topics the others check.
-    for (const node of nodes) node.process = await startServerProcess([], node.env);
+    for (let i = 1; i <= NODES; i++) {
+      const started = await startServerOnFreePorts(({ httpPort, mqttPort }) => ({
+        ...clusterNodeEnv({ index: i, brokers: brokers.join(','), dataDir: join(work.path, `node-${i}`), httpPort, mqttPort, topicPrefix: prefix }),
+        TRIBUTARY_FUNCTIONS_DIR: fnDir,
+      }));
+      nodes.push({ env: started.env, process: started.process, http: `http://127.0.0.1:${started.httpPort}`, mqtt: `mqtt://127.0.0.1:${started.mqttPort}` });
+    }
     await settled(nodes);
   }, 180_000);
 

@@ -8,9 +8,9 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { clusterNodeEnv } from './cluster/node-env.js';
-import { freePort, tempDir, waitFor } from './helpers.js';
+import { tempDir, waitFor } from './helpers.js';
 import { describeWithKafka, uniqueTopic } from './kafka/broker.js';
-import { startServerProcess, type ServerProcess } from './process.js';
+import { startServerOnFreePorts, type ServerProcess } from './process.js';
 
 interface SecuredNode {
   process: ServerProcess;
@@ -26,10 +26,11 @@ describeWithKafka('cluster: secured nodes share keys and credentials', (brokers)
 
   beforeAll(async () => {
     for (let i = 1; i <= 2; i++) {
-      const httpPort = await freePort();
-      const mqttPort = await freePort();
-      const env = { ...clusterNodeEnv({ index: i, brokers: brokers.join(','), dataDir: join(work.path, `node-${i}`), httpPort, mqttPort, topicPrefix: prefix }), TRIBUTARY_FUNCTIONS_DIR: '' };
-      const process = await startServerProcess([], { ...env, TRIBUTARY_SECURE: 'true' });
+      const { process, httpPort, mqttPort } = await startServerOnFreePorts((ports) => ({
+        ...clusterNodeEnv({ index: i, brokers: brokers.join(','), dataDir: join(work.path, `node-${i}`), ...ports, topicPrefix: prefix }),
+        TRIBUTARY_FUNCTIONS_DIR: '',
+        TRIBUTARY_SECURE: 'true',
+      }));
       const adminKey = /admin API key \(shown once\): (\S+)/.exec(process.output())?.[1];
       if (adminKey === undefined) throw new Error(`node-${i} printed no admin key: ${process.output()}`);
       nodes.push({ process, http: `http://127.0.0.1:${httpPort}`, mqtt: `mqtt://127.0.0.1:${mqttPort}`, adminKey });

@@ -2,7 +2,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { NODE_FLAGS } from '../core/node-flags.js';
-import { waitFor } from './helpers.js';
+import { freePort, waitFor } from './helpers.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** The built CLI: `npm test` builds first (pretest), so tests run what users run. */
@@ -58,6 +58,33 @@ export async function startServerProcess(args: string[], env?: Record<string, st
       return exited;
     },
   };
+}
+
+/** A server started on fixed ports by {@link startServerOnFreePorts}, with the environment that names them. */
+export interface FixedPortServer {
+  process: ServerProcess;
+  env: Record<string, string>;
+  httpPort: number;
+  mqttPort: number;
+}
+
+/**
+ * Starts `tributary start` on fixed ports, as a deployment's environment names them:
+ * `envFor` builds the environment for two free ports picked just before. Another process
+ * can take a port between the pick and the bind (outgoing connections draw from the same
+ * ephemeral range), so a start that fails with EADDRINUSE is tried again on fresh ports.
+ */
+export async function startServerOnFreePorts(envFor: (ports: { httpPort: number; mqttPort: number }) => Record<string, string>, attempts = 3): Promise<FixedPortServer> {
+  for (let attempt = 1; ; attempt++) {
+    const httpPort = await freePort();
+    const mqttPort = await freePort();
+    const env = envFor({ httpPort, mqttPort });
+    try {
+      return { process: await startServerProcess([], env), env, httpPort, mqttPort };
+    } catch (err) {
+      if (attempt >= attempts || !String(err).includes('EADDRINUSE')) throw err;
+    }
+  }
 }
 
 /** Whether a Debian tool is installed; under CI its absence is a failure, not a skip. */
