@@ -144,14 +144,11 @@ export class TelemetryIngest {
       err instanceof RejectedPayload
         ? this.record({ transport: 'mqtt', reason: err.reason, message: err.message, field: err.field, deviceId, clientId: source.clientId ?? delivery?.clientId, topic: source.topic ?? `devices/${deviceId}/telemetry`, payload })
         : Promise.resolve();
-    const fail = (): never => {
-      this.observeLatency(MQTT, started);
-      throw err;
-    };
-    return recorded.then(fail, (recordErr: unknown) => {
-      this.observeLatency(MQTT, started);
-      throw recordErr;
-    });
+    return recorded
+      .finally(() => this.observeLatency(MQTT, started))
+      .then(() => {
+        throw err;
+      });
   }
 
   private observeLatency(labels: { transport: Transport | 'function' }, started: number): void {

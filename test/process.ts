@@ -1,7 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { NODE_FLAGS } from '../core/node-flags.js';
+import { NODE_FLAGS, SEMI_SPACE_MB } from '../core/node-flags.js';
 import { freePort, waitFor } from './helpers.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -15,7 +15,7 @@ const DEFAULT_SEMI_SPACE_MB = 16;
  * What the servers started here may hold beyond Node's defaults, in MB: the young
  * generation core/node-flags.ts enlarges is two semi-spaces. Memory bounds add it.
  */
-export const YOUNG_GENERATION_EXTRA_MB = 2 * (Number(/--max-semi-space-size=(\d+)/.exec(NODE_FLAGS.join(' '))?.[1] ?? DEFAULT_SEMI_SPACE_MB) - DEFAULT_SEMI_SPACE_MB);
+export const YOUNG_GENERATION_EXTRA_MB = 2 * (SEMI_SPACE_MB - DEFAULT_SEMI_SPACE_MB);
 
 export interface ServerProcess {
   child: ChildProcess;
@@ -43,10 +43,9 @@ export async function startServerProcess(args: string[], env?: Record<string, st
   child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const match = await waitFor(() => {
-    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}: ${out}`);
-    return /MQTT {2}mqtt:\/\/([^\s]+):(\d+)\n {2}HTTP {2}(http:\/\/[^\s]+)/.exec(out);
-  }, 15_000, 'the server to print its addresses');
+  // An exit ends the wait at once (waitFor would take a thrown error for "not yet").
+  const match = await waitFor(() => (child.exitCode !== null ? 'exited' : /MQTT {2}mqtt:\/\/([^\s]+):(\d+)\n {2}HTTP {2}(http:\/\/[^\s]+)/.exec(out)), 15_000, 'the server to print its addresses');
+  if (match === 'exited') throw new Error(`server exited with ${child.exitCode}: ${out}`);
   return {
     child,
     mqttUrl: `mqtt://${match[1]}:${match[2]}`,
