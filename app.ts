@@ -36,6 +36,7 @@ import { ingestMetricsOf, TelemetryIngest } from './ingest/telemetry-ingest.js';
 import { PublishRate } from './ingest/publish-rate.js';
 import { RejectsLog } from './ingest/rejects-log.js';
 import { Database } from './store/database.js';
+import { DEFAULT_DELIVERY_WINDOW } from './store/delivery-window.js';
 import { LevelTelemetryStore } from './store/level-store.js';
 import type { TelemetryStore } from './store/types.js';
 import { EmbeddedChangeLog } from './streams/embedded-log.js';
@@ -110,6 +111,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       maxDelayMs: config.commitMaxDelayMs,
       retentionMs: config.retention,
       retentionRemoveRecords: config.retentionRemoveRecords,
+      // Twice what a client may have in flight: everything it could re-send after a reconnect.
+      deliveryWindow: Math.max(DEFAULT_DELIVERY_WINDOW, 2 * config.mqttMaxInflight),
       logger: logger.child({ module: 'store' }),
     });
     store = openStore;

@@ -9,7 +9,7 @@ describe('telemetry topic codec', () => {
       req: {
         deviceId: 'dev-ü.1',
         readings: [{ ts: 1_700_000_000_123, values: { t: -1.5, ok: true, gps: { lat: 51.5 }, s: 'x' } }, { values: { big: 2 ** 40 } }],
-        delivery: { clientId: 'c1', packetId: 65_535, payloadHash: 'ab'.repeat(16) },
+        delivery: { clientId: 'c1', packetId: 65_535, payloadHash: 2 ** 48 - 1 },
         origin: { function: 'f', hops: 2 },
       },
       receivedAt: 1_700_000_000_999,

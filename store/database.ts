@@ -462,9 +462,20 @@ export class Database {
     if (version > FORMAT_VERSION) {
       throw new TributaryError('StoreUnavailable', `the database at ${this.path} holds format version ${version}, newer than this build reads (format version ${FORMAT_VERSION}); refusing to open it (use a tributary build that reads format ${version})`);
     }
-    if (version !== FORMAT_VERSION) {
+    if (version === 1) await this.migrateFrom1();
+    else if (version !== FORMAT_VERSION) {
       throw new TributaryError('StoreUnavailable', `the database at ${this.path} holds format version ${version}, older than this build reads (format version ${FORMAT_VERSION}) and there is no migration; refusing to open it`);
     }
+  }
+
+  /**
+   * Format 1 kept one delivery id per packet id (`Q`); format 2 keeps a window of each
+   * client's latest deliveries. The old rows are dropped: the guard starts afresh, so a
+   * PUBLISH in flight across the upgrade may be stored twice (if server-stamped).
+   */
+  private async migrateFrom1(): Promise<void> {
+    await this.clear({ gte: Buffer.of(Prefix.delivery), lt: Buffer.of(Prefix.delivery + 1) }, 10_000);
+    await this.commit([{ type: 'put', key: metaKey('format'), value: Buffer.from(String(FORMAT_VERSION)) }]);
   }
 
   /** Lets queued commits finish, stops recovering and closes the handle. Later commits reject with `StoreUnavailable`. */

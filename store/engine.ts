@@ -37,6 +37,7 @@ import {
   type PreparedWrite,
   type Projection,
 } from './items.js';
+import { DEFAULT_DELIVERY_WINDOW, DeliveryWindow, type DeliveryRow } from './delivery-window.js';
 import { MAX_U32 } from './keys.js';
 import {
   AGGREGATES,
@@ -45,7 +46,6 @@ import {
   type AggregateQuery,
   type AggregateResult,
   type DeleteDeviceResult,
-  type DeliveryId,
   type DeviceInfo,
   type DropResult,
   type ItemChange,
@@ -125,15 +125,16 @@ export interface PartitionItem extends ItemRef {
 export interface BatchReads {
   /** Devices whose state is not cached yet. */
   devices: string[];
-  deliveries: DeliveryId[];
+  /** Clients whose delivery window is not cached yet. */
+  clients: string[];
   /** Item keys of device-stamped readings (server-stamped keys are known to be free). */
   items: ItemRef[];
 }
 
 export interface BatchReadResult {
   devices: DeviceState[];
-  /** Stored payload hash per delivery id. */
-  deliveries: Array<string | undefined>;
+  /** Stored delivery rows per client, in any order. */
+  windows: DeliveryRow[][];
   /** Stored values per item key. */
   items: Array<Buffer | undefined>;
 }
@@ -149,11 +150,12 @@ export interface WritePlan {
   latest: Array<{ deviceId: string; item: LatestItem }>;
   /** New registry entry per device seen in the batch. */
   devices: Array<{ deviceId: string; info: DeviceRecord }>;
-  deliveries: DeliveryId[];
+  /** Delivery rows written: delivery `n` of the client, in `slot` of its window. */
+  deliveries: Array<DeliveryRow & { clientId: string; slot: number }>;
   /** Devices whose latest and registry entries are deleted. */
   removedDevices: string[];
-  /** Delivery ids deleted. */
-  removedDeliveries: Array<{ clientId: string; packetId: number }>;
+  /** Delivery window slots deleted. */
+  removedDeliveries: Array<{ clientId: string; slot: number }>;
 }
 
 export interface ScanQuery {
@@ -195,8 +197,8 @@ export interface StoreBackend {
    * Idempotent, so an interrupted drop is finished by the next one.
    */
   dropPartition(partition: number): Promise<void>;
-  /** Up to `limit` packet ids (ascending) of the client's delivery ids. */
-  deliveriesOf(clientId: string, limit: number): Promise<number[]>;
+  /** Up to `limit` slots (ascending) of the client's delivery window that hold a row. */
+  deliverySlotsOf(clientId: string, limit: number): Promise<number[]>;
 }
 
 /** The slice of a pino logger the store reports background work to. */
@@ -220,6 +222,11 @@ export interface EngineOptions {
   logger?: StoreLogger;
   /** Clock for server stamps and registry times (tests inject a fixed one). */
   now?: () => number;
+  /**
+   * QoS 1 deliveries per client the redelivery guard remembers (store/delivery-window.ts):
+   * well above the broker's inflight limit. Default {@link DEFAULT_DELIVERY_WINDOW}.
+   */
+  deliveryWindow?: number;
 }
 
 interface Pending {
@@ -258,6 +265,8 @@ const LIST_SCAN_BUDGET = 10_000;
 /** Most per-key entries kept for keys the latest reading lacks; the oldest go first. */
 export const MAX_OLDER_KEYS = 1000;
 const DEFAULT_RETENTION_CHECK_MS = 60_000;
+/** Clients whose delivery window stays in memory; beyond that the longest-cached is dropped and read again when its client next publishes. */
+const MAX_CACHED_WINDOWS = 10_000;
 
 function storeClosed(): TributaryError {
   return new TributaryError('StoreUnavailable', 'the telemetry store is closed');
@@ -308,6 +317,9 @@ export class TelemetryStoreEngine implements TelemetryStore {
   /** Committed state of devices the write path has touched (never filled by reads, which could race a commit). */
   private readonly devices = new Map<string, DeviceState>();
   private readonly stamps = new Map<string, Stamp>();
+  /** Committed delivery windows of clients that published, in caching order (see {@link MAX_CACHED_WINDOWS}). */
+  private readonly windows = new Map<string, DeliveryWindow>();
+  private readonly windowSize: number;
 
   /** Readings with ts below this are refused; only ever rises (see {@link dropExpired}). */
   private horizonFloor = 0;
@@ -329,6 +341,8 @@ export class TelemetryStoreEngine implements TelemetryStore {
     this.removeRecords = opts.retentionRemoveRecords ?? false;
     this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
+    this.windowSize = checkPositiveInt(opts.deliveryWindow ?? DEFAULT_DELIVERY_WINDOW, 'deliveryWindow');
+    if (this.windowSize > MAX_U32) throw new RangeError(`deliveryWindow must be at most ${MAX_U32} (got ${this.windowSize})`);
     const every = checkNonNegativeInt(opts.retentionCheckMs ?? DEFAULT_RETENTION_CHECK_MS, 'retentionCheckMs');
     if (this.retentionMs > 0 && every > 0) {
       // At open (on a later tick, so opening is not held up), then periodically.
@@ -502,7 +516,9 @@ export class TelemetryStoreEngine implements TelemetryStore {
 
   private async commitBatch(batch: Pending[], now: number): Promise<WriteResult[]> {
     const work = new Map<string, Work>();
-    const reads: BatchReads = { devices: [], deliveries: [], items: [] };
+    const reads: BatchReads = { devices: [], clients: [], items: [] };
+    // The windows this batch plans against, held here: caching more may evict them from `this.windows`.
+    const windows = new Map<string, DeliveryWindow | undefined>();
 
     // Pass 1: what must be read before planning.
     for (const { req } of batch) {
@@ -513,7 +529,12 @@ export class TelemetryStoreEngine implements TelemetryStore {
         w = { state: state ?? { latest: undefined, info: undefined }, latest: undefined, latestChanged: false, inserts: 0, seen: false, hasServerStamped: false, written: undefined };
         work.set(req.deviceId, w);
       }
-      if (req.delivery !== undefined) reads.deliveries.push(req.delivery);
+      const clientId = req.delivery?.clientId;
+      if (clientId !== undefined && !windows.has(clientId)) {
+        const window = this.windows.get(clientId);
+        windows.set(clientId, window);
+        if (window === undefined) reads.clients.push(clientId);
+      }
       for (const r of req.readings) {
         if (r.ts === undefined) {
           w.hasServerStamped = true;
@@ -523,7 +544,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
         }
       }
     }
-    const found = reads.devices.length + reads.deliveries.length + reads.items.length > 0 ? await this.backend.read(reads) : undefined;
+    const found = reads.devices.length + reads.clients.length + reads.items.length > 0 ? await this.backend.read(reads) : undefined;
     const loaded = new Map<string, DeviceState>();
     if (found !== undefined) {
       reads.devices.forEach((id, i) => {
@@ -531,12 +552,13 @@ export class TelemetryStoreEngine implements TelemetryStore {
         loaded.set(id, state);
         (work.get(id) as Work).state = state;
       });
+      reads.clients.forEach((id, i) => windows.set(id, this.cacheWindow(id, new DeliveryWindow(this.windowSize, found.windows[i]))));
     }
     for (const w of work.values()) w.latest = w.state.latest;
 
     const probing = this.prepareStamps(work, now);
     if (probing !== undefined) await probing;
-    const { plan, results, next } = this.planBatch(batch, work, found, now);
+    const { plan, results, next } = this.planBatch(batch, work, windows as Map<string, DeliveryWindow>, found, now);
     for (const id of loaded.keys()) if (!next.has(id)) next.set(id, loaded.get(id) as DeviceState);
     if (this.deleting.size > 0) for (const id of next.keys()) if (this.deleting.has(id)) this.writtenWhileDeleting.add(id);
 
@@ -549,6 +571,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
         plan,
         () => {
           for (const [deviceId, state] of next) this.devices.set(deviceId, state);
+          for (const d of plan.deliveries) windows.get(d.clientId)?.record(d.n, d.packetId, d.payloadHash);
         },
         extraOps,
       );
@@ -581,12 +604,20 @@ export class TelemetryStoreEngine implements TelemetryStore {
    * committed state plus this batch's own earlier writes. Returns what to write, each
    * caller's result, and the device states to cache once the batch is durable.
    */
-  private planBatch(batch: Pending[], work: Map<string, Work>, found: BatchReadResult | undefined, now: number): { plan: WritePlan; results: WriteResult[]; next: Map<string, DeviceState> } {
+  private planBatch(
+    batch: Pending[],
+    work: Map<string, Work>,
+    windows: Map<string, DeliveryWindow>,
+    found: BatchReadResult | undefined,
+    now: number,
+  ): { plan: WritePlan; results: WriteResult[]; next: Map<string, DeviceState> } {
     const plan = emptyPlan(now);
     const changes = plan.changes;
     const results: WriteResult[] = new Array<WriteResult>(batch.length);
-    const batchDeliveries = new Map<string, string>();
-    let deliveryIndex = 0;
+    /** Hash per client and packet id of this batch's deliveries so far. */
+    const batchDeliveries = new Map<string, number>();
+    /** Deliveries of this batch so far, per client. */
+    const numbered = new Map<string, number>();
     let itemIndex = 0;
     for (let b = 0; b < batch.length; b++) {
       const req = (batch[b] as Pending).req;
@@ -594,9 +625,9 @@ export class TelemetryStoreEngine implements TelemetryStore {
       const w = work.get(req.deviceId) as Work;
       if (req.delivery !== undefined) {
         const d = req.delivery;
+        const window = windows.get(d.clientId) as DeliveryWindow;
         const qKey = `${d.clientId}\u0000${d.packetId}`;
-        const stored = batchDeliveries.has(qKey) ? batchDeliveries.get(qKey) : found?.deliveries[deliveryIndex];
-        deliveryIndex++;
+        const stored = batchDeliveries.has(qKey) ? batchDeliveries.get(qKey) : window.hashOf(d.packetId);
         if (stored === d.payloadHash) {
           // A redelivery of a committed (or same-batch) publish: acknowledge, write nothing.
           // Residual ambiguity (API.md): a client that deliberately re-sends an identical
@@ -608,7 +639,10 @@ export class TelemetryStoreEngine implements TelemetryStore {
           continue;
         }
         batchDeliveries.set(qKey, d.payloadHash);
-        plan.deliveries.push(d);
+        const earlier = numbered.get(d.clientId) ?? 0;
+        numbered.set(d.clientId, earlier + 1);
+        const n = window.nextNumber + earlier;
+        plan.deliveries.push({ clientId: d.clientId, slot: n % window.size, n, packetId: d.packetId, payloadHash: d.payloadHash });
       }
       w.seen = true;
       const stamp = this.stamps.get(req.deviceId);
@@ -668,6 +702,13 @@ export class TelemetryStoreEngine implements TelemetryStore {
       next.set(deviceId, { latest: w.latest, info });
     }
     return { plan, results, next };
+  }
+
+  /** Caches a client's committed window, dropping the longest-cached one beyond {@link MAX_CACHED_WINDOWS}. */
+  private cacheWindow(clientId: string, window: DeliveryWindow): DeliveryWindow {
+    this.windows.set(clientId, window);
+    if (this.windows.size > MAX_CACHED_WINDOWS) this.windows.delete(this.windows.keys().next().value as string);
+    return window;
   }
 
   /**
@@ -945,7 +986,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
     assertDeviceId(deviceId);
     const cached = this.devices.get(deviceId);
     if (cached !== undefined) return cached;
-    const found = await this.backend.read({ devices: [deviceId], deliveries: [], items: [] });
+    const found = await this.backend.read({ devices: [deviceId], clients: [], items: [] });
     return found.devices[0] as DeviceState;
   }
 
@@ -961,7 +1002,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
     return this.track(
       this.turn(async () => {
         // In a turn nothing is in flight, so what is read here is committed and may be cached.
-        const state = this.devices.get(deviceId) ?? ((await this.backend.read({ devices: [deviceId], deliveries: [], items: [] })).devices[0] as DeviceState);
+        const state = this.devices.get(deviceId) ?? ((await this.backend.read({ devices: [deviceId], clients: [], items: [] })).devices[0] as DeviceState);
         const old = state.info;
         const info: DeviceRecord = { firstSeen: old?.firstSeen ?? null, lastSeen: old?.lastSeen ?? null, readings: old?.readings ?? 0, tags };
         const plan = emptyPlan(this.now());
@@ -1000,7 +1041,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
    */
   private async runDelete(deviceId: string): Promise<DeleteDeviceResult | undefined> {
     const exists = await this.turn(async () => {
-      const state = this.devices.get(deviceId) ?? ((await this.backend.read({ devices: [deviceId], deliveries: [], items: [] })).devices[0] as DeviceState);
+      const state = this.devices.get(deviceId) ?? ((await this.backend.read({ devices: [deviceId], clients: [], items: [] })).devices[0] as DeviceState);
       return state.info !== undefined || state.latest !== undefined;
     });
     if (!exists) return undefined;
@@ -1028,18 +1069,19 @@ export class TelemetryStoreEngine implements TelemetryStore {
       const done = await this.turn(async () => {
         // Readings that slipped in behind the cursor (see above), if any batch wrote to the device.
         const items = this.writtenWhileDeleting.has(deviceId) ? await all(undefined) : [];
-        const packets = await this.backend.deliveriesOf(deviceId, REMOVE_BATCH);
+        const slots = await this.backend.deliverySlotsOf(deviceId, REMOVE_BATCH);
         // Writes queued before the delete still go first: it ends only when none is left.
         const queued = this.queue.some((p) => p.req.deviceId === deviceId);
-        const last = items.length < REMOVE_BATCH && packets.length < REMOVE_BATCH && !queued;
+        const last = items.length < REMOVE_BATCH && slots.length < REMOVE_BATCH && !queued;
         const plan = emptyPlan(this.now());
-        for (const packetId of packets) plan.removedDeliveries.push({ clientId: deviceId, packetId });
+        for (const slot of slots) plan.removedDeliveries.push({ clientId: deviceId, slot });
         if (last) plan.removedDevices.push(deviceId);
         if (items.length === 0) this.writtenWhileDeleting.delete(deviceId);
         await this.commitRemoves(withId(items), false, plan, () => {
           if (!last) return;
           this.devices.delete(deviceId);
           this.stamps.delete(deviceId);
+          this.windows.delete(deviceId);
         });
         removed += items.length;
         return last;

@@ -58,7 +58,9 @@ export function prepareWrite(req: WriteRequest): PreparedWrite {
     if (!Number.isInteger(delivery.packetId) || delivery.packetId < 0 || delivery.packetId > 0xffff) {
       throw validation('packetId', 'packet id must be an integer from 0 to 65535');
     }
-    if (typeof delivery.payloadHash !== 'string') throw validation('payloadHash', 'payload hash must be a string');
+    if (!Number.isInteger(delivery.payloadHash) || delivery.payloadHash < 0 || delivery.payloadHash >= 2 ** 48) {
+      throw validation('payloadHash', 'payload hash must be an integer from 0 to 2^48 - 1');
+    }
   }
   // Only requests with several readings can repeat a ts; a single reading needs no map.
   const sameTs = input.length > 1 ? new Map<number, number>() : undefined;

@@ -3,12 +3,14 @@ import { describe, expect, it } from 'vitest';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
 import {
   MAX_U32,
+  decodeDelivery,
   decodeDeliveryKey,
   decodeDeviceKey,
   decodePartitionKey,
   decodeTelemetryKey,
   deliveryKey,
   deviceBounds,
+  encodeDelivery,
   deviceKey,
   latestKey,
   partitionKey,
@@ -141,12 +143,22 @@ describe('latest, device and delivery keys', () => {
     expect(inside(deviceKey('~~~'))).toBe(true);
   });
 
-  it('delivery keys: Q · clientId · 0x00 · packetId u16, round-trip (property)', () => {
-    expect(deliveryKey('c', 258).toString('hex')).toBe('51' + '63' + '00' + '0102');
+  it('delivery keys: Q · clientId · 0x00 · slot u32, round-trip (property)', () => {
+    expect(deliveryKey('c', 258).toString('hex')).toBe('51' + '63' + '00' + '00000102');
     fc.assert(
-      fc.property(fc.string({ maxLength: 30 }).filter((s) => !s.includes('\u0000')), fc.integer({ min: 0, max: 0xffff }), (clientId, packetId) => {
-        expect(decodeDeliveryKey(deliveryKey(clientId, packetId))).toEqual({ clientId, packetId });
+      fc.property(fc.string({ maxLength: 30 }).filter((s) => !s.includes('\u0000')), fc.integer({ min: 0, max: MAX_U32 }), (clientId, slot) => {
+        expect(decodeDeliveryKey(deliveryKey(clientId, slot))).toEqual({ clientId, slot });
       }),
     );
+  });
+
+  it('delivery values: number, packet id and a 48-bit hash, round-trip (property); anything else is refused', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 2 ** 48 - 1 }), (n, packetId, payloadHash) => {
+        expect(decodeDelivery(encodeDelivery(n, packetId, payloadHash))).toEqual({ n, packetId, payloadHash });
+      }),
+    );
+    // A value of the format-1 layout (the payload hash as hex text).
+    expect(() => decodeDelivery(Buffer.from('ab'.repeat(20)))).toThrow(/not a delivery value/);
   });
 });

@@ -8,7 +8,7 @@
  *   every device-id character, so a device's keys never interleave with those of a
  *   device whose id it prefixes (`a` vs `a1`).
  * - partition index `P · u32`, latest `L · deviceId`, registry `D · deviceId`,
- *   delivery `Q · clientId · 0x00 · packetId u16`.
+ *   delivery `Q · clientId · 0x00 · slot u32`.
  *
  * Device ids are validated elsewhere (`core/ids.ts`) and never contain 0x00.
  */
@@ -168,24 +168,41 @@ export function deviceBounds(afterId?: string): { gt?: Buffer; gte?: Buffer; lt:
   return afterId === undefined ? { gte: Buffer.of(Prefix.device), lt } : { gt: deviceKey(afterId), lt };
 }
 
-/** `Q · clientId · 0x00 · packetId u16` (MQTT strings may not contain U+0000 [MQTT-1.5.3-2]). */
-export function deliveryKey(clientId: string, packetId: number): Buffer {
+/** `Q · clientId · 0x00 · slot u32`: one slot of the client's delivery window (store/delivery-window.ts). MQTT strings may not contain U+0000 [MQTT-1.5.3-2]. */
+export function deliveryKey(clientId: string, slot: number): Buffer {
   const len = Buffer.byteLength(clientId, 'utf8');
-  const buf = Buffer.allocUnsafe(1 + len + 1 + 2);
+  const buf = Buffer.allocUnsafe(1 + len + 1 + 4);
   buf[0] = Prefix.delivery;
   buf.write(clientId, 1, 'utf8');
   buf[1 + len] = 0x00;
-  buf.writeUInt16BE(packetId, 2 + len);
+  buf.writeUInt32BE(slot, 2 + len);
   return buf;
 }
 
 /** Inverse of {@link deliveryKey}. */
-export function decodeDeliveryKey(key: Buffer): { clientId: string; packetId: number } {
-  if (key[0] !== Prefix.delivery || key.length < 4 || key[key.length - 3] !== 0x00) throw new RangeError('not a delivery key');
-  return { clientId: key.toString('utf8', 1, key.length - 3), packetId: key.readUInt16BE(key.length - 2) };
+export function decodeDeliveryKey(key: Buffer): { clientId: string; slot: number } {
+  if (key[0] !== Prefix.delivery || key.length < 6 || key[key.length - 5] !== 0x00) throw new RangeError('not a delivery key');
+  return { clientId: key.toString('utf8', 1, key.length - 5), slot: key.readUInt32BE(key.length - 4) };
 }
 
-/** Inclusive bounds over every delivery id of one client. */
+/** Inclusive bounds over every delivery slot of one client. */
 export function deliveryBounds(clientId: string): { gte: Buffer; lte: Buffer } {
-  return { gte: deliveryKey(clientId, 0), lte: deliveryKey(clientId, 0xffff) };
+  return { gte: deliveryKey(clientId, 0), lte: deliveryKey(clientId, MAX_U32) };
 }
+
+/** `Q` value: delivery number (f64, an integer), packet id u16, payload hash (f64, a 48-bit integer). */
+export function encodeDelivery(n: number, packetId: number, payloadHash: number): Buffer {
+  const buf = Buffer.allocUnsafe(DELIVERY_VALUE_BYTES);
+  buf.writeDoubleBE(n, 0);
+  buf.writeUInt16BE(packetId, 8);
+  buf.writeDoubleBE(payloadHash, 10);
+  return buf;
+}
+
+/** Inverse of {@link encodeDelivery}. */
+export function decodeDelivery(value: Buffer): { n: number; packetId: number; payloadHash: number } {
+  if (value.length !== DELIVERY_VALUE_BYTES) throw new RangeError(`not a delivery value (${value.length} bytes)`);
+  return { n: value.readDoubleBE(0), packetId: value.readUInt16BE(8), payloadHash: value.readDoubleBE(10) };
+}
+
+const DELIVERY_VALUE_BYTES = 18;

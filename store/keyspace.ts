@@ -10,7 +10,7 @@
  * | `T` | telemetry | partition (u32 BE) · deviceId · 0x00 · ts (u64 BE) · seq (u32 BE) |
  * | `L` | latest reading per device, with the per-key latest of keys it lacks | deviceId |
  * | `D` | device registry | deviceId |
- * | `Q` | QoS 1 delivery ids (redelivery guard) | clientId · 0x00 · packetId (u16 BE) |
+ * | `Q` | QoS 1 delivery window per client (redelivery guard) | clientId · 0x00 · slot (u32 BE) |
  * | `C` | change log | shard (u16 BE) · sequence (u64 BE) |
  * | `K` | function checkpoints | function · 0x00 · trigger · 0x00 · shard (u16 BE) |
  * | `F` | function registry: a version's code / a deployed version / version claims | 0x00 · name · 0x00 · version (u32 BE) / name · 0x00 · version / name · 0x01 · version · claim id |
@@ -45,4 +45,4 @@ export const Prefix = {
 } as const;
 
 /** Bumped whenever the on-disk layout changes incompatibly. */
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;

@@ -33,6 +33,7 @@ import {
 } from './engine.js';
 import {
   MAX_U32,
+  decodeDelivery,
   decodeDeliveryKey,
   decodeDeviceKey,
   decodePartitionKey,
@@ -41,6 +42,7 @@ import {
   deliveryKey,
   deviceBounds,
   deviceKey,
+  encodeDelivery,
   latestKey,
   partitionIndexBounds,
   partitionKey,
@@ -120,23 +122,22 @@ class LevelBackend implements StoreBackend {
 
   async read(reads: BatchReads): Promise<BatchReadResult> {
     const nDev = reads.devices.length;
-    const nDel = reads.deliveries.length;
-    const keys: Buffer[] = new Array<Buffer>(2 * nDev + nDel + reads.items.length);
+    const keys: Buffer[] = new Array<Buffer>(2 * nDev + reads.items.length);
     let k = 0;
     for (const id of reads.devices) keys[k++] = latestKey(id);
     for (const id of reads.devices) keys[k++] = deviceKey(id);
-    for (const d of reads.deliveries) keys[k++] = deliveryKey(d.clientId, d.packetId);
     for (const r of reads.items) keys[k++] = this.itemKey(r.deviceId, r.ts, r.seq);
-    // One native call for everything the batch needs to know.
-    const values = await this.database.read((db) => db.getMany(keys));
+    // One native call for every point read the batch needs, beside a scan per client window.
+    const [values, windows] = await this.database.read((db) =>
+      Promise.all([keys.length === 0 ? [] : db.getMany(keys), Promise.all(reads.clients.map((c) => db.values(deliveryBounds(c)).all()))]),
+    );
     const devices: DeviceState[] = new Array<DeviceState>(nDev);
     for (let i = 0; i < nDev; i++) {
       const l = values[i];
       const d = values[nDev + i];
       devices[i] = { latest: l === undefined ? undefined : decodeLatest(l), info: d === undefined ? undefined : (JSON.parse(d.toString('utf8')) as DeviceRecord) };
     }
-    const deliveries = values.slice(2 * nDev, 2 * nDev + nDel).map((v) => v?.toString('utf8'));
-    return { devices, deliveries, items: values.slice(2 * nDev + nDel) };
+    return { devices, windows: windows.map((rows) => rows.map(decodeDelivery)), items: values.slice(2 * nDev) };
   }
 
   async maxSeqAt(deviceId: string, ts: number): Promise<number | undefined> {
@@ -167,8 +168,8 @@ class LevelBackend implements StoreBackend {
     }
     for (const { deviceId, item } of plan.latest) ops.push({ type: 'put', key: latestKey(deviceId), value: encodeLatest(item) });
     for (const { deviceId, info } of plan.devices) ops.push({ type: 'put', key: deviceKey(deviceId), value: Buffer.from(JSON.stringify(info), 'utf8') });
-    for (const d of plan.deliveries) ops.push({ type: 'put', key: deliveryKey(d.clientId, d.packetId), value: Buffer.from(d.payloadHash, 'utf8') });
-    for (const d of plan.removedDeliveries) ops.push({ type: 'del', key: deliveryKey(d.clientId, d.packetId) });
+    for (const d of plan.deliveries) ops.push({ type: 'put', key: deliveryKey(d.clientId, d.slot), value: encodeDelivery(d.n, d.packetId, d.payloadHash) });
+    for (const d of plan.removedDeliveries) ops.push({ type: 'del', key: deliveryKey(d.clientId, d.slot) });
     for (const deviceId of plan.removedDevices) {
       ops.push({ type: 'del', key: latestKey(deviceId) });
       ops.push({ type: 'del', key: deviceKey(deviceId) });
@@ -298,9 +299,9 @@ class LevelBackend implements StoreBackend {
     await this.database.read((db) => db.compactRange(gte, partitionLastKey(partition)));
   }
 
-  async deliveriesOf(clientId: string, limit: number): Promise<number[]> {
+  async deliverySlotsOf(clientId: string, limit: number): Promise<number[]> {
     const keys = await this.database.read((db) => db.keys({ ...deliveryBounds(clientId), limit }).all());
-    return keys.map((k) => decodeDeliveryKey(k).packetId);
+    return keys.map((k) => decodeDeliveryKey(k).slot);
   }
 
   private partitionsBetween(first: number, last: number): number[] {

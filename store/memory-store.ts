@@ -23,6 +23,7 @@ import {
   type WritePlan,
   type EngineOptions,
 } from './engine.js';
+import type { DeliveryRow } from './delivery-window.js';
 import { compareItemKeys } from './items.js';
 import { partitionOf } from './keys.js';
 
@@ -39,17 +40,7 @@ export class MemoryTelemetryStore extends TelemetryStoreEngine {
   constructor(opts: MemoryTelemetryStoreOptions = {}) {
     const changeLog = opts.changeLog ?? new MemoryChangeLog({ shards: 4 });
     const partitionWindowMs = opts.partitionWindowMs ?? DAY;
-    super(new MemoryBackend(partitionWindowMs), {
-      changeLog,
-      maxBatch: opts.maxBatch ?? 2000,
-      maxDelayMs: opts.maxDelayMs ?? 0,
-      partitionWindowMs,
-      ...(opts.retentionMs !== undefined ? { retentionMs: opts.retentionMs } : {}),
-      ...(opts.retentionRemoveRecords !== undefined ? { retentionRemoveRecords: opts.retentionRemoveRecords } : {}),
-      ...(opts.retentionCheckMs !== undefined ? { retentionCheckMs: opts.retentionCheckMs } : {}),
-      ...(opts.logger ? { logger: opts.logger } : {}),
-      ...(opts.now ? { now: opts.now } : {}),
-    });
+    super(new MemoryBackend(partitionWindowMs), { ...opts, changeLog, maxBatch: opts.maxBatch ?? 2000, maxDelayMs: opts.maxDelayMs ?? 0, partitionWindowMs });
   }
 }
 
@@ -71,7 +62,8 @@ class MemoryBackend implements StoreBackend {
   private readonly items = new Map<string, StoredItem[]>();
   private readonly latest = new Map<string, LatestItem>();
   private readonly devices = new Map<string, DeviceRecord>();
-  private readonly deliveries = new Map<string, string>();
+  /** Per client, its delivery window's rows by slot. */
+  private readonly deliveries = new Map<string, Map<number, DeliveryRow>>();
   /** The partition index: windows that received a reading and have not been dropped. */
   private readonly index = new Set<number>();
 
@@ -80,7 +72,7 @@ class MemoryBackend implements StoreBackend {
   async read(reads: BatchReads): Promise<BatchReadResult> {
     return {
       devices: reads.devices.map((id) => ({ latest: this.latest.get(id), info: this.devices.get(id) })),
-      deliveries: reads.deliveries.map((d) => this.deliveries.get(deliveryId(d.clientId, d.packetId))),
+      windows: reads.clients.map((c) => [...(this.deliveries.get(c)?.values() ?? [])]),
       items: reads.items.map((r) => {
         const list = this.items.get(r.deviceId);
         if (list === undefined) return undefined;
@@ -127,8 +119,16 @@ class MemoryBackend implements StoreBackend {
     }
     for (const { deviceId, item } of plan.latest) this.latest.set(deviceId, item);
     for (const { deviceId, info } of plan.devices) this.devices.set(deviceId, info);
-    for (const d of plan.deliveries) this.deliveries.set(deliveryId(d.clientId, d.packetId), d.payloadHash);
-    for (const d of plan.removedDeliveries) this.deliveries.delete(deliveryId(d.clientId, d.packetId));
+    for (const d of plan.deliveries) {
+      let slots = this.deliveries.get(d.clientId);
+      if (slots === undefined) this.deliveries.set(d.clientId, (slots = new Map()));
+      slots.set(d.slot, { n: d.n, packetId: d.packetId, payloadHash: d.payloadHash });
+    }
+    for (const d of plan.removedDeliveries) {
+      const slots = this.deliveries.get(d.clientId);
+      slots?.delete(d.slot);
+      if (slots?.size === 0) this.deliveries.delete(d.clientId);
+    }
     for (const deviceId of plan.removedDevices) {
       this.latest.delete(deviceId);
       this.devices.delete(deviceId);
@@ -212,14 +212,7 @@ class MemoryBackend implements StoreBackend {
     this.index.delete(partition);
   }
 
-  async deliveriesOf(clientId: string, limit: number): Promise<number[]> {
-    const prefix = `${clientId}\u0000`;
-    const ids: number[] = [];
-    for (const key of this.deliveries.keys()) if (key.startsWith(prefix)) ids.push(Number(key.slice(prefix.length)));
-    return ids.sort((a, b) => a - b).slice(0, limit);
+  async deliverySlotsOf(clientId: string, limit: number): Promise<number[]> {
+    return [...(this.deliveries.get(clientId)?.keys() ?? [])].sort((a, b) => a - b).slice(0, limit);
   }
-}
-
-function deliveryId(clientId: string, packetId: number): string {
-  return `${clientId}\u0000${packetId}`;
 }

@@ -39,8 +39,8 @@ export interface Reading {
 export interface DeliveryId {
   clientId: string;
   packetId: number;
-  /** Hash of the raw payload (hex). */
-  payloadHash: string;
+  /** Hash of the raw payload: an integer below 2^48 (ingest takes the first 48 bits of its SHA-1). */
+  payloadHash: number;
 }
 
 export interface WriteRequest {

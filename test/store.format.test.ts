@@ -1,8 +1,9 @@
 /**
  * Database, the owner of the LevelDB handle, short of a real full disk (that is
- * test/store.full-disk.test.ts): a build refuses a data directory whose format it cannot
- * read (naming both versions) and one already open elsewhere; a failed write makes it
- * refuse writes until it has reopened the handle by itself; range deletes go through it.
+ * test/store.full-disk.test.ts): a build migrates the one older format, refuses a data
+ * directory whose format it cannot read (naming both versions) and one already open
+ * elsewhere; a failed write makes it refuse writes until it has reopened the handle by
+ * itself; range deletes go through it.
  */
 import { join } from 'node:path';
 import { ClassicLevel } from 'classic-level';
@@ -90,20 +91,23 @@ describe('data directory format version', () => {
     expect(await readRawFormat(path)).toBe(format);
   });
 
-  it('refuses an older format version (there is no migration)', async () => {
-    if (FORMAT_VERSION < 2) {
-      // No older version exists yet; 0 was never valid and reads as unknown.
-      const path = dir();
-      await writeRaw(path, [[FORMAT_KEY, Buffer.from('0')]]);
-      const err = await openError(path);
-      expect(err.message).toContain('"0"');
-      expect(err.message).toContain(`format version ${FORMAT_VERSION}`);
-      return;
-    }
+  it('migrates format 1: its per-packet delivery ids go, every other table stays', async () => {
     const path = dir();
-    await writeRaw(path, [[FORMAT_KEY, Buffer.from(String(FORMAT_VERSION - 1))]]);
-    const err = await openError(path);
-    expect(err.message).toMatch(/older/);
+    const oldDelivery = Buffer.concat([Buffer.of(Prefix.delivery), Buffer.from('c1\u0000', 'utf8'), Buffer.of(0x00, 0x07)]);
+    const reading = Buffer.concat([Buffer.of(Prefix.telemetry), Buffer.from('any reading', 'utf8')]);
+    await writeRaw(path, [
+      [FORMAT_KEY, Buffer.from('1')],
+      [oldDelivery, Buffer.from('ab'.repeat(20))],
+      [reading, Buffer.from('{"v":1}')],
+    ]);
+    const db = await Database.open(path);
+    try {
+      expect((await db.getMeta('format'))?.toString('utf8')).toBe(String(FORMAT_VERSION));
+      expect(await db.db.get(oldDelivery)).toBeUndefined();
+      expect((await db.db.get(reading))?.toString('utf8')).toBe('{"v":1}');
+    } finally {
+      await db.close();
+    }
   });
 
   it('refuses a LevelDB that holds data but no format version (not a tributary data directory)', async () => {

@@ -41,6 +41,7 @@ async function openAt(dir: string, opts: StoreFactoryOptions & { maxBatch?: numb
     ...(opts.retentionRemoveRecords !== undefined ? { retentionRemoveRecords: opts.retentionRemoveRecords } : {}),
     ...(opts.retentionCheckMs !== undefined ? { retentionCheckMs: opts.retentionCheckMs } : {}),
     ...(opts.now ? { now: opts.now } : {}),
+    ...(opts.deliveryWindow !== undefined ? { deliveryWindow: opts.deliveryWindow } : {}),
   });
   return {
     database,
@@ -88,11 +89,32 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
     return { ...o, dir: dir.path };
   }
 
+  it("reads a client's delivery window back after a reopen, also with another window size", async () => {
+    const a = await fresh({ deliveryWindow: 4 });
+    const send = (o: Opened, packetId: number) => o.store.write({ deviceId: 'd1', readings: [{ values: { packetId } }], delivery: { clientId: 'c1', packetId, payloadHash: packetId } });
+    // Six deliveries in a window of four: slots 0 and 1 were written twice.
+    for (const p of [1, 2, 3, 4, 5, 6]) await send(a, p);
+    await a.shut();
+    const b = await openAt(a.dir, { deliveryWindow: 4 });
+    cleanups.push(b.shut);
+    expect((await send(b, 3)).status).toBe('duplicate');
+    expect((await send(b, 6)).status).toBe('duplicate');
+    expect((await send(b, 2)).status).toBe('committed');
+    await b.shut();
+    // A smaller window after the restart keeps the newest rows: 2 (just stored again) and 6.
+    const c = await openAt(a.dir, { deliveryWindow: 2 });
+    cleanups.push(c.shut);
+    expect((await send(c, 6)).status).toBe('duplicate');
+    expect((await send(c, 5)).status).toBe('committed');
+    expect((await send(c, 2)).status).toBe('duplicate');
+    expect((await send(c, 6)).status).toBe('committed');
+  });
+
   it('keeps readings, latest, registry, delivery ids and change records across close and reopen', async () => {
     let t = 1_700_000_000_000;
     const now = (): number => t;
     const a = await fresh({ now });
-    const delivery = { clientId: 'c1', packetId: 1, payloadHash: 'h1' };
+    const delivery = { clientId: 'c1', packetId: 1, payloadHash: 0x21 };
     await a.store.write({ deviceId: 'd1', readings: [{ ts: 5, values: { v: 1 } }, { values: { v: 2 } }], delivery });
     await a.store.write({ deviceId: 'd2', readings: [{ ts: 6, values: { w: true } }] });
     await a.shut();
@@ -149,7 +171,7 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
       return chained;
     };
     await Promise.all(Array.from({ length: 20 }, (_, i) => o.store.write({ deviceId: `d${i % 4}`, readings: [{ ts: i, values: { i } }] })));
-    await o.store.write({ deviceId: 'd0', readings: [{ values: { server: true } }], delivery: { clientId: 'c', packetId: 9, payloadHash: 'x' } });
+    await o.store.write({ deviceId: 'd0', readings: [{ values: { server: true } }], delivery: { clientId: 'c', packetId: 9, payloadHash: 0x31 } });
     expect(writes.length).toBeGreaterThan(0);
     for (const options of writes) expect(options).toMatchObject({ sync: true });
   });
@@ -195,7 +217,7 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
     vi.spyOn(o.database, 'commit').mockRejectedValueOnce(diskFull);
     const failed = await Promise.allSettled([
       o.store.write({ deviceId: 'd1', readings: [{ ts: 200, values: { v: 'lost' } }] }),
-      o.store.write({ deviceId: 'd2', readings: [{ values: { v: 'lost' } }], delivery: { clientId: 'c', packetId: 1, payloadHash: 'h' } }),
+      o.store.write({ deviceId: 'd2', readings: [{ values: { v: 'lost' } }], delivery: { clientId: 'c', packetId: 1, payloadHash: 0x11 } }),
     ]);
     for (const r of failed) {
       expect(r.status).toBe('rejected');
@@ -205,7 +227,7 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
     expect(await o.store.latest('d1')).toMatchObject({ ts: 100, values: { v: 'kept' } });
     expect(await o.store.getDevice('d2')).toBeUndefined();
     // The retry is not mistaken for a duplicate, and sequence numbers carry on without a gap.
-    const retry = await o.store.write({ deviceId: 'd2', readings: [{ values: { v: 'again' } }], delivery: { clientId: 'c', packetId: 1, payloadHash: 'h' } });
+    const retry = await o.store.write({ deviceId: 'd2', readings: [{ values: { v: 'again' } }], delivery: { clientId: 'c', packetId: 1, payloadHash: 0x11 } });
     expect(retry.status).toBe('committed');
     await o.store.write({ deviceId: 'd1', readings: [{ ts: 200, values: { v: 'again' } }] });
     const d1 = (await o.changes()).filter((r) => r.deviceId === 'd1');
@@ -340,9 +362,9 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
   it('deleting a device leaves no key that names it', async () => {
     const o = await fresh({ partitionWindowMs: HOUR });
     await o.store.putDevice({ deviceId: 'gone', tags: { a: 'b' } });
-    await o.store.write({ deviceId: 'gone', readings: [1, 2, 30].map((h) => ({ ts: h * HOUR, values: { h } })), delivery: { clientId: 'gone', packetId: 1, payloadHash: 'x' } });
-    await o.store.write({ deviceId: 'gone', readings: [{ values: { n: 1 } }], delivery: { clientId: 'gone', packetId: 2, payloadHash: 'y' } });
-    await o.store.write({ deviceId: 'gone2', readings: [{ ts: HOUR, values: { h: 1 } }], delivery: { clientId: 'gone2', packetId: 1, payloadHash: 'z' } });
+    await o.store.write({ deviceId: 'gone', readings: [1, 2, 30].map((h) => ({ ts: h * HOUR, values: { h } })), delivery: { clientId: 'gone', packetId: 1, payloadHash: 0x31 } });
+    await o.store.write({ deviceId: 'gone', readings: [{ values: { n: 1 } }], delivery: { clientId: 'gone', packetId: 2, payloadHash: 0x32 } });
+    await o.store.write({ deviceId: 'gone2', readings: [{ ts: HOUR, values: { h: 1 } }], delivery: { clientId: 'gone2', packetId: 1, payloadHash: 0x33 } });
     const keysNaming = async (id: string): Promise<string[]> => {
       const all = await o.database.db.keys().all();
       return all

@@ -30,6 +30,8 @@ export interface StoreFactoryOptions {
   retentionRemoveRecords?: boolean;
   /** Interval of the background retention pass; 0 disables it. */
   retentionCheckMs?: number;
+  /** Deliveries per client the redelivery guard remembers. */
+  deliveryWindow?: number;
 }
 
 export interface TelemetryStoreSuiteOptions {
@@ -194,7 +196,7 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
     });
 
     describe('redelivery guard', () => {
-      const delivery = { clientId: 'client-1', packetId: 7, payloadHash: 'aa11' };
+      const delivery = { clientId: 'client-1', packetId: 7, payloadHash: 0xaa11 };
 
       it('acknowledges a redelivered publish as duplicate without writing', async () => {
         const f = await fixture();
@@ -220,7 +222,7 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
       it('a reused packet id with a different payload is a new message', async () => {
         const f = await fixture();
         await f.store.write({ deviceId: 'd1', readings: [{ values: { n: 1 } }], delivery });
-        const next = await f.store.write({ deviceId: 'd1', readings: [{ values: { n: 2 } }], delivery: { ...delivery, payloadHash: 'bb22' } });
+        const next = await f.store.write({ deviceId: 'd1', readings: [{ values: { n: 2 } }], delivery: { ...delivery, payloadHash: 0xbb22 } });
         expect(next.status).toBe('committed');
         // The packet id now names the second message, so the first payload is new again.
         const reused = await f.store.write({ deviceId: 'd1', readings: [{ values: { n: 1 } }], delivery });
@@ -230,6 +232,44 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         const otherPacket = await f.store.write({ deviceId: 'd1', readings: [{ values: { n: 3 } }], delivery: { ...delivery, packetId: 8 } });
         expect([other.status, otherPacket.status]).toEqual(['committed', 'committed']);
         expect(await all(f.store, 'd1')).toHaveLength(5);
+      });
+
+      const send = (f: StoreFixture, packetId: number, payloadHash = packetId) =>
+        f.store.write({ deviceId: 'd1', readings: [{ values: { packetId } }], delivery: { clientId: 'client-1', packetId, payloadHash } });
+
+      it("remembers the client's last `deliveryWindow` deliveries, and only those", async () => {
+        const f = await fixture({ deliveryWindow: 4 });
+        for (const p of [1, 2, 3, 4]) expect((await send(f, p)).status).toBe('committed');
+        expect((await send(f, 1)).status).toBe('duplicate');
+        // A redelivery takes no place in the window: 1 is still among the last four.
+        expect((await send(f, 1)).status).toBe('duplicate');
+        expect((await send(f, 5)).status).toBe('committed');
+        // Four deliveries came after 1: it is forgotten, and its re-send is stored again.
+        expect((await send(f, 1)).status).toBe('committed');
+        expect((await send(f, 4)).status).toBe('duplicate');
+        expect((await send(f, 2)).status).toBe('committed');
+        expect(await all(f.store, 'd1')).toHaveLength(7);
+      });
+
+      it('wraps around the window inside one group commit', async () => {
+        const f = await fixture({ deliveryWindow: 4 });
+        const first = await Promise.all([1, 2, 3, 4, 5, 6].map((p) => send(f, p)));
+        expect(first.map((r) => r.status)).toEqual(Array(6).fill('committed'));
+        const again = await Promise.all([6, 5, 4, 3].map((p) => send(f, p)));
+        expect(again.map((r) => r.status)).toEqual(Array(4).fill('duplicate'));
+        expect((await send(f, 2)).status).toBe('committed');
+        expect((await send(f, 6)).status).toBe('duplicate');
+      });
+
+      it('still knows a client whose window the store stopped caching (over 10,000 clients)', async () => {
+        const f = await fixture();
+        const write = (client: number) => f.store.write({ deviceId: 'd1', readings: [{ ts: client, values: { client } }], delivery: { clientId: `c${client}`, packetId: 1, payloadHash: client } });
+        for (let c = 0; c < 10_050; c += 1000) {
+          const results = await Promise.all(Array.from({ length: Math.min(1000, 10_050 - c) }, (_, i) => write(c + i)));
+          expect(results.every((r) => r.status === 'committed')).toBe(true);
+        }
+        expect((await write(0)).status).toBe('duplicate');
+        expect((await write(10_049)).status).toBe('duplicate');
       });
     });
 
@@ -820,8 +860,8 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         const clock = manualClock(50_000);
         const f = await fixture({ now: clock.now, partitionWindowMs: HOUR });
         await f.store.putDevice({ deviceId: 'd1', tags: { site: 'x' } });
-        const delivery = { clientId: 'd1', packetId: 3, payloadHash: 'h3' };
-        const gateway = { clientId: 'gateway', packetId: 4, payloadHash: 'h4' };
+        const delivery = { clientId: 'd1', packetId: 3, payloadHash: 0x23 };
+        const gateway = { clientId: 'gateway', packetId: 4, payloadHash: 0x24 };
         await f.store.write({ deviceId: 'd1', readings: [0, 1, 5].map((h) => ({ ts: h * HOUR + 7, values: { h } })), delivery });
         await f.store.write({ deviceId: 'd1', readings: [{ ts: 9 * HOUR, values: { via: 'gateway' } }], delivery: gateway });
         await f.store.write({ deviceId: 'd10', readings: [{ ts: 7, values: { other: true } }] });
