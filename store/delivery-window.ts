@@ -9,6 +9,10 @@
  * because the PUBACK never reached it. The deliveries committed after it are the ones
  * that were in flight with it, bounded by the broker's inflight limit; the window is
  * sized well above that.
+ *
+ * The size may change between runs (it follows the inflight limit): a window read back
+ * with another size keeps the newest rows, and the first deliveries after a larger size
+ * overwrite the oldest rows of the old layout.
  */
 
 /** One stored delivery: its number in the client's sequence, packet id and payload hash. */
