@@ -265,8 +265,12 @@ const LIST_SCAN_BUDGET = 10_000;
 /** Most per-key entries kept for keys the latest reading lacks; the oldest go first. */
 export const MAX_OLDER_KEYS = 1000;
 const DEFAULT_RETENTION_CHECK_MS = 60_000;
-/** Clients whose delivery window stays in memory; beyond that the longest-cached is dropped and read again when its client next publishes. */
-const MAX_CACHED_WINDOWS = 10_000;
+/**
+ * Delivery-window entries kept in memory, 10 bytes each: 10,000 clients at the default
+ * window of 256. Beyond that the longest-cached window is dropped, to be read again when
+ * its client next publishes.
+ */
+const CACHED_WINDOW_ENTRIES = 2_560_000;
 
 function storeClosed(): TributaryError {
   return new TributaryError('StoreUnavailable', 'the telemetry store is closed');
@@ -317,9 +321,10 @@ export class TelemetryStoreEngine implements TelemetryStore {
   /** Committed state of devices the write path has touched (never filled by reads, which could race a commit). */
   private readonly devices = new Map<string, DeviceState>();
   private readonly stamps = new Map<string, Stamp>();
-  /** Committed delivery windows of clients that published, in caching order (see {@link MAX_CACHED_WINDOWS}). */
+  /** Committed delivery windows of clients that published, in caching order (see {@link CACHED_WINDOW_ENTRIES}). */
   private readonly windows = new Map<string, DeliveryWindow>();
   private readonly windowSize: number;
+  private readonly maxCachedWindows: number;
 
   /** Readings with ts below this are refused; only ever rises (see {@link dropExpired}). */
   private horizonFloor = 0;
@@ -343,6 +348,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
     this.now = opts.now ?? Date.now;
     this.windowSize = checkPositiveInt(opts.deliveryWindow ?? DEFAULT_DELIVERY_WINDOW, 'deliveryWindow');
     if (this.windowSize > MAX_U32) throw new RangeError(`deliveryWindow must be at most ${MAX_U32} (got ${this.windowSize})`);
+    this.maxCachedWindows = Math.max(1, Math.floor(CACHED_WINDOW_ENTRIES / this.windowSize));
     const every = checkNonNegativeInt(opts.retentionCheckMs ?? DEFAULT_RETENTION_CHECK_MS, 'retentionCheckMs');
     if (this.retentionMs > 0 && every > 0) {
       // At open (on a later tick, so opening is not held up), then periodically.
@@ -704,10 +710,10 @@ export class TelemetryStoreEngine implements TelemetryStore {
     return { plan, results, next };
   }
 
-  /** Caches a client's committed window, dropping the longest-cached one beyond {@link MAX_CACHED_WINDOWS}. */
+  /** Caches a client's committed window, dropping the longest-cached one beyond {@link CACHED_WINDOW_ENTRIES}. */
   private cacheWindow(clientId: string, window: DeliveryWindow): DeliveryWindow {
     this.windows.set(clientId, window);
-    if (this.windows.size > MAX_CACHED_WINDOWS) this.windows.delete(this.windows.keys().next().value as string);
+    if (this.windows.size > this.maxCachedWindows) this.windows.delete(this.windows.keys().next().value as string);
     return window;
   }
 
