@@ -1,5 +1,8 @@
+import { createHash } from 'node:crypto';
+import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { consumerOffsetKey, consumerOffsetOp } from './offsets.js';
+import { payloadHash } from '../ingest/telemetry-ingest.js';
 import { prepareWrite } from '../store/items.js';
 import { acceptedResult, decodeTelemetry, encodeTelemetry, materialize, type TelemetryMessage } from './telemetry-topic.js';
 
@@ -15,6 +18,14 @@ describe('telemetry topic codec', () => {
       receivedAt: 1_700_000_000_999,
     };
     expect(decodeTelemetry(encodeTelemetry(msg))).toStrictEqual(msg);
+  });
+
+  it("reads an earlier build's delivery id, whose payload hash was the SHA-1 in hex, as the 48-bit hash ingest computes now", () => {
+    const payload = Buffer.from('{"t":1}');
+    const sha1 = createHash('sha1').update(payload).digest('hex');
+    const old = new Packr({ useRecords: false }).pack([{ deviceId: 'd', readings: [{ values: { t: 1 } }], delivery: { clientId: 'c1', packetId: 7, payloadHash: sha1 } }, 5]);
+    expect(decodeTelemetry(old).req.delivery).toEqual({ clientId: 'c1', packetId: 7, payloadHash: payloadHash(payload) });
+    expect(payloadHash(payload)).toBe(Number.parseInt(sha1.slice(0, 12), 16));
   });
 
   it('round-trips a registry change', () => {

@@ -7,7 +7,8 @@
 import { Packr } from 'msgpackr';
 import type { Producer } from 'kafkajs';
 import { TributaryError } from '../core/errors.js';
-import type { WriteRequest, WriteResult } from '../store/types.js';
+import { payloadHashOfSha1 } from '../ingest/telemetry-ingest.js';
+import type { DeliveryId, WriteRequest, WriteResult } from '../store/types.js';
 import { shardOf } from '../streams/shard.js';
 import type { KafkaClient } from './kafka-client.js';
 
@@ -38,6 +39,9 @@ export function encodeTelemetry(msg: TelemetryMessage): Buffer {
 
 export function decodeTelemetry(bytes: Buffer): TelemetryMessage {
   const [req, receivedAt, control] = packr.unpack(bytes) as [WriteRequest, number, DeviceControlMessage | undefined];
+  // Records of builds before data format 2 carry the payload's SHA-1 as hex.
+  const delivery = req.delivery as (Omit<DeliveryId, 'payloadHash'> & { payloadHash: number | string }) | undefined;
+  if (typeof delivery?.payloadHash === 'string') delivery.payloadHash = payloadHashOfSha1(delivery.payloadHash);
   return control === undefined ? { req, receivedAt } : { req, receivedAt, control };
 }
 

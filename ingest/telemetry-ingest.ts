@@ -238,9 +238,14 @@ export class TelemetryIngest {
   }
 }
 
-/** The first 48 bits of the payload's SHA-1, as the store's redelivery guard keeps them. */
-function payloadHash(payload: Buffer): number {
-  return Number.parseInt(hash('sha1', payload, 'hex').slice(0, 12), 16);
+/** The payload hash of a delivery id: the first 48 bits of the payload's SHA-1. */
+export function payloadHash(payload: Buffer): number {
+  return payloadHashOfSha1(hash('sha1', payload, 'hex'));
+}
+
+/** {@link payloadHash} from the SHA-1 in hex (how builds before data format 2 recorded it). */
+export function payloadHashOfSha1(hex: string): number {
+  return Number.parseInt(hex.slice(0, 12), 16);
 }
 
 /** A store's `ValidationError` (see {@link TelemetryIngest.write}) as the reject it stands for; anything else as is. */
