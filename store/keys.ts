@@ -12,6 +12,7 @@
  *
  * Device ids are validated elsewhere (`core/ids.ts`) and never contain 0x00.
  */
+import type { DeliveryRow } from './delivery-window.js';
 import { Prefix } from './keyspace.js';
 
 /** Largest value of an unsigned 32-bit field (partition, seq). */
@@ -200,7 +201,7 @@ export function encodeDelivery(n: number, packetId: number, payloadHash: number)
 }
 
 /** Inverse of {@link encodeDelivery}. */
-export function decodeDelivery(value: Buffer): { n: number; packetId: number; payloadHash: number } {
+export function decodeDelivery(value: Buffer): DeliveryRow {
   if (value.length !== DELIVERY_VALUE_BYTES) throw new RangeError(`not a delivery value (${value.length} bytes)`);
   return { n: value.readDoubleBE(0), packetId: value.readUInt16BE(8), payloadHash: value.readDoubleBE(10) };
 }
