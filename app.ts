@@ -89,6 +89,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     const tls = loadTlsCredentials(config);
     database = await Database.open(config.dataDir, { writeBufferBytes: config.storeWriteBufferBytes });
     metrics.storeWritable.set(1);
+    database.onCommit((seconds) => metrics.storeCommitLatency.observe(seconds));
     database.onWritableChange((writable, error) => {
       metrics.storeWritable.set(writable ? 1 : 0);
       if (writable) logger.info('the database accepts writes again');

@@ -21,6 +21,12 @@ export function createMetrics() {
       buckets: [0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers: [registry],
     }),
+    storeCommitLatency: new Histogram({
+      name: 'tributary_store_commit_seconds',
+      help: 'Write and fsync of one synced database batch (a group commit of readings, or another durable write), queueing excluded: the floor under publish-to-durable latency.',
+      buckets: [0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 0.5],
+      registers: [registry],
+    }),
     storeQueuedReadings: new Gauge({ name: 'tributary_store_queued_readings', help: 'Readings waiting for or in a group commit: how far the store is behind ingest.', registers: [registry] }),
     functionInvocations: new Counter({ name: 'tributary_function_invocations_total', help: 'Function invocations by function and outcome.', labelNames: ['function', 'outcome'], registers: [registry] }),
     functionErrors: new Counter({ name: 'tributary_function_errors_total', help: 'Function invocations that did not succeed (error, timeout or crash), by function.', labelNames: ['function'], registers: [registry] }),

@@ -56,6 +56,9 @@ export interface KeyRange {
 /** Called when {@link Database.writable} changes; `error` says why writes are refused. */
 export type WritableListener = (writable: boolean, error: TributaryError | undefined) => void;
 
+/** Called after each synced commit that succeeded, with the seconds its write and fsync took (queueing excluded). */
+export type CommitListener = (seconds: number) => void;
+
 /** Meta key written (as a deletion: it never holds a value) to check that writes work again after a reopen. */
 const PROBE_KEY = Buffer.from([Prefix.meta, 0x00, ...Buffer.from('write-probe', 'utf8')]);
 /** How long a reopen waits for reads started through {@link Database.read} before closing the handle. */
@@ -115,6 +118,7 @@ export class Database {
   private notBefore = 0;
   private reopenCount = 0;
   private readonly listeners = new Set<WritableListener>();
+  private readonly commitListeners = new Set<CommitListener>();
   private readonly sublevels = new Set<Sublevel>();
 
   private constructor(path: string, handle: Db, options: DatabaseOptions) {
@@ -185,6 +189,16 @@ export class Database {
   onWritableChange(listener: WritableListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /**
+   * Calls `listener` after every synced commit (see {@link CommitListener}): the group
+   * commit's own latency, which bounds how fast a durable acknowledgement can be.
+   * Returns a function that removes it. Listeners must not throw.
+   */
+  onCommit(listener: CommitListener): () => void {
+    this.commitListeners.add(listener);
+    return () => this.commitListeners.delete(listener);
   }
 
   /**
@@ -292,10 +306,15 @@ export class Database {
       await batch.close().catch(noop);
       throw err;
     }
+    const started = performance.now();
     try {
       await batch.write({ sync });
     } catch (err) {
       throw this.writeFailed(err);
+    }
+    if (sync) {
+      const seconds = (performance.now() - started) / 1000;
+      notify(this.commitListeners, 'commit', (listener) => listener(seconds));
     }
   }
 
@@ -422,13 +441,7 @@ export class Database {
   private emitWritable(): void {
     const writable = this.writable;
     const error = this.failure;
-    for (const listener of this.listeners) {
-      try {
-        listener(writable, error);
-      } catch (err) {
-        process.emitWarning(`a Database writable listener threw: ${messageOf(err)}`);
-      }
-    }
+    notify(this.listeners, 'writable', (listener) => listener(writable, error));
   }
 
   async getMeta(name: string): Promise<Buffer | undefined> {
@@ -553,4 +566,15 @@ function describeReopenFailure(err: unknown, path: string): TributaryError {
     return new TributaryError('StoreUnavailable', `the disk holding the database at ${path} is still full (${detail}); writes are refused until space is freed and then resume by themselves`, { cause: err });
   }
   return new TributaryError('StoreUnavailable', `the database at ${path} could not be reopened after a failed write (${detail}); writes are refused and the reopen is retried automatically`, { cause: err });
+}
+
+/** Calls every listener; one that throws becomes a process warning rather than failing the database operation. */
+function notify<L>(listeners: Set<L>, kind: string, call: (listener: L) => void): void {
+  for (const listener of listeners) {
+    try {
+      call(listener);
+    } catch (err) {
+      process.emitWarning(`a Database ${kind} listener threw: ${messageOf(err)}`);
+    }
+  }
 }

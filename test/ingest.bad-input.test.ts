@@ -89,6 +89,8 @@ describe('bad telemetry input', () => {
     expect(text).toMatch(/tributary_ingest_messages_total\{transport="mqtt"\} 10\b/); // the invalid topic never reaches ingest's decoder
     expect(text).toMatch(/tributary_ingest_publish_to_durable_seconds_bucket\{le="0.00025",transport="mqtt"\} \d+/);
     expect(text).toMatch(/tributary_ingest_publish_to_durable_seconds_count\{transport="mqtt"\} 10\b/);
+    // Each reject record was a synced commit; their write + fsync times are exposed too.
+    expect(text).toMatch(/tributary_store_commit_seconds_count [1-9]\d*\n/);
   });
 
   it('over HTTP: 400 with the reason, recorded in the rejects log as the body', async () => {

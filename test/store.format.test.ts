@@ -3,7 +3,8 @@
  * test/store.full-disk.test.ts): a build migrates the one older format, refuses a data
  * directory whose format it cannot read (naming both versions) and one already open
  * elsewhere; a failed write makes it refuse writes until it has reopened the handle by
- * itself; range deletes go through it.
+ * itself; range deletes go through it; each synced commit's duration reaches the commit
+ * listeners.
  */
 import { join } from 'node:path';
 import { ClassicLevel } from 'classic-level';
@@ -227,6 +228,32 @@ describe('Database after a failed write (simulated)', () => {
       expect(db.writable).toBe(true);
       expect(warn).toHaveBeenCalledWith(expect.stringContaining('listener bug'));
       warn.mockRestore();
+    } finally {
+      await db.close();
+      d.cleanup();
+    }
+  });
+
+  it('reports the duration of each synced commit that succeeded, and nothing for unsynced or failed ones', async () => {
+    const d = tempDir('tributary-commit-');
+    const db = await Database.open(d.path, { retryMinMs: 10, retryMaxMs: 50 });
+    try {
+      const seconds: number[] = [];
+      const remove = db.onCommit((s) => seconds.push(s));
+      const put = (k: string) => [{ type: 'put' as const, key: Buffer.from(`X${k}`), value: Buffer.from('v') }];
+      await db.commit(put('a'));
+      await db.commit(put('b'));
+      await db.commitUnsynced(put('c'));
+      await db.commit([]); // nothing to write: no commit
+      failWrites(db, 'IO error: something broke');
+      await expect(db.commit(put('d'))).rejects.toMatchObject({ code: 'StoreUnavailable' });
+      await waitFor(() => db.writable, 5000, 'the database to reopen itself');
+      expect(seconds).toHaveLength(2);
+      for (const s of seconds) expect(s).toBeGreaterThan(0);
+      for (const s of seconds) expect(s).toBeLessThan(60);
+      remove();
+      await db.commit(put('e'));
+      expect(seconds).toHaveLength(2);
     } finally {
       await db.close();
       d.cleanup();
