@@ -240,7 +240,7 @@ export class TelemetryIngest {
 
 /** The payload hash of a delivery id: the first 48 bits of the payload's SHA-1. */
 export function payloadHash(payload: Buffer): number {
-  return payloadHashOfSha1(hash('sha1', payload, 'hex'));
+  return hash('sha1', payload, 'buffer').readUIntBE(0, 6);
 }
 
 /** {@link payloadHash} from the SHA-1 in hex (how builds before data format 2 recorded it). */

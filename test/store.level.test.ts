@@ -93,17 +93,20 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
     const a = await fresh({ deliveryWindow: 4 });
     const send = (o: Opened, packetId: number) => o.store.write({ deviceId: 'd1', readings: [{ values: { packetId } }], delivery: { clientId: 'c1', packetId, payloadHash: packetId } });
     // Six deliveries in a window of four: slots 0 and 1 were written twice.
+    const reopen = async (deliveryWindow: number): Promise<Opened> => {
+      const o = await openAt(a.dir, { deliveryWindow });
+      cleanups.push(o.shut);
+      return o;
+    };
     for (const p of [1, 2, 3, 4, 5, 6]) await send(a, p);
     await a.shut();
-    const b = await openAt(a.dir, { deliveryWindow: 4 });
-    cleanups.push(b.shut);
+    const b = await reopen(4);
     expect((await send(b, 3)).status).toBe('duplicate');
     expect((await send(b, 6)).status).toBe('duplicate');
     expect((await send(b, 2)).status).toBe('committed');
     await b.shut();
     // A smaller window after the restart keeps the newest rows: 2 (just stored again) and 6.
-    const c = await openAt(a.dir, { deliveryWindow: 2 });
-    cleanups.push(c.shut);
+    const c = await reopen(2);
     expect((await send(c, 6)).status).toBe('duplicate');
     expect((await send(c, 5)).status).toBe('committed');
     expect((await send(c, 2)).status).toBe('duplicate');
