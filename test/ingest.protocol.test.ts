@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
 import { connectClient, getJson } from './app-harness.js';
 import { connectBytes, encode, mqttString, PINGREQ, rawPacket } from './fuzz/packets.js';
 import { tempDir, waitFor } from './helpers.js';
@@ -32,7 +33,7 @@ afterAll(async () => {
 });
 
 /**
- * Sends `connect` on a fresh connection, then — once the broker has answered it — `then`
+ * Sends `connect` on a fresh connection, then — once the broker has accepted it — `then`
  * and a PINGREQ. Resolves with the packets received (hex, PINGRESP left out) when the
  * broker closes the connection (`closed`), or when it has answered the PINGREQ and sent
  * `answers` packets (`open`: the connection survived). aedes handles the packets of one
@@ -57,8 +58,10 @@ function talk(connect: Buffer, then: Buffer[] = [], answers = 1): Promise<{ outc
     socket.on('error', () => {}); // ECONNRESET once the broker has dropped us
     socket.on('close', () => finish('closed'));
     socket.on('data', (d: Buffer) => {
-      if (packets.length === 0 && pending.length === 0) socket.write(Buffer.concat([...then, PINGREQ]));
+      const first = packets.length === 0 && pending.length === 0;
       pending = Buffer.concat([pending, d]);
+      // After a refusing CONNACK a client sends nothing more (aedes may still answer a PINGREQ then).
+      if (first && pending.subarray(0, 4).toString('hex') === CONNACK(0)) socket.write(Buffer.concat([...then, PINGREQ]));
       // Every packet the broker sends here is short: a type byte, a one-byte length, the body.
       while (pending.length >= 2 && pending.length >= 2 + (pending[1] as number)) {
         const packet = pending.subarray(0, 2 + (pending[1] as number));
@@ -90,6 +93,18 @@ describe('MQTT 3.1.1 strictness (raw packets)', () => {
     expect(await talk(connectBytes('', { clean: false }))).toEqual({ outcome: 'closed', packets: [CONNACK(2)] });
     // With CleanSession 1 the server assigns an id [MQTT-3.1.3-6].
     expect(await talk(connectBytes('', { clean: true }))).toEqual({ outcome: 'open', packets: [CONNACK(0)] });
+  });
+
+  it('does the same over WebSocket: CONNACK 0x02, then the close', async () => {
+    const ws = new WebSocket(`${server.httpUrl.replace(/^http/, 'ws')}/mqtt`, 'mqtt');
+    const got: Buffer[] = [];
+    ws.on('message', (data: Buffer) => got.push(data));
+    ws.once('open', () => ws.send(connectBytes('', { clean: false })));
+    await new Promise<void>((resolve, reject) => {
+      ws.once('close', () => resolve());
+      ws.once('error', reject);
+    });
+    expect(Buffer.concat(got).toString('hex')).toBe(CONNACK(2));
   });
 
   it.each([
