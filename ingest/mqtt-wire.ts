@@ -8,10 +8,11 @@
  *   mqtt-packet parses without checking. mqtt-packet decodes every string with
  *   `toString('utf8')`, which turns ill-formed bytes into U+FFFD (mqttjs/mqtt-packet#59),
  *   so the bytes must be judged before that; it takes will QoS 3, a password without a
- *   user name, packet id 0, and an UNSUBSCRIBE or SUBSCRIBE without filters; it refuses a
- *   protocol level other than 3, 4 or 5 with an error, so aedes closes without the
- *   CONNACK 0x01 that [MQTT-3.1.2-2] asks for; and aedes accepts an empty client id with
- *   CleanSession 0, giving it a random one.
+ *   user name, packet id 0, an UNSUBSCRIBE without filters (aedes answers it) and a
+ *   SUBSCRIBE without any (dropped only because aedes' empty SUBACK fails to encode); it
+ *   refuses a protocol level other than 3, 4 or 5 with an error, so aedes closes without
+ *   the CONNACK 0x01 that [MQTT-3.1.2-2] asks for; and aedes accepts an empty client id
+ *   with CleanSession 0, giving it a random one.
  *
  * A violation closes the connection at once ([MQTT-4.8.0-1]: a protocol violation closes
  * the network connection), after a CONNACK where the specification asks for one. Packets
