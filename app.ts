@@ -176,7 +176,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       persistence: levelPersistence(database.sublevel(MQTT_SUBLEVEL)),
       ...(tls === undefined ? {} : { tls }),
       limits: { maxConnections: config.mqttMaxConnections, maxInflight: config.mqttMaxInflight, maxSubscriptions: config.mqttMaxSubscriptions, drainTimeoutMs: config.mqttDrainTimeoutMs },
-      metrics: { connectedClients: metrics.mqttConnectedClients, messagesOut: metrics.mqttMessagesOut },
+      metrics: { connectedClients: metrics.mqttConnectedClients, messagesOut: metrics.mqttMessagesOut, nonTelemetryPublishes: metrics.mqttNonTelemetryPublishes },
     });
     broker = mqtt;
     // Cluster mode: commands go through Kafka and every node publishes them to the devices connected to it.

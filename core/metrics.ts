@@ -43,6 +43,7 @@ export function createMetrics() {
     mqttAuthFailures: new Counter({ name: 'tributary_mqtt_auth_failures_total', help: 'MQTT logins refused and publishes/subscriptions denied in secured mode, by reason.', labelNames: ['reason'], registers: [registry] }),
     mqttConnectedClients: new Gauge({ name: 'tributary_mqtt_connected_clients', help: 'MQTT clients connected now (CONNACK sent), all transports.', registers: [registry] }),
     mqttMessagesOut: new Counter({ name: 'tributary_mqtt_messages_out_total', help: 'PUBLISH packets the broker forwarded to subscribers (retained and queued ones included).', registers: [registry] }),
+    mqttNonTelemetryPublishes: new Counter({ name: 'tributary_mqtt_non_telemetry_publishes_total', help: 'PUBLISHes from clients on topics other than devices/{deviceId}/telemetry: forwarded to subscribers as by any MQTT broker, not stored.', registers: [registry] }),
   };
   return m;
 }

@@ -8,6 +8,7 @@ import { isValidDeviceId } from '../core/ids.js';
 import type { Logger } from '../core/logger.js';
 import { memoryPersistence, onlyGrantedSubscriptions, type AedesAsyncPersistence } from './mqtt-persistence.js';
 import { attachWebSocket, listenTcp, type TlsCredentials, type WebSocketTransport } from './mqtt-transports.js';
+import { guardConnection } from './mqtt-wire.js';
 import { RejectedPayload } from './payload.js';
 import type { TelemetryIngest } from './telemetry-ingest.js';
 import { COMMAND_NAME_PATTERN, commandTopic, routeTopic } from './topics.js';
@@ -34,6 +35,8 @@ export const DEFAULT_BROKER_LIMITS: BrokerLimits = { maxConnections: 10_000, max
 export interface BrokerMetrics {
   connectedClients: { set(value: number): void };
   messagesOut: { inc(): void };
+  /** Client PUBLISHes on topics other than `devices/{id}/telemetry`: forwarded, not stored. */
+  nonTelemetryPublishes: { inc(): void };
 }
 
 export interface MqttBrokerOptions {
@@ -90,6 +93,14 @@ export const DEFAULT_MAX_PACKET_BYTES = maxPacketBytesFor(16 * 1024 * 1024);
  */
 export const REJECTS_TOPIC_PREFIX = '$tributary/rejects/';
 
+/**
+ * Shared subscriptions (`$share/{group}/{filter}`, MQTT 5 §4.8.2, and a common 3.1.1
+ * extension) are refused with SUBACK 0x80: aedes 1.2 has none, and as a plain 3.1.1
+ * filter it would be granted and match only topics that start with `$share/` — never
+ * delivering what the client meant.
+ */
+const SHARED_SUBSCRIPTION_PREFIX = '$share/';
+
 const COMMAND_NAME = new RegExp(COMMAND_NAME_PATTERN, 'u');
 
 /**
@@ -136,7 +147,9 @@ export function commandOf(deviceId: string, name: string, payload: unknown, qos:
  * The `published` hook would be too late: aedes acknowledges before calling it.
  *
  * MQTT 3.1.1 (and 3.1) only: aedes 1.2 has no MQTT 5, and answers a v5 CONNECT with
- * CONNACK return code 1, "unacceptable protocol version" ([MQTT-3.1.2-2]).
+ * CONNACK return code 1, "unacceptable protocol version" ([MQTT-3.1.2-2]). Every
+ * connection's bytes pass ingest/mqtt-wire.ts first: the packet size limit and the
+ * 3.1.1 rules that aedes and mqtt-packet leave unchecked.
  */
 export class MqttBroker implements CommandSender {
   private webSocket: WebSocketTransport | undefined;
@@ -155,6 +168,7 @@ export class MqttBroker implements CommandSender {
     const access = opts.access;
     const inflight = new InflightWindow(limits.maxInflight);
     const subscriptions = new SubscribeGate(limits.maxSubscriptions);
+    const nonTelemetry = nonTelemetryNotice(logger, opts.metrics);
     // Connections (all transports) open now, and those that arrived over the limit.
     let open = 0;
     const overLimit = new WeakSet<Duplex>();
@@ -175,15 +189,19 @@ export class MqttBroker implements CommandSender {
       authorizePublish: (client, packet, callback) => {
         const denied = client !== null && access !== undefined ? access.checkPublish(client, packet) : null;
         if (denied !== null) return callback(denied);
-        if (client === null || packet.qos === 0) return authorizePublish(opts.ingest, logger, client, packet, callback);
+        if (client === null || packet.qos === 0) return authorizePublish(opts.ingest, logger, nonTelemetry, client, packet, callback);
         inflight.run(client, (release) =>
-          authorizePublish(opts.ingest, logger, client, packet, (err) => {
+          authorizePublish(opts.ingest, logger, nonTelemetry, client, packet, (err) => {
             release();
             callback(err);
           }),
         );
       },
       authorizeSubscribe: (client, sub, callback) => {
+        if (sub.topic.startsWith(SHARED_SUBSCRIPTION_PREFIX)) {
+          logger.debug({ clientId: client.id, topic: sub.topic }, 'subscription refused: shared subscriptions are not supported');
+          return callback(null, null as unknown as Subscription);
+        }
         if (!subscriptions.admit(client, sub.topic)) {
           logger.debug({ clientId: client.id, topic: sub.topic, max: limits.maxSubscriptions }, 'subscription refused: per-client limit reached');
           return callback(null, null as unknown as Subscription);
@@ -220,7 +238,7 @@ export class MqttBroker implements CommandSender {
       if (open >= limits.maxConnections) overLimit.add(stream);
       open++;
       stream.once('close', () => open--);
-      guardPacketSize(stream, maxPacketBytes);
+      guardConnection(stream, maxPacketBytes);
       aedes.handle(stream, req);
     };
     const server = await listenTcp({ host: opts.host, port: opts.port, ...(opts.tls === undefined ? {} : { tls: opts.tls }), onConnection: handleConnection, logger });
@@ -369,71 +387,27 @@ class SubscribeGate {
 }
 
 /**
- * mqtt-packet buffers a packet until all of its announced remaining length has arrived
- * (up to 268,435,455 bytes, before CONNECT too) and neither it nor aedes has a size
- * limit, so one connection could make the broker hold 256 MB. This watches the fixed
- * headers of the bytes aedes reads off the socket (aedes only ever consumes a
- * connection through `read()` on 'readable') and destroys the connection as soon as a
- * header announces more than `maxPacketBytes` — before the body is buffered. The
- * socket's own buffer stays bounded by its highWaterMark, since nothing reads it any
- * more. Framing is MQTT's: one type/flags byte, a 1–4 byte variable length, the body.
+ * Counts client PUBLISHes that Tributary forwards without storing, and says so at info
+ * the first time a connection sends one: a device publishing readings to
+ * `sensors/x/telemetry` or `devices/x/data` would otherwise see PUBACKs and nothing stored.
  */
-function guardPacketSize(socket: Duplex, maxPacketBytes: number): void {
-  const frames = new PacketFramer(maxPacketBytes);
-  const read = socket.read.bind(socket);
-  socket.read = (size?: number) => {
-    const chunk: unknown = read(size);
-    if (!Buffer.isBuffer(chunk)) return chunk;
-    const problem = frames.feed(chunk);
-    if (problem === undefined) return chunk;
-    // The error reaches aedes through the socket's 'error' event ('connectionError' or 'clientError').
-    socket.destroy(new Error(problem));
-    return null;
+function nonTelemetryNotice(logger: Logger, metrics: BrokerMetrics | undefined): (client: Client, topic: string) => void {
+  const told = new WeakSet<Client>();
+  return (client, topic) => {
+    metrics?.nonTelemetryPublishes.inc();
+    if (told.has(client)) return;
+    told.add(client);
+    logger.info(
+      { clientId: client.id, topic },
+      'publish on a topic outside devices/{deviceId}/telemetry: forwarded to subscribers, not stored (the first from this connection; tributary_mqtt_non_telemetry_publishes_total counts them all)',
+    );
   };
-}
-
-/** Follows MQTT packet boundaries across chunks; says what is wrong with the first over-limit header. */
-export class PacketFramer {
-  private body = 0; // bytes of the current packet's body still to come
-  private inLength = false; // inside the variable-length field
-  private length = 0;
-  private lengthBytes = 0;
-
-  constructor(private readonly maxPacketBytes: number) {}
-
-  feed(chunk: Buffer): string | undefined {
-    let i = 0;
-    while (i < chunk.length) {
-      if (this.body > 0) {
-        const n = Math.min(this.body, chunk.length - i);
-        this.body -= n;
-        i += n;
-        continue;
-      }
-      const byte = chunk[i++] as number;
-      if (!this.inLength) {
-        // The type/flags byte; mqtt-packet judges it.
-        this.inLength = true;
-        this.length = 0;
-        this.lengthBytes = 0;
-        continue;
-      }
-      this.length += (byte & 0x7f) * 128 ** this.lengthBytes++;
-      if (byte & 0x80) {
-        if (this.lengthBytes === 4) return 'invalid MQTT remaining length (more than 4 bytes)';
-        continue;
-      }
-      this.inLength = false;
-      if (this.length > this.maxPacketBytes) return `MQTT packet of ${this.length} bytes exceeds the limit of ${this.maxPacketBytes} bytes`;
-      this.body = this.length;
-    }
-    return undefined;
-  }
 }
 
 function authorizePublish(
   ingest: TelemetryIngest,
   logger: Logger,
+  nonTelemetry: (client: Client, topic: string) => void,
   client: Client | null,
   packet: PublishPacket,
   callback: (error?: Error | null) => void,
@@ -447,7 +421,10 @@ function authorizePublish(
   if (client === null) return callback(null);
 
   const route = routeTopic(topic);
-  if (route.kind === 'other' || route.kind === 'device-other') return callback(null);
+  if (route.kind === 'other' || route.kind === 'device-other') {
+    nonTelemetry(client, topic);
+    return callback(null);
+  }
   const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
   if (route.kind === 'invalid-device') {
     // Acknowledged once the reject record is durable, like any other reject (API.md).

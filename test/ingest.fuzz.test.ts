@@ -19,7 +19,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../core/logger.js';
-import { DEFAULT_MAX_PACKET_BYTES, MqttBroker, PacketFramer } from '../ingest/mqtt-broker.js';
+import { DEFAULT_MAX_PACKET_BYTES, MqttBroker } from '../ingest/mqtt-broker.js';
+import { PacketInspector } from '../ingest/mqtt-wire.js';
 import { checkTimeWindow, decodePayload, DEFAULT_LIMITS, RejectedPayload } from '../ingest/payload.js';
 import { KEPT_PAYLOAD_BYTES, type RejectEntry } from '../ingest/rejects-log.js';
 import type { TelemetryIngest } from '../ingest/telemetry-ingest.js';
@@ -425,13 +426,13 @@ describe('MQTT ingest under malformed input (broker in a child process)', () => 
 });
 
 describe('the MQTT packet size limit (broker in process)', () => {
-  it('PacketFramer follows packets across arbitrary chunking and flags only an over-limit header', () => {
+  it('PacketInspector follows packets across arbitrary chunking and flags only an over-limit header', () => {
     const packets = [connectBytes('a'), encode({ cmd: 'publish', topic: 't', payload: Buffer.alloc(300), qos: 1, messageId: 7, retain: false, dup: false }), PINGREQ];
     const stream = Buffer.concat(packets);
-    const framer = new PacketFramer(400);
-    for (const byte of stream) expect(framer.feed(Buffer.from([byte]))).toBeUndefined();
-    expect(new PacketFramer(400).feed(Buffer.concat([stream, Buffer.from([0x30, 0x92, 0x03])]))).toMatch(/402 bytes exceeds the limit of 400/);
-    expect(new PacketFramer(400).feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff]))).toMatch(/invalid MQTT remaining length/);
+    const inspector = new PacketInspector(400);
+    for (const byte of stream) expect(inspector.feed(Buffer.from([byte]))).toBeUndefined();
+    expect(new PacketInspector(400).feed(Buffer.concat([stream, Buffer.from([0x30, 0x92, 0x03])]))?.reason).toMatch(/402 bytes exceeds the limit of 400/);
+    expect(new PacketInspector(400).feed(Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff]))?.reason).toMatch(/invalid MQTT remaining length/);
   });
 
   it('drops a connection announcing more than maxPacketBytes and serves packets up to it', async () => {
