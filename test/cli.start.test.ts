@@ -30,6 +30,13 @@ describe('tributary start (child process)', () => {
   afterEach(async () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
+  const dataDir = (): string => {
+    const dir = tempDir();
+    cleanups.push(dir.cleanup);
+    return dir.path;
+  };
+  /** `tributary start` on free ports, expected to exit on its own. */
+  const startToExit = (data: string, args: string[]) => runCli(['start', '--data-dir', data, '--mqtt-port', '0', '--http-port', '0', '--log-level', 'warn', ...args]);
 
   it.skipIf(!hasTool('mosquitto_pub'))('takes a mosquitto_pub reading, serves it over HTTP, stops on SIGINT and reopens the same data', async () => {
     const dir = tempDir();
@@ -91,15 +98,14 @@ describe('tributary start (child process)', () => {
   });
 
   it('starts secured with a bare --secure followed by another flag, and open with --no-secure over TRIBUTARY_SECURE=true', async () => {
-    const dir = tempDir();
-    cleanups.push(dir.cleanup);
-    const secured = await startServerProcess(['--secure', '--data-dir', dir.path]);
+    const data = dataDir();
+    const secured = await startServerProcess(['--secure', '--data-dir', data]);
     cleanups.push(() => secured.signal('SIGKILL'));
     expect(secured.output()).toContain('tributary is running (secured mode)');
     expect((await call(secured.httpUrl, 'GET', '/v1/devices')).status).toBe(401);
     expect(await secured.signal('SIGTERM')).toBe(0);
 
-    const open = await startServerProcess(['--no-secure', '--data-dir', dir.path, '--mqtt-port', '0', '--http-port', '0'], { TRIBUTARY_SECURE: 'true' });
+    const open = await startServerProcess(['--no-secure', '--data-dir', data, '--mqtt-port', '0', '--http-port', '0'], { TRIBUTARY_SECURE: 'true' });
     cleanups.push(() => open.signal('SIGKILL'));
     expect(open.output()).toContain('tributary is running (open mode)');
     expect((await call(open.httpUrl, 'GET', '/v1/devices')).status).toBe(200);
@@ -107,37 +113,34 @@ describe('tributary start (child process)', () => {
   });
 
   it('prints the admin key at the first start that comes up, after a first secured start that failed to bind', async () => {
-    const dir = tempDir();
-    cleanups.push(dir.cleanup);
+    const data = dataDir();
     // 192.0.2.1 (TEST-NET-1, RFC 5737) is no address of this machine: the bind fails (EADDRNOTAVAIL),
     // after secured mode (any non-loopback bind) has generated the key. Nothing is sent anywhere.
-    const failed = await runCli(['start', '--data-dir', dir.path, '--mqtt-port', '0', '--http-port', '0', '--http-host', '192.0.2.1', '--log-level', 'warn']);
+    const failed = await startToExit(data, ['--http-host', '192.0.2.1']);
     expect(failed.code, failed.stderr).toBe(1);
     expect(failed.stderr).toContain('tributary: cannot start:');
     expect(failed.stdout).not.toContain('admin API key');
-    expect(existsSync(join(dir.path, 'admin.key')), 'admin.key is written only once the key is shown').toBe(false);
-    const pending = readFileSync(join(dir.path, 'admin.key.new'), 'utf8').trim();
+    expect(existsSync(join(data, 'admin.key')), 'admin.key is written only once the key is shown').toBe(false);
+    const pending = readFileSync(join(data, 'admin.key.new'), 'utf8').trim();
 
-    const first = await startServerProcess(['--secure', '--data-dir', dir.path]);
+    const first = await startServerProcess(['--secure', '--data-dir', data]);
     cleanups.push(() => first.signal('SIGKILL'));
     await waitFor(() => first.output().includes('saved to'), 10_000, 'the key lines');
     expect(/admin API key \(shown once\): (\S+)/.exec(first.output())?.[1]).toBe(pending);
-    expect(readFileSync(join(dir.path, 'admin.key'), 'utf8').trim()).toBe(pending);
-    expect(existsSync(join(dir.path, 'admin.key.new'))).toBe(false);
+    expect(readFileSync(join(data, 'admin.key'), 'utf8').trim()).toBe(pending);
+    expect(existsSync(join(data, 'admin.key.new'))).toBe(false);
     const keys = await fetch(`${first.httpUrl}/v1/keys`, { headers: { authorization: `Bearer ${pending}` } });
     expect(keys.status).toBe(200);
     expect(await first.signal('SIGTERM')).toBe(0);
 
-    const second = await startServerProcess(['--secure', '--data-dir', dir.path]);
+    const second = await startServerProcess(['--secure', '--data-dir', data]);
     cleanups.push(() => second.signal('SIGKILL'));
     expect(second.output()).not.toContain('admin API key');
     expect(await second.signal('SIGTERM')).toBe(0);
   });
 
   it('simulate exits 1 when the broker dies mid-run', async () => {
-    const dir = tempDir();
-    cleanups.push(dir.cleanup);
-    const server = await startServerProcess(['--data-dir', dir.path]);
+    const server = await startServerProcess(['--data-dir', dataDir()]);
     cleanups.push(() => server.signal('SIGKILL'));
     const sim = spawnCli(['simulate', '--devices', '2', '--rate', '20', '--prefix', 'mid-', '--mqtt-url', server.mqttUrl, '--json']);
     cleanups.push(() => void sim.child.kill('SIGKILL'));
@@ -154,9 +157,7 @@ describe('tributary start (child process)', () => {
   });
 
   it('exits 2, a configuration error, for a --functions-dir that cannot be read', async () => {
-    const dir = tempDir();
-    cleanups.push(dir.cleanup);
-    const res = await runCli(['start', '--data-dir', dir.path, '--mqtt-port', '0', '--http-port', '0', '--functions-dir', '/nope', '--log-level', 'warn']);
+    const res = await startToExit(dataDir(), ['--functions-dir', '/nope']);
     expect(res.code, res.stderr).toBe(2);
     expect(res.stderr).toContain('invalid functionsDir: cannot read the functions directory /nope');
   });
