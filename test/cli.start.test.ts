@@ -142,7 +142,8 @@ describe('tributary start (child process)', () => {
   it('simulate exits 1 when the broker dies mid-run', async () => {
     const server = await startServerProcess(['--data-dir', dataDir()]);
     cleanups.push(() => server.signal('SIGKILL'));
-    const sim = spawnCli(['simulate', '--devices', '2', '--rate', '20', '--prefix', 'mid-', '--mqtt-url', server.mqttUrl, '--json']);
+    // A low rate, so that usually no reading is in flight at the kill: the case that exited 0.
+    const sim = spawnCli(['simulate', '--devices', '2', '--rate', '2', '--prefix', 'mid-', '--mqtt-url', server.mqttUrl, '--json']);
     cleanups.push(() => void sim.child.kill('SIGKILL'));
     await sim.waitForStderr('(Ctrl-C to stop)');
     await waitFor(async () => ((await call(server.httpUrl, 'GET', '/v1/devices/mid-002')).body as { readings?: number }).readings, 10_000, 'readings to arrive');
