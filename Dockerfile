@@ -1,20 +1,23 @@
 # Tributary node image: one `tributary start`, single-node or (with TRIBUTARY_KAFKA_BROKERS)
 # a cluster node. docker-compose.yml runs three of them; README "Running a cluster".
 
-# Production dependencies only; they are what the runtime image ships.
+# Production dependencies only; they are what the runtime image ships. --ignore-scripts: the
+# package's own `prepare` builds with tsc, a dev dependency; the native modules load from
+# their prebuilds (checked in the last stage).
 FROM node:20-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 # The TypeScript build needs the dev dependencies (tsc, types).
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# The sources are not here yet for `prepare` to build: `npm run build` below does.
+RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY . .
 # The image ships the server, not the tests (which import dev dependencies) or the benchmarks.
-RUN npm run build && rm -rf dist/test dist/bench && find dist -name '*.test.js*' -delete
+RUN npm run build && rm -rf dist/test dist/bench dist/.tsbuildinfo && find dist -name '*.test.js*' -delete
 
 FROM node:20-bookworm-slim
 WORKDIR /app

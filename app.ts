@@ -300,6 +300,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     const httpUrl = `${tls ? 'https' : 'http'}://${formatHost(httpAddr.address)}:${httpAddr.port}`;
     // Last: once in the store group, this node materializes partitions and answers for them.
     await cluster?.startStore(openStore, config.advertisedHttpUrl || httpUrl);
+    // Up: whoever started it gets the key now (the CLI prints it), so it need not be shown again.
+    adminKey?.shown();
     return {
       mqtt: `${tls ? 'mqtts' : 'mqtt'}://${formatHost(mqtt.address.host)}:${mqtt.address.port}`,
       http: httpUrl,

@@ -90,7 +90,7 @@ export const ListDevicesQuery = Type.Object(
         minLength: 1,
         maxLength: 400,
         description:
-          'Only devices with this tag: `key` (any value) or `key:value`. A filtered page examines at most 10,000 registry entries, so it may hold fewer than `limit` devices with a non-null `nextCursor`.',
+          'Only devices with this tag: `key` (any value) or `key=value` (URL-encoded `key%3Dvalue` or as is); another form is a 400. A filtered page examines at most 10,000 registry entries, so it may hold fewer than `limit` devices with a non-null `nextCursor`.',
       }),
     ),
   },

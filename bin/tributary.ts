@@ -3,9 +3,10 @@
  * The command line. The only place that reads argv and the environment; everything
  * below gets a frozen config.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { join } from 'node:path';
 import { securityMode } from '../access/mode.js';
+import { settingOptions } from '../cli/args.js';
 import { registerDevices } from '../cli/devices.js';
 import { CliError, EXIT, EXIT_CODES_HELP } from '../cli/exit.js';
 import { registerFn } from '../cli/fn.js';
@@ -36,10 +37,7 @@ const start = program
   .command('start')
   .description('start the broker, the store, the change stream, functions and the HTTP API in one process')
   .option('-c, --config <file>', 'JSON config file (keys as in docs/configuration.md)', process.env.TRIBUTARY_CONFIG);
-for (const def of Object.values(SETTINGS)) {
-  // Commander camel-cases `--data-dir` into `dataDir`: flags are named after their setting keys (a test checks).
-  start.addOption(new Option(`${def.flag} <value>`, `${def.description} [env ${def.env}, default ${JSON.stringify(def.default)}]`));
-}
+for (const def of Object.values(SETTINGS)) for (const option of settingOptions(def)) start.addOption(option);
 
 start.action(async (options: Record<string, unknown>) => {
   let config: Config;

@@ -5,9 +5,24 @@
  *
  * @module
  */
+import { Option } from 'commander';
+import type { SettingDef } from '../core/config.js';
 import { isValidDeviceId } from '../core/ids.js';
 import { parseDuration, parseTime } from '../core/time.js';
 import { usageError } from './exit.js';
+
+/**
+ * The `start` flags of one setting. Commander camel-cases `--data-dir` into `dataDir`:
+ * flags are named after their setting keys (a test checks). A boolean takes an optional
+ * value, so `--secure`, `--secure true` and `--secure false` all parse and a bare
+ * `--secure` never swallows the next flag (commander takes no `-…` word as an optional
+ * value), and gets its `--no-secure` twin; loadConfig validates the value as for any source.
+ */
+export function settingOptions(def: SettingDef<unknown>): Option[] {
+  const help = `${def.description} [env ${def.env}, default ${JSON.stringify(def.default)}]`;
+  if (def.kind.type !== 'bool') return [new Option(`${def.flag} <value>`, help)];
+  return [new Option(`${def.flag} [true|false]`, help), new Option(`--no-${def.flag.slice(2)}`, `same as ${def.flag} false`)];
+}
 
 /** Commander collector for a repeatable `--tag k=v`. */
 export function collect(value: string, previous: string[] = []): string[] {

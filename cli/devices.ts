@@ -61,7 +61,7 @@ export function registerDevices(program: Command): void {
     devices
       .command('list')
       .description('list registered devices')
-      .option('--tag <key[:value]>', 'only devices with this tag (key, or key:value)')
+      .option('--tag <key[=value]>', 'only devices with this tag (key, or key=value as in devices add)')
       .option('--limit <n>', 'at most this many devices', '1000'),
   ).action(async (opts: ClientFlags & { tag?: string; limit: string }) => {
     const limit = positiveInt(opts.limit, 'limit');

@@ -68,7 +68,10 @@ interface Counts {
   sent: number;
   acked: number;
   failed: number;
+  /** Not sent: the device had MAX_OUTSTANDING readings awaiting PUBACK (back-pressure, by design). */
   skipped: number;
+  /** Not sent: the device had lost its connection (the broker went away); readings simulate could not store. */
+  disconnected: number;
 }
 
 interface SimulateFlags extends ClientFlags {
@@ -128,11 +131,15 @@ export function registerSimulate(program: Command): void {
     const secrets = opts.provision ? await provision(ids, opts) : undefined;
     if (secrets) note(`provisioned ${ids.length} devices (${ids[0]} ... ${ids[ids.length - 1]})`);
 
-    const counts: Counts = { sent: 0, acked: 0, failed: 0, skipped: 0 };
+    const counts: Counts = { sent: 0, acked: 0, failed: 0, skipped: 0, disconnected: 0 };
     const periodMs = 1000 / rate;
     let fatal: CliError | undefined;
+    let stopping = false;
+    let lostNoted = false;
     let stop!: () => void;
-    const stopped = new Promise<void>((resolve) => (stop = resolve));
+    const stopped = new Promise<void>((resolve) => (stop = resolve)).then(() => {
+      stopping = true;
+    });
 
     const { default: mqtt } = await import('mqtt');
     const devices: SimDevice[] = ids.map((id) => {
@@ -145,6 +152,13 @@ export function registerSimulate(program: Command): void {
       });
       const device: SimDevice = { id, client, model: new SensorModel(), startAt: undefined, scheduled: 0, outstanding: 0 };
       client.on('connect', () => (device.startAt ??= Date.now() + Math.random() * periodMs));
+      // Said at once, not only in the summary: the broker went away (mqtt.js keeps reconnecting).
+      client.on('close', () => {
+        if (device.startAt !== undefined && !stopping && !lostNoted) {
+          lostNoted = true;
+          note(`simulate: lost the connection to ${url}; reconnecting (readings due meanwhile are counted as disconnected)`);
+        }
+      });
       client.on('error', (err: Error & { code?: number | string }) => {
         if (typeof err.code === 'number' && AUTH_REFUSALS.has(err.code)) {
           fatal ??= new CliError(
@@ -163,7 +177,11 @@ export function registerSimulate(program: Command): void {
       for (const d of devices) {
         const due = d.startAt === undefined || now < d.startAt ? 0 : Math.floor((now - d.startAt) / periodMs) + 1;
         for (; d.scheduled < due; d.scheduled++) {
-          if (!d.client.connected || d.outstanding >= MAX_OUTSTANDING) {
+          if (!d.client.connected) {
+            counts.disconnected++;
+            continue;
+          }
+          if (d.outstanding >= MAX_OUTSTANDING) {
             counts.skipped++;
             continue;
           }
@@ -187,7 +205,7 @@ export function registerSimulate(program: Command): void {
       lastAcked = counts.acked;
       lastAt = now;
       const connected = devices.filter((d) => d.client.connected).length;
-      return `simulate: ${connected}/${count} connected · sent ${counts.sent} · stored ${counts.acked} · ${perSecond}/s · skipped ${counts.skipped} · failed ${counts.failed} · ${Math.round((now - started) / 1000)}s`;
+      return `simulate: ${connected}/${count} connected · sent ${counts.sent} · stored ${counts.acked} · ${perSecond}/s · skipped ${counts.skipped} · disconnected ${counts.disconnected} · failed ${counts.failed} · ${Math.round((now - started) / 1000)}s`;
     };
     // On a terminal the line is redrawn every second; in a log, a line every 10 s is enough.
     const tty = process.stderr.isTTY === true;
@@ -217,11 +235,13 @@ export function registerSimulate(program: Command): void {
     const drainUntil = Date.now() + DRAIN_MS;
     while (!fatal && devices.some((d) => d.outstanding > 0) && Date.now() < drainUntil) await new Promise((r) => setTimeout(r, 20));
     const seconds = (Date.now() - started) / 1000;
+    // Devices that had connected and are not connected now: the broker is gone.
+    const offline = devices.filter((d) => d.startAt !== undefined && !d.client.connected).length;
     await Promise.all(devices.map((d) => d.client.endAsync(true)));
     if (fatal) throw fatal;
 
     const unacknowledged = counts.sent - counts.acked - counts.failed;
-    const summary = { devices: count, seconds: round(seconds, 1), sent: counts.sent, stored: counts.acked, failed: counts.failed, unacknowledged, skipped: counts.skipped, perSecond: Math.round(counts.acked / seconds) };
+    const summary = { devices: count, seconds: round(seconds, 1), sent: counts.sent, stored: counts.acked, failed: counts.failed, unacknowledged, skipped: counts.skipped, disconnected: counts.disconnected, offline, perSecond: Math.round(counts.acked / seconds) };
     if (opts.json) printJson(summary);
     else {
       printFields([
@@ -231,10 +251,16 @@ export function registerSimulate(program: Command): void {
         [qos === 1 ? 'stored (PUBACK)' : 'written (QoS 0)', String(summary.stored)],
         ['failed', String(summary.failed)],
         ['unacknowledged', String(unacknowledged)],
-        ['skipped', `${summary.skipped} (device disconnected, or ${MAX_OUTSTANDING} readings awaiting PUBACK)`],
+        ['skipped', `${summary.skipped} (${MAX_OUTSTANDING} readings awaiting PUBACK)`],
+        ['disconnected', `${summary.disconnected} (not sent: the device had lost its connection)`],
+        ['offline at the end', String(offline)],
         ['rate', `${summary.perSecond} readings/s`],
       ]);
     }
-    if (counts.failed > 0 || unacknowledged > 0) process.exitCode = EXIT.failure;
+    // Exit 1 (cli/exit.ts): readings simulate could not store, whether refused, never acknowledged or never sent for want of a broker.
+    if (counts.failed > 0 || unacknowledged > 0 || counts.disconnected > 0 || offline > 0) {
+      note(`not every reading was stored: ${counts.failed} failed, ${unacknowledged} unacknowledged, ${counts.disconnected} not sent while disconnected; ${offline} of ${count} devices disconnected from ${url} at the end`);
+      process.exitCode = EXIT.failure;
+    }
   });
 }

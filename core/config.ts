@@ -17,7 +17,7 @@ type Kind =
   | { type: 'bool' }
   | { type: 'enum'; values: readonly string[] };
 
-interface SettingDef<T> {
+export interface SettingDef<T> {
   kind: Kind;
   default: T;
   env: string;

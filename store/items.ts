@@ -336,7 +336,7 @@ export class KeyAccumulator {
 
 // ------------------------------------------------------------------ registry
 
-/** Tag keys: short names without `:`, which separates key and value in `?tag=key:value` filters. */
+/** Tag keys: short names without `=`, which separates key and value in `?tag=key=value` filters and `--tag key=value`. */
 export const TAG_KEY_PATTERN = '^[A-Za-z0-9._-]{1,64}$';
 const TAG_KEY_RE = new RegExp(TAG_KEY_PATTERN);
 export const MAX_TAGS = 50;

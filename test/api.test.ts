@@ -253,10 +253,17 @@ describe('aggregation, per-key latest and the registry', () => {
     await app.inject({ method: 'PUT', url: '/v1/devices/pump-2', payload: { tags: { site: 'north' } } });
     await post(app, 'sensor-1', { v: 1 });
     const ids = async (qs: string) => (await app.inject(`/v1/devices${qs}`)).json<{ items: DeviceInfo[] }>().items.map((d) => d.deviceId);
-    expect(await ids('?tag=site:north')).toEqual(['pump-2']);
+    expect(await ids('?tag=site=north')).toEqual(['pump-2']);
+    expect(await ids('?tag=site%3Dnorth')).toEqual(['pump-2']);
     expect(await ids('?tag=site')).toEqual(['pump-1', 'pump-2']);
     expect(await ids('?tag=kind')).toEqual([]);
     expect(await ids('')).toEqual(['pump-1', 'pump-2', 'sensor-1']);
+    // The `key:value` form of old, or any key a tag cannot have, is refused: never a silent empty list.
+    for (const qs of ['?tag=site:north', '?tag==north', '?tag=si%20te']) {
+      const res = await app.inject(`/v1/devices${qs}`);
+      expect(res.statusCode, qs).toBe(400);
+      expect(res.json(), qs).toMatchObject({ error: { code: 'InvalidParameter', field: 'tag' } });
+    }
   });
 
   it('PUT rejects bad tags and unknown body fields with 400 ValidationError', async () => {

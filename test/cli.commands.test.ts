@@ -58,12 +58,24 @@ describe('tributary (client commands)', () => {
   it('devices add --no-secret, list (table and --json), rm; an unknown device exits 3', async () => {
     const add = await runCli(['devices', 'add', 'cli-dev-1', '--no-secret', '--tag', 'site=7', '--tag', 'floor=2'], { env });
     expect(add.code, add.stderr).toBe(0);
-    const list = await runCli(['devices', 'list', '--tag', 'site:7'], { env });
-    expect(list.code).toBe(0);
+    // One tag syntax: what add takes, list and the API filter take (issue 17 item 15).
+    const list = await runCli(['devices', 'list', '--tag', 'site=7'], { env });
+    expect(list.code, list.stderr).toBe(0);
     expect(list.stdout.split('\n')[0]).toMatch(/^DEVICE\s+READINGS\s+FIRST SEEN\s+LAST SEEN\s+TAGS$/);
     expect(list.stdout).toMatch(/cli-dev-1\s+0\s+-\s+-\s+site=7 floor=2/);
     const json = JSON.parse((await runCli(['devices', 'list', '--json'], { env })).stdout) as Array<{ deviceId: string; tags: Record<string, string> }>;
     expect(json.find((d) => d.deviceId === 'cli-dev-1')?.tags).toEqual({ site: '7', floor: '2' });
+    const byKey = JSON.parse((await runCli(['devices', 'list', '--tag', 'floor', '--json'], { env })).stdout) as Array<{ deviceId: string }>;
+    expect(byKey.map((d) => d.deviceId)).toContain('cli-dev-1');
+    const other = await runCli(['devices', 'list', '--tag', 'site=8'], { env });
+    expect(other.stdout).not.toContain('cli-dev-1');
+    const api = await call(server.httpUrl, 'GET', '/v1/devices?tag=site=7');
+    expect((api.body as { items: Array<{ deviceId: string }> }).items.map((d) => d.deviceId)).toEqual(['cli-dev-1']);
+    // Another syntax is refused, by the API (400) and so by the CLI (usage error, exit 2): never an empty list.
+    expect((await call(server.httpUrl, 'GET', '/v1/devices?tag=site:7')).status).toBe(400);
+    const wrong = await runCli(['devices', 'list', '--tag', 'site:7'], { env });
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toContain('tag filter must be key or key=value');
 
     expect((await runCli(['devices', 'rm', 'cli-dev-1'], { env })).code).toBe(0);
     const again = await runCli(['devices', 'rm', 'cli-dev-1'], { env });

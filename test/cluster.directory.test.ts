@@ -184,7 +184,7 @@ describeWithKafka('the device list across nodes (real Kafka, real HTTP)', (broke
       expect(listed.every((d) => d.tags.copy === 'owner')).toBe(true);
       expect(pages).toBe(5);
     }
-    const even = await allPages(b.url, 'limit=4&tag=kind:even');
+    const even = await allPages(b.url, 'limit=4&tag=kind=even');
     expect(even.devices.map((d) => d.deviceId)).toEqual(devices.filter((_, i) => i % 2 === 0));
     expect(even.devices.every((d) => d.tags.copy === 'owner')).toBe(true);
 

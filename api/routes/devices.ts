@@ -8,7 +8,8 @@
  */
 import type { FastifyPluginAsync } from 'fastify';
 import type { DeviceCredentials } from '../../access/device-credentials.js';
-import { TributaryError } from '../../core/errors.js';
+import { invalidParameter, TributaryError } from '../../core/errors.js';
+import { TAG_KEY_PATTERN } from '../../store/items.js';
 import type { DeviceInfo as StoredDevice, Page, TelemetryStore } from '../../store/types.js';
 import { accessOf } from '../auth.js';
 import { DEFAULT_LIMIT, DeviceIdParams, DeviceInfo, DevicePage, errorResponses, ListDevicesQuery, NoQuery, PutDeviceBody } from '../schemas.js';
@@ -47,11 +48,21 @@ export interface DeviceRoutesOptions {
   directory?: DeviceDirectory;
 }
 
-/** `?tag=key` (has the tag) or `?tag=key:value` (has it with that value). */
+/**
+ * `?tag=key` (has the tag) or `?tag=key=value` (has it with that value): the `key=value`
+ * that `tributary devices add --tag` takes. A key that is not a valid tag key (such as
+ * `site:7`) matches no device ever, so it is refused rather than answered with an empty list.
+ * @throws TributaryError `InvalidParameter` (field `tag`).
+ */
 export function parseTagFilter(text: string): Record<string, string | undefined> {
-  const colon = text.indexOf(':');
-  return colon < 0 ? { [text]: undefined } : { [text.slice(0, colon)]: text.slice(colon + 1) };
+  const eq = text.indexOf('=');
+  const key = eq < 0 ? text : text.slice(0, eq);
+  if (!TAG_KEY_RE.test(key)) {
+    throw invalidParameter('tag', `tag filter must be key or key=value, with a key of 1-64 characters of A-Z a-z 0-9 . _ - (got ${JSON.stringify(text.slice(0, 80))})`);
+  }
+  return { [key]: eq < 0 ? undefined : text.slice(eq + 1) };
 }
+const TAG_KEY_RE = new RegExp(TAG_KEY_PATTERN);
 
 /**
  * `GET /devices` (paged registry, optionally filtered by tag), `GET`, `PUT` and
@@ -64,11 +75,13 @@ export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app,
     async (request, reply) => {
       const { limit = DEFAULT_LIMIT, cursor, tag } = request.query;
       const paging = { limit, ...(cursor === undefined ? {} : { cursor }) };
+      // Checked here too in cluster mode, before the filter goes to the other nodes.
+      const tags = tag === undefined ? undefined : parseTagFilter(tag);
       let page: Page<StoredDevice>;
       if (directory !== undefined && request.headers[DEVICE_LIST_FANOUT_HEADER] === undefined) {
         page = await directory.list({ ...paging, ...(tag === undefined ? {} : { tag }) }, request.headers.authorization);
       } else {
-        page = await store.listDevices({ ...paging, ...(tag === undefined ? {} : { tags: parseTagFilter(tag) }) });
+        page = await store.listDevices({ ...paging, ...(tags === undefined ? {} : { tags }) });
         if (directory !== undefined) {
           const part = directory.localPart(page);
           void reply.header(DEVICE_LIST_PARTITIONS_HEADER, part.partitions.join(','));
