@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Value, Values } from '../types.js';
-import { decodeBlock, encodeBlock, type BlockReading } from './block-codec.js';
+import { decodeBlock, decodeColumns, encodeBlock, type BlockReading } from './block-codec.js';
 
 const key = fc.oneof(fc.constantFrom('temp', 'gps', 'lat', 'a.b', 'constructor', 'toString', 'hasOwnProperty', ''), fc.string({ maxLength: 6 }));
 const number = fc.oneof(
@@ -42,6 +42,34 @@ describe('block codec', () => {
         expect(decoded.map((r) => JSON.stringify(r.values))).toEqual(rs.map((r) => JSON.stringify(r.values)));
       }),
       { numRuns: 300 },
+    );
+  });
+
+  it('gives the same leaves as columns, each with the readings it belongs to, decoding only the wanted ones', () => {
+    fc.assert(
+      fc.property(readings, fc.constantFrom('temp', 'gps', ''), (rs, wanted) => {
+        const block = encodeBlock(rs);
+        const expected = new Map<string, Array<[number, string]>>();
+        rs.forEach((r, row) => {
+          const walk = (v: Values, path: string[]): void =>
+            Object.keys(v).forEach((k) => {
+              const x = v[k] as Value;
+              if (typeof x === 'object') walk(x, [...path, k]);
+              else {
+                const key = JSON.stringify([...path, k]);
+                if (path.length > 0 || k !== wanted) return;
+                expected.set(key, [...(expected.get(key) ?? []), [row, JSON.stringify(x)]]);
+              }
+            });
+          walk(r.values, []);
+        });
+        const { ts, seq, columns } = decodeColumns(block, (path) => path.length === 1 && path[0] === wanted);
+        expect(ts).toEqual(rs.map((r) => r.ts));
+        expect(seq).toEqual(rs.map((r) => r.seq));
+        const got = new Map(columns.map((c) => [JSON.stringify(c.path), c.rows.map((row, i): [number, string] => [row, JSON.stringify(c.values[i])])]));
+        expect(got).toEqual(expected);
+      }),
+      { numRuns: 200 },
     );
   });
 

@@ -267,7 +267,14 @@ export function encodeBlock(readings: readonly BlockReading[]): Buffer {
     let j = 0;
     eachLeaf(r.values, (v) => (columns[columnsOfShape[j++] as number] as Value[]).push(v));
   });
-  for (const values of columns) encodeColumn(w, values);
+  // Each column behind its byte length, so a reader can skip the ones it does not want.
+  const column = new ByteWriter(256);
+  for (const values of columns) {
+    column.reset();
+    encodeColumn(column, values);
+    w.varint(column.length);
+    w.bytes(column.finish());
+  }
   const body = w.finish();
   const packed = deflateRawSync(body, { level: zlib.Z_DEFAULT_COMPRESSION });
   const out = new ByteWriter(packed.length + 8);
@@ -284,8 +291,23 @@ export function encodeBlock(readings: readonly BlockReading[]): Buffer {
   return out.finish();
 }
 
-/** Decodes a block made by {@link encodeBlock}: the same readings, values with the same key order. */
-export function decodeBlock(block: Buffer): BlockReading[] {
+/** A block's parts once its body is unpacked: time and seq decoded, columns still encoded. */
+interface OpenBlock {
+  ts: number[];
+  seq: number[];
+  shapeIds: number[] | undefined;
+  shapes: ShapeNode[];
+  /** Column number by JSON text of its path. */
+  index: Map<string, number>;
+  /** A shape's columns in leaf order. */
+  leaves: number[][];
+  /** Values each column holds: one per reading whose shape has its path. */
+  counts: number[];
+  /** Each column's encoded bytes. */
+  columns: Buffer[];
+}
+
+function openBlock(block: Buffer): OpenBlock {
   const head = new ByteReader(block);
   const version = head.u8();
   if (version !== VERSION) throw new RangeError(`block format ${version}; this build reads ${VERSION}`);
@@ -308,13 +330,46 @@ export function decodeBlock(block: Buffer): BlockReading[] {
   const shapeTexts = Array.from({ length: r.varint() }, () => r.string());
   const shapeIds = shapeTexts.length > 1 ? Array.from({ length: n }, () => r.varint()) : undefined;
   const { shapes, index, leaves } = compileShapes(shapeTexts);
-  // How many values each column holds: one per reading whose shape has its path.
   const counts = new Array<number>(index.size).fill(0);
   for (let i = 0; i < n; i++) for (const c of leaves[shapeIds?.[i] ?? 0] ?? []) counts[c] = (counts[c] as number) + 1;
-  const columns = counts.map((count) => decodeColumn(r, count));
+  const columns = counts.map(() => r.bytes(r.varint()));
+  return { ts, seq, shapeIds, shapes, index, leaves, counts, columns };
+}
+
+function columnValues(b: OpenBlock, c: number): Value[] {
+  return decodeColumn(new ByteReader(b.columns[c] as Buffer), b.counts[c] as number);
+}
+
+/** Decodes a block made by {@link encodeBlock}: the same readings, values with the same key order. */
+export function decodeBlock(block: Buffer): BlockReading[] {
+  const b = openBlock(block);
+  const columns = b.columns.map((_, c) => columnValues(b, c));
   const cursor = new Array<number>(columns.length).fill(0);
   const next = (c: number): Value => (columns[c] as Value[])[(cursor[c] = (cursor[c] as number) + 1) - 1] as Value;
-  const out = new Array<BlockReading>(n);
-  for (let i = 0; i < n; i++) out[i] = { ts: ts[i] as number, seq: seq[i] as number, values: build(shapes[shapeIds?.[i] ?? 0] as ShapeNode, next) };
-  return out;
+  return b.ts.map((ts, i) => ({ ts, seq: b.seq[i] as number, values: build(b.shapes[b.shapeIds?.[i] ?? 0] as ShapeNode, next) }));
+}
+
+/** One leaf path's values in a block, with the index of the reading each belongs to. */
+export interface BlockColumn {
+  path: string[];
+  rows: number[];
+  values: Value[];
+}
+
+/**
+ * A block as columns, for scans that need a few keys of many readings (aggregation):
+ * only the columns `want` accepts are decoded, and no reading object is built.
+ */
+export function decodeColumns(block: Buffer, want: (path: readonly string[]) => boolean = () => true): { ts: number[]; seq: number[]; columns: BlockColumn[] } {
+  const b = openBlock(block);
+  const picked: Array<{ c: number; path: string[] }> = [];
+  for (const [key, c] of b.index) {
+    const path = JSON.parse(key) as string[];
+    if (want(path)) picked.push({ c, path });
+  }
+  const rowsOf = new Map<number, number[]>(picked.map(({ c }) => [c, []]));
+  for (let i = 0; i < b.ts.length; i++) {
+    for (const c of b.leaves[b.shapeIds?.[i] ?? 0] ?? []) rowsOf.get(c)?.push(i);
+  }
+  return { ts: b.ts, seq: b.seq, columns: picked.map(({ c, path }) => ({ path, rows: rowsOf.get(c) as number[], values: columnValues(b, c) })) };
 }

@@ -14,6 +14,11 @@ export class ByteWriter {
     return this.at;
   }
 
+  /** Empties the writer for reuse (a buffer returned by {@link finish} is overwritten). */
+  reset(): void {
+    this.at = 0;
+  }
+
   private room(n: number): void {
     if (this.at + n <= this.buf.length) return;
     const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.at + n));
