@@ -283,7 +283,8 @@ export type CommandParams = Static<typeof CommandParams>;
 export const CommandBody = Type.Object(
   {
     payload: Type.Optional(Type.Unknown({ description: 'Any JSON value; the device receives it as JSON text. Absent: null.' })),
-    qos: Type.Optional(Type.Union([Type.Literal(0), Type.Literal(1)], { description: 'MQTT QoS of the command (default 1). QoS 1 is queued for a device with a persistent session while it is offline.' })),
+    // An `enum`, so that a wrong value's error names the allowed ones (see StringEnum).
+    qos: Type.Optional(Type.Unsafe<0 | 1>({ type: 'integer', enum: [0, 1], description: 'MQTT QoS of the command (default 1). QoS 1 is queued for a device with a persistent session while it is offline.' })),
   },
   { additionalProperties: false },
 );
