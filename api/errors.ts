@@ -208,8 +208,10 @@ export const errorHandling: FastifyPluginAsync = async (app) => {
   app.setErrorHandler((err, request, reply) => sendError(err, request, reply));
   app.setNotFoundHandler((request, reply) => {
     const path = (request.raw.url ?? '').split('?')[0] ?? '';
-    // The path exists with other methods: 405 with `Allow` (RFC 9110 §15.5.6), not 404.
-    const allow = [...methods].filter((method) => method !== request.method && request.server.findRoute({ method, url: path }) !== null);
+    // No route has this method but some have others: 405 with `Allow` (RFC 9110 §15.5.6),
+    // not 404. A route's own 404 (`callNotFound`: a missing docs file) stays a 404.
+    const routed = request.server.findRoute({ method: request.method, url: path }) !== null;
+    const allow = routed ? [] : [...methods].filter((method) => request.server.findRoute({ method, url: path }) !== null);
     const shown = `${request.method} ${path.length > 200 ? `${path.slice(0, 200)}...` : path}`;
     if (allow.length > 0) {
       void reply.header('allow', allow.join(', '));

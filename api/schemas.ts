@@ -176,7 +176,7 @@ export const AggregateQuery = Type.Object(
     interval: Type.String({
       minLength: 1,
       maxLength: 32,
-      description: 'Bucket width: a duration (`1m`, `15m`, `1h`, `1d`) or milliseconds. Buckets start at multiples of it counted from the epoch; at most 100,000 buckets per request.',
+      description: 'Bucket width, greater than zero: a duration (`1m`, `15m`, `1h`, `1d`) or milliseconds (`0`, `-1m` answer 400 InvalidParameter). Buckets start at multiples of it counted from the epoch; at most 100,000 buckets per request.',
     }),
     agg: Type.Optional(
       Type.String({ minLength: 1, maxLength: 128, default: 'avg', description: `Comma-separated aggregates: ${AGGREGATES.join(', ')}.` }),

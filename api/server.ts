@@ -192,7 +192,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     });
   }
   // Before the route plugins: the document generator only sees routes declared after it.
-  void app.register(openApi);
+  void app.register(openApi, { secured: deps.access?.mode === 'secured' });
   void app.register(healthRoutes, deps.metrics === undefined ? { ready: deps.ready } : { ready: deps.ready, metrics: deps.metrics });
   void app.register(deviceRoutes, {
     prefix: '/v1',

@@ -193,7 +193,16 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
       bodyLimit: maxBodyBytes,
       config: { access: { action: 'telemetry:Write', device: 'id' } },
       schemaErrorFormatter: ingestSchemaErrors,
-      schema: { tags: ['telemetry'], summary: 'Ingest one reading or an array of readings', params: DeviceIdParams, querystring: NoQuery, body: IngestBody, response: { 201: IngestResult, ...errorResponses } },
+      schema: {
+        tags: ['telemetry'],
+        summary: 'Ingest one reading or an array of readings',
+        description:
+          'Decoded and checked as an MQTT payload is. Beyond the schema: a reading needs at least one value (`{}` answers 400 ValidationError), an array at least one reading (`[]` too), and values nest at most 8 levels; a refused body is kept, as sent, in the rejects log (`GET /v1/rejects`).',
+        params: DeviceIdParams,
+        querystring: NoQuery,
+        body: IngestBody,
+        response: { 201: IngestResult, ...errorResponses },
+      },
     },
     async (request, reply) => {
       const result = await ingest(request.params.id, request.body, rawBodies.get(request) ?? Buffer.alloc(0));
