@@ -270,14 +270,15 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       metrics: metrics.registry,
       // Not ready while writes would fail (e.g. a full disk): a balancer should send devices elsewhere.
       ready: () => Boolean(broker?.listening) && Boolean(database?.writable) && !stopping,
-      ingest: async (deviceId, body) => {
-        const result = await ingest.ingestBody(deviceId, body);
+      ingest: async (deviceId, body, raw) => {
+        const result = await ingest.ingestBody(deviceId, body, undefined, raw);
         return { accepted: result.items.length, items: result.items };
       },
       maxBodyBytes: config.maxPayloadBytes,
       access: { mode, keys: apiKeys, audit: new AuditLog(database, metadata) },
       corsOrigins: config.corsOrigins.split(',').map((o) => o.trim()).filter((o) => o !== ''),
       rateLimit: config.apiRateLimit,
+      requestTimeoutMs: config.httpRequestTimeoutMs,
       functions: { registry, runtime: fnRuntime, resolve: resolveFunction, logs: fnLogs, replays: replayManager },
       triggers: triggerManager,
       rejects: rejectsLog,

@@ -7,7 +7,10 @@
  *
  * @module
  */
+import { maxHeaderSize, STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type {
+  ConnectionError,
   FastifyError,
   FastifyPluginAsync,
   FastifyReply,
@@ -15,6 +18,7 @@ import type {
   FastifySchemaValidationError,
 } from 'fastify';
 import { isTributaryError, TributaryError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
 import { DEVICE_ID_PATTERN } from '../core/ids.js';
 import type { ErrorBody } from './schemas.js';
 
@@ -140,17 +144,80 @@ export function frameworkErrors(err: FastifyError, request: FastifyRequest, repl
 }
 
 /**
+ * Fastify's `clientErrorHandler`: what Node's HTTP server reports before a request
+ * reaches fastify (a request not received within the timeout, headers over the size
+ * limit, a method or request line the parser refuses), answered in the API's envelope
+ * with the status Node itself would send (lib/_http_server.js, `socketOnError`), then
+ * the connection is closed. As in Node, nothing is written into a response already
+ * under way on the socket.
+ */
+export class ClientErrors {
+  /** The socket's latest response, to tell whether one is under way. */
+  private readonly responses = new WeakMap<Socket, ServerResponse>();
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly timeouts: { headersTimeout: number; requestTimeout: number },
+  ) {}
+
+  /** For the server's `request` event. */
+  readonly track = (request: IncomingMessage, response: ServerResponse): void => {
+    this.responses.set(request.socket, response);
+  };
+
+  readonly handler = (err: ConnectionError, socket: Socket): void => {
+    if (err.code === 'ECONNRESET' || socket.destroyed) return;
+    const known = this.toTributaryError(err);
+    this.logger.debug({ code: known.code, cause: err.code }, known.message);
+    const response = this.responses.get(socket);
+    if (!socket.writable || (response !== undefined && response.headersSent && !response.writableFinished)) {
+      socket.destroy();
+      return;
+    }
+    const body = JSON.stringify({ error: known.toJSON() } satisfies ErrorBody);
+    const head = `HTTP/1.1 ${known.status} ${STATUS_CODES[known.status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n`;
+    // Destroyed once written: the rest of what the client sends is not read.
+    socket.end(head + body, () => socket.destroy());
+  };
+
+  private toTributaryError(err: ConnectionError): TributaryError {
+    switch (err.code) {
+      case 'ERR_HTTP_REQUEST_TIMEOUT':
+        return new TributaryError('RequestTimeout', `the request was not received in time (the headers within ${this.timeouts.headersTimeout} ms, all of it within ${this.timeouts.requestTimeout} ms)`);
+      case 'HPE_HEADER_OVERFLOW':
+        return new TributaryError('HeadersTooLarge', `the request line and headers exceed ${maxHeaderSize} bytes`);
+      case 'HPE_INVALID_METHOD':
+        return new TributaryError('MalformedRequest', 'the HTTP method is not one the server knows');
+      default:
+        return new TributaryError('MalformedRequest', `the HTTP request could not be parsed (${err.code})`);
+    }
+  }
+}
+
+/**
  * Plugin: the error handler and the 404 handler. Marked `skip-override` (what
  * `fastify-plugin` does) so that both apply to the root instance and so to every route
  * plugin registered after it, rather than to an encapsulated child only.
  */
 export const errorHandling: FastifyPluginAsync = async (app) => {
+  // Every method some route has: those are the ones a 405's `Allow` can list.
+  const methods = new Set<string>();
+  app.addHook('onRoute', (route) => {
+    for (const m of [route.method].flat()) methods.add(m);
+  });
   app.setErrorHandler((err, request, reply) => sendError(err, request, reply));
   app.setNotFoundHandler((request, reply) => {
     const path = (request.raw.url ?? '').split('?')[0] ?? '';
-    const body: ErrorBody = {
-      error: { code: 'NotFound', message: `no route matches ${request.method} ${path.length > 200 ? `${path.slice(0, 200)}...` : path}` },
-    };
+    // No route has this method but some have others: 405 with `Allow` (RFC 9110 §15.5.6),
+    // not 404. A route's own 404 (`callNotFound`: a missing docs file) stays a 404.
+    const routed = request.server.findRoute({ method: request.method, url: path }) !== null;
+    const allow = routed ? [] : [...methods].filter((method) => request.server.findRoute({ method, url: path }) !== null);
+    const shown = `${request.method} ${path.length > 200 ? `${path.slice(0, 200)}...` : path}`;
+    if (allow.length > 0) {
+      void reply.header('allow', allow.join(', '));
+      return sendError(new TributaryError('MethodNotAllowed', `${shown} is not allowed; this path takes ${allow.join(', ')}`), request, reply);
+    }
+    const body: ErrorBody = { error: { code: 'NotFound', message: `no route matches ${shown}` } };
     return reply.code(404).send(body);
   });
 };

@@ -61,7 +61,8 @@ const TEXT_RESPONSES: Record<string, string> = {
   '/v1/streams/tail': 'text/event-stream',
 };
 
-type LooseDocument = { paths?: Record<string, { get?: { responses?: Record<string, { content?: Record<string, unknown> }> } }> };
+type LooseOperation = { requestBody?: { required?: boolean; content?: Record<string, { schema?: Record<string, unknown> }> }; responses?: Record<string, { content?: Record<string, unknown> }> };
+type LooseDocument = { paths?: Record<string, Record<string, LooseOperation>> };
 
 /** Relabels the 200 responses of {@link TEXT_RESPONSES} with their media type. */
 export function relabelTextResponses<T extends LooseDocument>(doc: T): T {
@@ -74,11 +75,50 @@ export function relabelTextResponses<T extends LooseDocument>(doc: T): T {
 }
 
 /**
+ * Marks request bodies optional where the route accepts none. `@fastify/swagger` marks
+ * every declared body required, but a body schema without a type (the trigger settings,
+ * validated by the trigger manager) accepts an absent body too: Ajv passes `undefined`.
+ */
+export function markOptionalBodies<T extends LooseDocument>(doc: T): T {
+  for (const item of Object.values(doc.paths ?? {})) {
+    for (const op of Object.values(item)) {
+      const body = op.requestBody;
+      const schemas = Object.values(body?.content ?? {}).map((media) => media.schema ?? {});
+      if (body !== undefined && schemas.length > 0 && schemas.every((s) => s['type'] === undefined && s['anyOf'] === undefined && s['oneOf'] === undefined && s['allOf'] === undefined && s['$ref'] === undefined)) body.required = false;
+    }
+  }
+  return doc;
+}
+
+/** What every `?cursor=` takes, beyond the string its schema says. */
+export const CURSOR_RULE = 'Only a `nextCursor` of this list, unchanged and with the same other parameters, is accepted; any other value answers 400 InvalidParameter.';
+
+type LooseParameter = { name?: string; in?: string; description?: string };
+
+/** Adds {@link CURSOR_RULE} to every `cursor` query parameter (a rule no JSON Schema can say). */
+export function describeCursors<T extends LooseDocument>(doc: T): T {
+  for (const item of Object.values(doc.paths ?? {})) {
+    for (const op of Object.values(item) as Array<{ parameters?: LooseParameter[] }>) {
+      for (const p of op.parameters ?? []) {
+        if (p.in === 'query' && p.name === 'cursor') p.description = p.description === undefined ? CURSOR_RULE : `${p.description} ${CURSOR_RULE}`;
+      }
+    }
+  }
+  return doc;
+}
+
+/** Options of {@link openApi}. */
+export interface OpenApiOptions {
+  /** Secured mode: every route but the public ones requires an API key. Open mode requires none. */
+  secured: boolean;
+}
+
+/**
  * Plugin: the document and the docs. Marked `skip-override` (as `errorHandling` is) so
  * that `@fastify/swagger`'s route collector sits on the root instance and sees the
  * routes of every sibling plugin registered after this one.
  */
-export const openApi: FastifyPluginAsync = async (app) => {
+export const openApi: FastifyPluginAsync<OpenApiOptions> = async (app, { secured }) => {
   await app.register(fastifySwagger, {
     openapi: {
       // 3.1: its schema objects are JSON Schema 2020-12, so the route schemas' type
@@ -101,11 +141,12 @@ export const openApi: FastifyPluginAsync = async (app) => {
           },
         },
       },
-      security: [{ apiKey: [] }],
+      // Open mode (api/auth.ts) requires no credentials: no requirement is declared at all.
+      ...(secured ? { security: [{ apiKey: [] }] } : {}),
     },
     // Routes open in every mode (api/auth.ts) say so: an empty `security` overrides the default.
-    transform: ({ schema, url, route }) => ({ schema: route.config?.access === 'public' && schema !== undefined ? { ...schema, security: [] } : schema, url }),
-    transformObject: (doc) => ('openapiObject' in doc ? relabelTextResponses(doc.openapiObject as LooseDocument) : doc.swaggerObject) as ReturnType<SwaggerTransformObject>,
+    transform: ({ schema, url, route }) => ({ schema: secured && route.config?.access === 'public' && schema !== undefined ? { ...schema, security: [] } : schema, url }),
+    transformObject: (doc) => ('openapiObject' in doc ? describeCursors(markOptionalBodies(relabelTextResponses(doc.openapiObject as LooseDocument))) : doc.swaggerObject) as ReturnType<SwaggerTransformObject>,
   });
 
   await app.register(fastifySwaggerUi, {

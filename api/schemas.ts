@@ -176,7 +176,7 @@ export const AggregateQuery = Type.Object(
     interval: Type.String({
       minLength: 1,
       maxLength: 32,
-      description: 'Bucket width: a duration (`1m`, `15m`, `1h`, `1d`) or milliseconds. Buckets start at multiples of it counted from the epoch; at most 100,000 buckets per request.',
+      description: 'Bucket width, greater than zero: a duration (`1m`, `15m`, `1h`, `1d`) or milliseconds (`0`, `-1m` answer 400 InvalidParameter). Buckets start at multiples of it counted from the epoch; at most 100,000 buckets per request.',
     }),
     agg: Type.Optional(
       Type.String({ minLength: 1, maxLength: 128, default: 'avg', description: `Comma-separated aggregates: ${AGGREGATES.join(', ')}.` }),
@@ -283,7 +283,8 @@ export type CommandParams = Static<typeof CommandParams>;
 export const CommandBody = Type.Object(
   {
     payload: Type.Optional(Type.Unknown({ description: 'Any JSON value; the device receives it as JSON text. Absent: null.' })),
-    qos: Type.Optional(Type.Union([Type.Literal(0), Type.Literal(1)], { description: 'MQTT QoS of the command (default 1). QoS 1 is queued for a device with a persistent session while it is offline.' })),
+    // An `enum`, so that a wrong value's error names the allowed ones (see StringEnum).
+    qos: Type.Optional(Type.Unsafe<0 | 1>({ type: 'integer', enum: [0, 1], description: 'MQTT QoS of the command (default 1). QoS 1 is queued for a device with a persistent session while it is offline.' })),
   },
   { additionalProperties: false },
 );

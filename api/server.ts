@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { AjvCompiler, type ValidatorFactory } from '@fastify/ajv-compiler';
 import { fastify, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -19,7 +20,7 @@ import fastifyCors from '@fastify/cors';
 import fastifyRateLimit from '@fastify/rate-limit';
 import { accessControl, type AuthOptions } from './auth.js';
 import { deviceForwarding, type DeviceRouter } from './forward.js';
-import { errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
+import { ClientErrors, errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
 import { openApi } from './openapi.js';
 import { auditRoutes } from './routes/audit.js';
 import { credentialRoutes } from './routes/credentials.js';
@@ -82,6 +83,31 @@ export interface ApiDeps {
   router?: DeviceRouter;
   /** Cluster mode: `GET /v1/devices` asks every node for the devices of the partitions it owns. */
   deviceDirectory?: DeviceDirectory;
+  /** Longest a client may take to send a whole request (`--http-request-timeout-ms`); default {@link DEFAULT_REQUEST_TIMEOUT_MS}. */
+  requestTimeoutMs?: number;
+}
+
+/** Default of {@link ApiDeps.requestTimeoutMs} (the setting's default). */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+/** The headers alone get at most this much of the request timeout (Node's default is 60 s). */
+const MAX_HEADERS_TIMEOUT_MS = 10_000;
+
+/**
+ * Ajv validators that coerce query strings, path parameters and headers (text on the
+ * wire: `?limit=10` must become a number) but never bodies. Fastify's one Ajv instance
+ * coerces every part (`coerceTypes: 'array'`), which turned `"devices": [false]` into the
+ * pattern `"false"`, `{"code": false}` into source code and `null` into `""` or 0: a
+ * JSON body already has types, and one of the wrong type is refused with a 400.
+ * Both come from fastify's own compiler factory, so every other Ajv default stays.
+ */
+function validatorsCoercingTextOnly(): ValidatorFactory {
+  const factory = AjvCompiler();
+  return (externalSchemas, options = {}) => {
+    const text = factory(externalSchemas, options);
+    // JTD schemas (not used here) have no coercion to turn off.
+    const body = options.mode === 'JTD' ? text : factory(externalSchemas, { ...options, customOptions: { ...options.customOptions, coerceTypes: false } });
+    return (route) => (route.httpPart === 'body' ? body : text)(route);
+  };
 }
 
 /**
@@ -98,13 +124,27 @@ const MAX_PARAM_LENGTH = 1024;
 export function buildApi(deps: ApiDeps): FastifyInstance {
   // Typed as fastify's base logger so the instance is a plain `FastifyInstance`.
   const loggerInstance: FastifyBaseLogger = deps.logger;
+  // Node answers a request not received in full in time with 408 (its `clientError`, shaped
+  // by `ClientErrors`): that is what ends dripped headers and bodies. No idle-socket
+  // timeout (fastify's `connectionTimeout`): responses may be silent for long (an
+  // invocation up to 15 min, long polls) and MQTT over WebSocket shares this server.
+  const requestTimeout = deps.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  const timeouts = {
+    headersTimeout: Math.min(MAX_HEADERS_TIMEOUT_MS, requestTimeout),
+    // How often Node looks for connections past their timeout (its default, 30 s, would let one run up to 30 s over).
+    connectionsCheckingInterval: Math.min(1000, requestTimeout),
+  };
+  const clientErrors = new ClientErrors(deps.logger, { headersTimeout: timeouts.headersTimeout, requestTimeout });
   const app = fastify({
     loggerInstance,
     // Typed as plain HTTP: an HTTPS server is an http.Server to everything that uses it here.
-    ...((deps.https === undefined ? {} : { https: deps.https }) as object),
+    ...((deps.https === undefined ? { http: timeouts } : { https: { ...deps.https, ...timeouts } }) as object),
+    requestTimeout,
+    clientErrorHandler: clientErrors.handler,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     frameworkErrors,
     schemaErrorFormatter: formatSchemaErrors,
+    schemaController: { compilersFactory: { buildValidator: validatorsCoercingTextOnly() } },
     // Fastify's closing fast path answers in its own body shape; the hook below does it in ours.
     return503OnClosing: false,
     ajv: {
@@ -113,6 +153,8 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
       customOptions: { removeAdditional: false },
     },
   });
+
+  app.server.on('request', clientErrors.track);
 
   // Graceful close. `close()` only reaps sockets that are idle at that moment; a request
   // in flight would leave its keep-alive socket open until keepAliveTimeout (72 s) and
@@ -150,7 +192,7 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
     });
   }
   // Before the route plugins: the document generator only sees routes declared after it.
-  void app.register(openApi);
+  void app.register(openApi, { secured: deps.access?.mode === 'secured' });
   void app.register(healthRoutes, deps.metrics === undefined ? { ready: deps.ready } : { ready: deps.ready, metrics: deps.metrics });
   void app.register(deviceRoutes, {
     prefix: '/v1',

@@ -120,6 +120,13 @@ export const SETTINGS = {
     '--api-rate-limit',
     'HTTP requests per second one API key may make (per client address in open mode); more answer 429 Throttled with Retry-After. Probes and docs are exempt. 0: no limit.',
   ),
+  httpRequestTimeoutMs: setting<number>(
+    { type: 'int', min: 100, max: 3_600_000 },
+    30_000,
+    'TRIBUTARY_HTTP_REQUEST_TIMEOUT_MS',
+    '--http-request-timeout-ms',
+    'Longest an HTTP client may take to send a whole request, headers and body (the headers alone get at most 10 s of it). A slower one is answered 408 RequestTimeout and disconnected, so dripped requests cannot hold connections open. Responses are not limited (long polls, the SSE tail, invocations).',
+  ),
   functionTimeoutMs: setting<number>({ type: 'int', min: 1, max: 900_000 }, 3000, 'TRIBUTARY_FUNCTION_TIMEOUT_MS', '--function-timeout-ms', 'Default handler timeout for functions that do not set their own.'),
   functionMemoryMb: setting<number>({ type: 'int', min: 16, max: 10_240 }, 128, 'TRIBUTARY_FUNCTION_MEMORY_MB', '--function-memory-mb', 'Default memory cap of a function process (JS heap and RSS watchdog).'),
   functionLogRetention: setting<number>(

@@ -208,6 +208,20 @@ export class ReplayManager {
     return structuredClone(r.job);
   }
 
+  /**
+   * The function was deleted: its running jobs stop after the batch in flight and all its
+   * jobs are dropped, so that neither they nor a later function of the same name show them.
+   */
+  async forget(functionName: string): Promise<void> {
+    const own = [...this.jobs.values()].filter((r) => r.job.functionName === functionName);
+    for (const r of own) {
+      r.cancelled = true;
+      r.wake?.();
+    }
+    await Promise.all(own.map((r) => r.done));
+    for (const r of own) this.jobs.delete(r.job.id);
+  }
+
   /** Cancels every running job and waits for them to stop. */
   async close(): Promise<void> {
     this.closed = true;

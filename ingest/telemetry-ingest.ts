@@ -158,9 +158,10 @@ export class TelemetryIngest {
   /**
    * A parsed body: one reading or an array, from HTTP or from a handler's `context.put`
    * (`origin` set: the write is marked so that mappings do not re-trigger on it forever).
-   * Resolves once durable; rejects like {@link ingestPayload}.
+   * `raw`: the body's bytes as received, for the rejects log (HTTP). Resolves once
+   * durable; rejects like {@link ingestPayload}.
    */
-  async ingestBody(deviceId: string, body: unknown, origin?: WriteOrigin): Promise<WriteResult> {
+  async ingestBody(deviceId: string, body: unknown, origin?: WriteOrigin, raw?: Buffer): Promise<WriteResult> {
     assertDeviceId(deviceId, 'id');
     const transport = origin === undefined ? 'http' : 'function';
     const m = this.deps.metrics;
@@ -175,7 +176,7 @@ export class TelemetryIngest {
     } catch (caught) {
       const err = asReject(caught);
       if (err instanceof RejectedPayload) {
-        await this.record({ transport, reason: err.reason, message: err.message, field: err.field, deviceId, payload: Buffer.from(JSON.stringify(body) ?? '', 'utf8') });
+        await this.record({ transport, reason: err.reason, message: err.message, field: err.field, deviceId, payload: raw ?? Buffer.from(JSON.stringify(body) ?? '', 'utf8') });
       }
       throw err;
     } finally {

@@ -8,16 +8,18 @@ import { readFileSync } from 'node:fs';
 import type { FastifyInstance, RouteOptions } from 'fastify';
 import { ApiKeyStore } from '../access/api-keys.js';
 import { AuditLog } from '../access/audit-log.js';
-import { minimalApiDeps } from './app-harness.js';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { minimalApiDeps, startApp, type RunningApp } from './app-harness.js';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { buildApi } from '../api/index.js';
 import { MemoryTelemetryStore } from '../store/index.js';
 import { MemoryChangeLog } from '../streams/memory-log.js';
 
 interface Operation {
   summary?: string;
+  description?: string;
+  requestBody?: { required?: boolean };
   tags?: string[];
-  parameters?: Array<{ name: string; in: string; required?: boolean }>;
+  parameters?: Array<{ name: string; in: string; required?: boolean; description?: string }>;
   responses: Record<string, { description?: string; content?: Record<string, { schema?: JsonSchema }> }>;
 }
 interface JsonSchema {
@@ -187,17 +189,29 @@ describe('GET /openapi.json', () => {
 });
 
 describe('access control in the document', () => {
-  it('declares the bearer scheme as the default and lifts it on the public probes', async () => {
+  it('in secured mode, declares the bearer scheme as the default and lifts it on the public probes', async () => {
+    const secured = buildApi({ ...minimalApiDeps(store), access: { mode: 'secured', keys: await ApiKeyStore.open({}), audit: new AuditLog() } });
+    try {
+      const doc = (await secured.inject('/openapi.json')).json<OpenApiDocument>();
+      expect(doc.components?.securitySchemes?.['apiKey']).toMatchObject({ type: 'http', scheme: 'bearer' });
+      expect(doc.security).toEqual([{ apiKey: [] }]);
+      const security = (path: string) => (doc.paths[path]?.['get'] as { security?: unknown } | undefined)?.security;
+      expect(security('/healthz')).toEqual([]);
+      expect(security('/readyz')).toEqual([]);
+      expect(security('/v1/devices')).toBeUndefined();
+      expect(doc.paths['/v1/keys']).toBeDefined();
+      expect(doc.paths['/v1/audit']).toBeDefined();
+    } finally {
+      await secured.close();
+    }
+  });
+
+  it('in open mode, requires no security anywhere (anonymous requests are accepted)', async () => {
     const doc = await fetchDocument();
+    expect(doc.security).toBeUndefined();
+    for (const [name, op] of operations(doc)) expect((op as { security?: unknown }).security, name).toBeUndefined();
+    // The scheme stays described, for a server started with --secure.
     expect(doc.components?.securitySchemes?.['apiKey']).toMatchObject({ type: 'http', scheme: 'bearer' });
-    expect(doc.security).toEqual([{ apiKey: [] }]);
-    const security = (path: string) => (doc.paths[path]?.['get'] as { security?: unknown } | undefined)?.security;
-    expect(security('/healthz')).toEqual([]);
-    expect(security('/readyz')).toEqual([]);
-    expect(security('/metrics')).toBeUndefined();
-    expect(security('/v1/devices')).toBeUndefined();
-    expect(doc.paths['/v1/keys']).toBeDefined();
-    expect(doc.paths['/v1/audit']).toBeDefined();
   });
 
   it('every registered route declares its access (undeclared ones would be denied in secured mode)', () => {
@@ -239,5 +253,51 @@ describe('GET /docs', () => {
     const missing = await app.inject('/docs/static/nope.js');
     expect(missing.statusCode).toBe(404);
     expect(missing.json()).toMatchObject({ error: { code: 'NotFound' } });
+  });
+});
+
+describe('the document of the whole running server', () => {
+  let running: RunningApp;
+  let doc: OpenApiDocument;
+  beforeAll(async () => {
+    running = await startApp();
+    const res = await fetch(`${running.addresses.http}/openapi.json`);
+    expect(res.status).toBe(200);
+    doc = (await res.json()) as OpenApiDocument;
+  });
+  afterAll(async () => {
+    await running.destroy();
+  });
+  const op = (method: string, path: string): Operation => {
+    const found = doc.paths[path]?.[method];
+    expect(found, `${method} ${path}`).toBeDefined();
+    return found as Operation;
+  };
+
+  it('marks the trigger bodies optional, as the server takes a request without one', async () => {
+    expect(op('post', '/v1/functions/{name}/triggers').requestBody?.required).toBe(false);
+    expect(op('patch', '/v1/functions/{name}/triggers/{id}').requestBody?.required).toBe(false);
+    // Schemas with a type do need their body.
+    expect(op('put', '/v1/functions/{name}').requestBody?.required).toBe(true);
+    expect(op('post', '/v1/devices/{id}/telemetry').requestBody?.required).toBe(true);
+    // And the server does take a trigger without a body.
+    const base = running.addresses.http;
+    const deployed = await fetch(`${base}/v1/functions/bodiless`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ code: 'export async function handler() {}' }) });
+    expect(deployed.status).toBe(201);
+    expect((await fetch(`${base}/v1/functions/bodiless/triggers`, { method: 'POST' })).status).toBe(201);
+  });
+
+  it('says on every cursor parameter which values it takes', () => {
+    const cursors = operations(doc).flatMap(([name, o]) => (o.parameters ?? []).filter((p) => p.in === 'query' && p.name === 'cursor').map((p) => [name, p.description] as const));
+    expect(cursors.length).toBeGreaterThan(5);
+    for (const [name, description] of cursors) expect(description, name).toMatch(/unchanged.*400 InvalidParameter/);
+  });
+
+  it('describes the rules the schemas cannot say: interval > 0, `{}` and `[]` bodies', () => {
+    const interval = op('get', '/v1/devices/{id}/telemetry/aggregate').parameters?.find((p) => p.name === 'interval');
+    expect(interval?.description).toMatch(/greater than zero/);
+    const ingest = op('post', '/v1/devices/{id}/telemetry').description ?? '';
+    expect(ingest).toContain('`{}` answers 400');
+    expect(ingest).toContain('`[]`');
   });
 });

@@ -351,7 +351,13 @@ describe('error shape: not found', () => {
     const { app } = harness();
     const err = expectError(await app.inject('/v2/nothing?x=1'), 404, 'NotFound');
     expect(err.message).toBe('no route matches GET /v2/nothing');
-    expectError(await app.inject({ method: 'DELETE', url: '/healthz' }), 404, 'NotFound');
+  });
+
+  it('a path that exists with other methods → 405 MethodNotAllowed with Allow', async () => {
+    const { app } = harness();
+    const res = await app.inject({ method: 'DELETE', url: '/healthz' });
+    expectError(res, 405, 'MethodNotAllowed');
+    expect(res.headers['allow']).toBe('GET, HEAD');
   });
 
   it.each(['/v1/devices/ghost', '/v1/devices/ghost/telemetry', '/v1/devices/ghost/latest', '/v1/devices/ghost/latest?keys=temp', '/v1/devices/ghost/telemetry/aggregate?interval=1m'])('%s → 404 DeviceNotFound', async (url) => {

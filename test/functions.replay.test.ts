@@ -244,6 +244,21 @@ describe('POST /v1/functions/{name}/replay', () => {
     expect((cancelled.body as ReplayJob).records).toBeLessThan(6);
   });
 
+  it('forgets the replays of a deleted function: not listed, not served, not shown to a new function of that name', async () => {
+    const code = 'export async function handler() { await new Promise((resolve) => setTimeout(resolve, 200)); }';
+    expect((await call(base, 'PUT', '/v1/functions/doomed', { code })).status).toBe(201);
+    const started = await call(base, 'POST', '/v1/functions/doomed/replay', { from, batchSize: 1 });
+    expect(started.status).toBe(202);
+    const id = (started.body as ReplayJob).id;
+    expect(((await call(base, 'GET', '/v1/functions/doomed/replays')).body as { items: ReplayJob[] }).items.map((j) => j.id)).toEqual([id]);
+    expect((await call(base, 'DELETE', '/v1/functions/doomed')).status).toBe(204);
+    expect((await call(base, 'GET', `/v1/functions/doomed/replays/${id}`)).status).toBe(404);
+    expect((await call(base, 'GET', '/v1/functions/doomed/replays')).body).toEqual({ items: [], nextCursor: null });
+    expect((await call(base, 'PUT', '/v1/functions/doomed', { code })).status).toBe(201);
+    expect((await call(base, 'GET', '/v1/functions/doomed/replays')).body).toEqual({ items: [], nextCursor: null });
+    expect((await call(base, 'GET', `/v1/functions/doomed/replays/${id}`)).status).toBe(404);
+  });
+
   it('answers 400 for a bad window or filter, 404 for an unknown function or job', async () => {
     const backwards = await call(base, 'POST', '/v1/functions/replayer/replay', { from, to: from - 1 });
     expect(backwards.status).toBe(400);

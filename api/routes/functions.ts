@@ -226,6 +226,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a function and every version of it', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await registry.delete(request.params.name);
+      await replays?.forget(request.params.name);
       return reply.code(204).send();
     },
   );

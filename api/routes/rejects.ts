@@ -43,7 +43,7 @@ const RejectEntryBody = Type.Object({
   message: Type.String({ description: 'What exactly was wrong.' }),
   field: Nullable('The offending field (`ts`, `[2]gps.lat`, ...), when there is one.'),
   payloadBytes: Type.Integer({ description: 'Size of the whole payload.' }),
-  payload: Type.String({ description: `The first ${KEPT_PAYLOAD_BYTES} bytes of the payload (HTTP: the body as JSON), as text, or base64 when they are not valid UTF-8.` }),
+  payload: Type.String({ description: `The first ${KEPT_PAYLOAD_BYTES} bytes of the payload (HTTP: the request body as sent), as text, or base64 when they are not valid UTF-8.` }),
   payloadEncoding: Type.Unsafe<'utf8' | 'base64'>({ type: 'string', enum: ['utf8', 'base64'] }),
   truncated: Type.Boolean({ description: `True when the payload was longer than the ${KEPT_PAYLOAD_BYTES} bytes kept.` }),
 });

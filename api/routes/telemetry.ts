@@ -39,9 +39,10 @@ export interface IngestOutcome {
 
 /**
  * Decodes a request body into readings and writes them; shared with MQTT ingest so
- * that both transports accept and reject the same payloads. Throws TributaryErrors.
+ * that both transports accept and reject the same payloads. `raw` is the body as sent,
+ * for the rejects log. Throws TributaryErrors.
  */
-export type IngestFn = (deviceId: string, body: unknown) => Promise<IngestOutcome>;
+export type IngestFn = (deviceId: string, body: unknown, raw: Buffer) => Promise<IngestOutcome>;
 
 /** Options of {@link telemetryRoutes}. */
 export interface TelemetryRoutesOptions {
@@ -119,6 +120,15 @@ function readingPageJson(page: Page<RawReading>): string {
 const JSON_TYPE = 'application/json; charset=utf-8';
 
 export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
+  // Ingest keeps the body's bytes as sent for the rejects log, as MQTT does: a body that
+  // does not decode (nested thousands deep, say) cannot always be serialized back.
+  // Fastify's own JSON parser, with the instance's poisoning settings, on the bytes.
+  const rawBodies = new WeakMap<object, Buffer>();
+  const parseJson = app.getDefaultJsonParser(app.initialConfig.onProtoPoisoning ?? 'error', app.initialConfig.onConstructorPoisoning ?? 'error');
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, raw, done) => {
+    rawBodies.set(request, raw as Buffer);
+    parseJson(request, raw.toString('utf8'), done);
+  });
   app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
     '/devices/:id/telemetry',
     { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['telemetry'], summary: 'Query readings in a time range', params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
@@ -183,10 +193,19 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
       bodyLimit: maxBodyBytes,
       config: { access: { action: 'telemetry:Write', device: 'id' } },
       schemaErrorFormatter: ingestSchemaErrors,
-      schema: { tags: ['telemetry'], summary: 'Ingest one reading or an array of readings', params: DeviceIdParams, querystring: NoQuery, body: IngestBody, response: { 201: IngestResult, ...errorResponses } },
+      schema: {
+        tags: ['telemetry'],
+        summary: 'Ingest one reading or an array of readings',
+        description:
+          'Decoded and checked as an MQTT payload is. Beyond the schema: a reading needs at least one value (`{}` answers 400 ValidationError), an array at least one reading (`[]` too), and values nest at most 8 levels; a refused body is kept, as sent, in the rejects log (`GET /v1/rejects`).',
+        params: DeviceIdParams,
+        querystring: NoQuery,
+        body: IngestBody,
+        response: { 201: IngestResult, ...errorResponses },
+      },
     },
     async (request, reply) => {
-      const result = await ingest(request.params.id, request.body);
+      const result = await ingest(request.params.id, request.body, rawBodies.get(request) ?? Buffer.alloc(0));
       return reply.code(201).send(result);
     },
   );

@@ -47,7 +47,10 @@ const TriggerBody = Type.Object({
   warnings: Type.Optional(Type.Array(Type.String(), { description: 'Parts of filterCriteria that are valid but can never match a record (e.g. a misspelt field); absent when there are none.' })),
 });
 
-const TriggerInput = Type.Unknown({ description: 'Trigger settings (all optional on create; on update, the ones given change and `null` resets one to its default).' });
+const TriggerInput = Type.Unknown({
+  description:
+    'Trigger settings (all optional on create; on update, the ones given change and `null` resets one to its default). The body is optional: none (or `{}`) creates a trigger with every default, or changes nothing. A body that is not a JSON object (`[]`, a string) answers 400 ValidationError.',
+});
 
 const TriggerList = Type.Object({ items: Type.Array(TriggerBody), nextCursor: Type.Null() });
 
