@@ -105,13 +105,13 @@ function closeInherited(fds) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Network off on Node versions whose permission model does not cover the network (before
-// 25; see sandbox.ts). Every socket a handler can open goes through one of these public
-// entry points (http, https, tls, http2, fetch and WebSocket are built on `net`), and
-// user code cannot reach Node's internal bindings (`process.binding` is refused under the
-// permission model), so refusing them refuses TCP, Unix-domain and UDP sockets and DNS
-// queries, with the error Node 25+ gives. A JavaScript-level lock: the model's own
-// enforcement (Node 25+) is the stronger one.
+// Network off (see sandbox.ts): before Node 25, whose permission model does not cover the
+// network, this is the lock; from 25 the model enforces it beneath and this keeps the
+// failures the same as on older versions. Every socket a handler can open goes through one
+// of these public entry points (http, https, tls, http2, fetch and WebSocket are built on
+// `net`), and user code cannot reach Node's internal bindings (`process.binding` is refused
+// under the permission model), so refusing them refuses TCP, Unix-domain and UDP sockets
+// and DNS queries, with the error code Node 25+ gives.
 // ---------------------------------------------------------------------------------------
 
 /** @param {string} what */

@@ -22,8 +22,9 @@
  *   have to keep; closing in the child holds wherever the runtime is created and also
  *   drops files inherited from whatever started the server.
  * - Network: a setting per function (`network`, default on). Off means no sockets (TCP,
- *   UDP, Unix-domain, DNS) on every Node version: enforced by the permission model where
- *   it can (Node 25+, no `--allow-net`), by `host.js` in JavaScript before that.
+ *   UDP, Unix-domain, DNS) on every Node version: `host.js` refuses the socket APIs with
+ *   the same errors everywhere, and from Node 25 the permission model (no `--allow-net`)
+ *   enforces it beneath.
  * - The environment is the function's own `environment` plus a few Lambda-style
  *   variables; nothing of the server's environment (secrets) is inherited, and
  *   `NODE_OPTIONS` is cleared so it cannot add flags.
@@ -49,7 +50,7 @@ import { createLogger, type Logger } from '../core/logger.js';
 import { TributaryError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
 import type { WriteOrigin } from '../streams/types.js';
-import { NODE_ENFORCES_NETWORK, sandboxFlags } from './sandbox.js';
+import { sandboxFlags } from './sandbox.js';
 import type { FunctionRuntime, FunctionSpec, HostServices, InvocationObserver, InvokeLog, InvokeOptions, InvokeOutcome, InvokeResult } from './types.js';
 
 /** A thrown value as it crosses the IPC channel. */
@@ -75,7 +76,7 @@ export type ToHost =
       reportRss: boolean;
       /** Descriptors the child inherited that point at files: closed before the module loads. */
       closeFds: number[];
-      /** Refuse sockets in JavaScript (network off where Node's permission model cannot). */
+      /** Refuse sockets in JavaScript (network off; see sandbox.ts). */
       lockNetwork: boolean;
     }
   /** `deadline` is epoch ms (both processes share the system clock). */
@@ -447,7 +448,7 @@ class FunctionProcess {
       maxLogBytes: this.settings.maxLogBytes,
       reportRss: !HAS_PROC,
       closeFds: child.pid === undefined ? [] : inheritedFiles(child.pid),
-      lockNetwork: !network && !NODE_ENFORCES_NETWORK,
+      lockNetwork: !network,
     });
     return undefined;
   }

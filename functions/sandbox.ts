@@ -16,10 +16,11 @@
  *
  * `node:sqlite` opens database files without the permission model's `fs` checks on some of
  * these versions, so it is turned off wherever it exists. Network access is a setting of
- * each function (default on, as in Lambda): where Node enforces it (`--allow-net`), that
- * flag is the setting; elsewhere `host.js` refuses sockets itself before user code loads
- * (`lockNetwork` in its init message), so "off" refuses the same calls with the same
- * `ERR_ACCESS_DENIED` on every version.
+ * each function (default on, as in Lambda). Off, `host.js` refuses the socket APIs before
+ * user code loads (`lockNetwork` in its init message), so the same calls fail the same way
+ * (`ERR_ACCESS_DENIED` through the callback or 'error' event) on every version; where Node
+ * can enforce it (`--allow-net` exists, Node 25+), the permission model does so beneath
+ * (Node 26 alone would throw some of these as uncaught exceptions, e.g. `listen`).
  */
 
 const flags = process.allowedNodeEnvironmentFlags;
@@ -28,7 +29,7 @@ const flags = process.allowedNodeEnvironmentFlags;
 const PERMISSION_FLAG = flags.has('--permission') ? '--permission' : '--experimental-permission';
 
 /** True where the permission model itself refuses network access without `--allow-net` (Node 25+). */
-export const NODE_ENFORCES_NETWORK = flags.has('--allow-net');
+const NODE_ENFORCES_NETWORK = flags.has('--allow-net');
 
 const SQLITE_OFF: readonly string[] = flags.has('--no-experimental-sqlite') ? ['--no-experimental-sqlite'] : [];
 

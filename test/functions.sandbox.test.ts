@@ -55,6 +55,7 @@ export async function handler(event) {
   try { await import('node:sqlite'); sqlite = 'loaded'; } catch (e) { sqlite = e.code; }
   return {
     pid: process.pid,
+    node: process.version,
     fds,
     writeOwnFile: code(() => writeFileSync(own, 'export const handler = () => "planted";')),
     writeOwnFolder: code(() => writeFileSync(join(dirname(own), 'planted.mjs'), 'x')),
@@ -136,8 +137,10 @@ describe('the function sandbox (real server process)', () => {
     const every = Array.from({ length: 256 }, (_, i) => i + 3);
     const res = await invoke('probe', { fds: [...new Set([...dbFds, ...every])] });
     expect(res.body).toMatchObject({ status: 'ok' });
-    const result = (res.body as { result: { pid: number; fds: Record<string, string>; writeOwnFile: string; writeOwnFolder: string; sqlite: string } }).result;
+    const result = (res.body as { result: { pid: number; node: string; fds: Record<string, string>; writeOwnFile: string; writeOwnFolder: string; sqlite: string } }).result;
 
+    // The function ran on the Node that runs this test (the server's own binary).
+    expect(result.node).toBe(process.version);
     // The process is warm (kept for the next invocation): list what it holds now.
     const held = descriptors(result.pid);
     expect(held.size).toBeGreaterThan(3);
