@@ -273,16 +273,16 @@ function readFromHost(m: unknown): FromHost | undefined {
  * O_CLOEXEC, LevelDB's files among them (see host.js). Read after the fork, the list holds
  * every inherited descriptor, including ones another thread opened while forking.
  * Descriptors 0-2 are the child's stdio; `/dev/null` is left open (Node opens one of its
- * own at startup, and writing there reaches nothing). Without /proc (macOS) nothing can
- * be listed.
+ * own at startup, and writing there reaches nothing). Undefined when the list cannot be
+ * read: then the child must not run user code.
  */
-function inheritedFiles(pid: number): number[] {
+function inheritedFiles(pid: number): number[] | undefined {
   const dir = `/proc/${pid}/fd`;
   let names: string[];
   try {
     names = readdirSync(dir);
   } catch {
-    return [];
+    return undefined;
   }
   const fds: number[] = [];
   for (const name of names) {
@@ -439,6 +439,12 @@ class FunctionProcess {
       this.memoryTimer.unref();
     }
 
+    // Without /proc (macOS) there is nothing to list; there the descriptors stay open.
+    const closeFds = HAS_PROC && child.pid !== undefined ? inheritedFiles(child.pid) : [];
+    if (closeFds === undefined) {
+      this.kill('cannot list the descriptors the function process inherited, so it cannot close them');
+      return undefined;
+    }
     this.send({
       type: 'init',
       codePath,
@@ -447,7 +453,7 @@ class FunctionProcess {
       memoryMb,
       maxLogBytes: this.settings.maxLogBytes,
       reportRss: !HAS_PROC,
-      closeFds: child.pid === undefined ? [] : inheritedFiles(child.pid),
+      closeFds,
       lockNetwork: !network,
     });
     return undefined;
