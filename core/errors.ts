@@ -8,6 +8,7 @@ export const ERROR_CATALOG = {
   InvalidParameter: { status: 400, retriable: false, description: 'A path or query parameter is malformed or out of range.' },
   MalformedRequest: { status: 400, retriable: false, description: 'The HTTP request itself could not be parsed (an unknown method, a malformed request line or header).' },
   ValidationError: { status: 400, retriable: false, description: 'The request body or a published payload does not match the expected shape.' },
+  InvalidFunctionCode: { status: 400, retriable: false, description: 'Deployed code does not parse or exports no `handler`; the message gives file:line:column.' },
   Unauthorized: { status: 401, retriable: false, description: 'No credentials, or credentials that do not verify.' },
   AccessDenied: { status: 403, retriable: false, description: 'The credentials are valid but their policy does not allow the action.' },
   DeviceNotFound: { status: 404, retriable: false, description: 'No device with that id exists.' },

@@ -10,6 +10,11 @@
  * Plain JavaScript (checked by TypeScript through JSDoc) so the server can fork it as is,
  * both from source and from `dist/`.
  */
+import dgram from 'node:dgram';
+import dns from 'node:dns';
+import { closeSync, fstatSync } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
+import net from 'node:net';
 import { format, inspect } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
@@ -73,6 +78,113 @@ if (typeof originalRawKill === 'function') {
     assertSelf(pid);
     return originalRawKill.call(process, pid, signal);
   };
+}
+
+// ---------------------------------------------------------------------------------------
+// Descriptors. A fork inherits every descriptor of the server opened without O_CLOEXEC:
+// LevelDB opens its LOG, LOCK, WAL and MANIFEST that way, and the permission model does
+// not check writes to a descriptor a process already holds. Before user code loads, the
+// host closes every inherited descriptor the server found on a file system (it lists
+// `/proc/<pid>/fd` of this process after the fork, see process-runtime.ts). Each is
+// checked here first: a number that was closed and reused meanwhile (by Node itself) is a
+// pipe, socket or event descriptor, never a file, and is left alone.
+// ---------------------------------------------------------------------------------------
+
+/** @param {readonly number[]} fds */
+function closeInherited(fds) {
+  for (const fd of fds) {
+    if (!Number.isInteger(fd) || fd <= 2) continue;
+    let stats;
+    try {
+      stats = fstatSync(fd);
+    } catch {
+      continue; // already closed
+    }
+    if (stats.isFile() || stats.isDirectory() || stats.isCharacterDevice() || stats.isBlockDevice() || stats.isSymbolicLink()) closeSync(fd);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Network off (see sandbox.ts): before Node 25, whose permission model does not cover the
+// network, this is the lock; from 25 the model enforces it beneath and this keeps the
+// failures the same as on older versions. Every socket a handler can open goes through one
+// of these public entry points (http, https, tls, http2, fetch and WebSocket are built on
+// `net`), and user code cannot reach Node's internal bindings (`process.binding` is refused
+// under the permission model), so refusing them refuses TCP, Unix-domain and UDP sockets
+// and DNS queries, with the error code Node 25+ gives.
+// ---------------------------------------------------------------------------------------
+
+/** @param {string} what */
+function networkDenied(what) {
+  return Object.assign(new Error(`Access to this API has been restricted: network access is off for this function (${what})`), {
+    code: 'ERR_ACCESS_DENIED',
+    permission: 'Net',
+  });
+}
+
+/**
+ * Settles a refused call the way the real one fails: through its callback when it has one,
+ * else with an 'error' event on `emitter`, a tick later (as Node reports socket errors).
+ * @param {string} what
+ * @param {unknown[]} args
+ * @param {{ emit(event: string, err: Error): unknown } | undefined} emitter
+ */
+function refuse(what, args, emitter) {
+  const err = networkDenied(what);
+  const callback = args.findLast((a) => typeof a === 'function');
+  if (callback !== undefined) process.nextTick(/** @type {(e: Error) => void} */ (callback), err);
+  else if (emitter !== undefined) process.nextTick(() => emitter.emit('error', err));
+  else throw err;
+}
+
+function lockNetwork() {
+  net.Socket.prototype.connect = /** @type {any} */ (
+    /** @this {net.Socket} */
+    function () {
+      const err = networkDenied('connect');
+      process.nextTick(() => this.destroy(err));
+      return this;
+    }
+  );
+  net.Server.prototype.listen = /** @type {any} */ (
+    /** @this {net.Server} */
+    function () {
+      refuse('listen', [], this);
+      return this;
+    }
+  );
+  const dgramSocket = /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (dgram.Socket.prototype));
+  for (const method of ['bind', 'connect', 'send', 'sendto']) {
+    dgramSocket[method] = /** @this {dgram.Socket} */ function (/** @type {unknown[]} */ ...args) {
+      refuse(method, args, this);
+    };
+  }
+  // Creating a UDP socket opens its handle at once; its raw methods would bypass the above.
+  const throwing = (/** @type {string} */ what) => () => {
+    throw networkDenied(what);
+  };
+  const netExports = /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (net));
+  const dgramExports = /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (dgram));
+  netExports['_createServerHandle'] = throwing('listen');
+  dgramExports['createSocket'] = throwing('dgram.createSocket');
+  dgramExports['Socket'] = throwing('dgram.Socket');
+  dgramExports['_createSocketHandle'] = throwing('dgram');
+  /** @param {Record<string, unknown>} target */
+  const lockQueries = (target) => {
+    for (const key of Object.getOwnPropertyNames(target)) {
+      if (!/^(lookup|resolve|reverse)/.test(key) || typeof target[key] !== 'function') continue;
+      target[key] = (/** @type {unknown[]} */ ...args) => {
+        const callback = args.findLast((a) => typeof a === 'function');
+        if (callback === undefined) return Promise.reject(networkDenied(`dns.${key}`));
+        refuse(`dns.${key}`, args, undefined);
+        return undefined;
+      };
+    }
+  };
+  const dnsExports = /** @type {Record<string, any>} */ (/** @type {unknown} */ (dns));
+  for (const target of [dnsExports, dnsExports['promises'], dnsExports['Resolver'].prototype, dnsExports['promises'].Resolver.prototype]) lockQueries(target);
+  // Named ESM imports (`import { connect } from 'node:net'`) see the replaced functions too.
+  syncBuiltinESMExports();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -213,6 +325,8 @@ function callServer(method, args) {
 /** @param {Extract<ToHost, { type: 'init' }>} message */
 async function init(message) {
   maxLogBytes = message.maxLogBytes;
+  closeInherited(message.closeFds);
+  if (message.lockNetwork) lockNetwork();
   identity = { functionName: message.functionName, functionVersion: message.functionVersion, memoryMb: message.memoryMb };
   if (message.reportRss) {
     // Only where the server cannot read /proc: a busy handler cannot report, so this

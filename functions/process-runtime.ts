@@ -6,10 +6,25 @@
  * counted here (per-function metrics) and handed to `onInvoked` (the durable logs).
  *
  * Isolation, and its limits:
- * - Node 20's permission model (`--experimental-permission`) with read access to the
- *   handler's folder and to `host.js` only: no other file reads (the data directory, the
- *   server's config, `/proc/self/environ`), no writes, no child processes, no worker
- *   threads, no native addons, no WASI. Access attempts fail with `ERR_ACCESS_DENIED`.
+ * - Node's permission model (`sandbox.ts` picks each version's flags) with read access to
+ *   the handler's folder and to `host.js` only: no other file reads (the data directory, the
+ *   server's config, `/proc/self/environ`), no writes (the handler's own folder included),
+ *   no child processes, no worker threads, no native addons, no WASI, no inspector, no
+ *   `node:sqlite`. Access attempts fail with `ERR_ACCESS_DENIED`.
+ * - No descriptor but stdio and IPC: the model does not check writes to descriptors a
+ *   process already holds, and a fork inherits the server's that lack O_CLOEXEC (LevelDB's
+ *   LOG, LOCK, WAL, MANIFEST). After each fork the server lists the child's
+ *   `/proc/<pid>/fd` and `host.js` closes every one that points at a file before user code
+ *   loads. Chosen over a launcher process forked before the database opens: that would add
+ *   a relay for every IPC message, a process that could never be restarted once the
+ *   database is open (a new one would inherit its files), and an ordering rule every
+ *   caller of the runtime (tests, `fn test`, a runtime created after the database) would
+ *   have to keep; closing in the child holds wherever the runtime is created and also
+ *   drops files inherited from whatever started the server.
+ * - Network: a setting per function (`network`, default on). Off means no sockets (TCP,
+ *   UDP, Unix-domain, DNS) on every Node version: `host.js` refuses the socket APIs with
+ *   the same errors everywhere, and from Node 25 the permission model (no `--allow-net`)
+ *   enforces it beneath.
  * - The environment is the function's own `environment` plus a few Lambda-style
  *   variables; nothing of the server's environment (secrets) is inherited, and
  *   `NODE_OPTIONS` is cleared so it cannot add flags.
@@ -19,13 +34,13 @@
  *   poll interval.
  * - Time: a timer here kills the child (SIGKILL) when an invocation outlives `timeoutMs`;
  *   the child's event loop is never trusted to stop itself.
- * - Not covered by Node 20's permission model: network access (a handler can open
- *   sockets, including to the server's own HTTP API on loopback) and CPU share. The model
- *   is documented by Node as a seat belt for trusted code, not a sandbox for hostile code.
+ * - Not covered: CPU share, and signals are refused only in JavaScript (`host.js`). The
+ *   model is documented by Node as a seat belt for trusted code, not a sandbox for hostile
+ *   code.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -35,6 +50,7 @@ import { createLogger, type Logger } from '../core/logger.js';
 import { TributaryError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
 import type { WriteOrigin } from '../streams/types.js';
+import { sandboxFlags } from './sandbox.js';
 import type { FunctionRuntime, FunctionSpec, HostServices, InvocationObserver, InvokeLog, InvokeOptions, InvokeOutcome, InvokeResult } from './types.js';
 
 /** A thrown value as it crosses the IPC channel. */
@@ -50,7 +66,19 @@ export interface WireError {
  * @internal
  */
 export type ToHost =
-  | { type: 'init'; codePath: string; functionName: string; functionVersion: string; memoryMb: number; maxLogBytes: number; reportRss: boolean }
+  | {
+      type: 'init';
+      codePath: string;
+      functionName: string;
+      functionVersion: string;
+      memoryMb: number;
+      maxLogBytes: number;
+      reportRss: boolean;
+      /** Descriptors the child inherited that point at files: closed before the module loads. */
+      closeFds: number[];
+      /** Refuse sockets in JavaScript (network off; see sandbox.ts). */
+      lockNetwork: boolean;
+    }
   /** `deadline` is epoch ms (both processes share the system clock). */
   | { type: 'invoke'; requestId: string; event: unknown; deadline: number }
   | { type: 'callResult'; callId: number; ok: true }
@@ -177,7 +205,7 @@ interface Invocation {
 /** Identifies what a process was started for; any difference needs a new process. */
 function fingerprint(fn: FunctionSpec): string {
   const env = Object.entries(fn.environment).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return JSON.stringify([fn.version, fn.codePath, fn.memoryMb, env]);
+  return JSON.stringify([fn.version, fn.codePath, fn.memoryMb, fn.network ?? true, env]);
 }
 
 function toWireError(err: unknown): WireError {
@@ -237,6 +265,37 @@ function readFromHost(m: unknown): FromHost | undefined {
     default:
       return undefined;
   }
+}
+
+/**
+ * The descriptors of a just-forked child that point at a file system object (anything but
+ * a pipe, socket or anonymous inode): what it inherited from this process without
+ * O_CLOEXEC, LevelDB's files among them (see host.js). Read after the fork, the list holds
+ * every inherited descriptor, including ones another thread opened while forking.
+ * Descriptors 0-2 are the child's stdio; `/dev/null` is left open (Node opens one of its
+ * own at startup, and writing there reaches nothing). Undefined when the list cannot be
+ * read: then the child must not run user code.
+ */
+function inheritedFiles(pid: number): number[] | undefined {
+  const dir = `/proc/${pid}/fd`;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return undefined;
+  }
+  const fds: number[] = [];
+  for (const name of names) {
+    const fd = Number(name);
+    if (fd <= 2) continue;
+    try {
+      const target = readlinkSync(`${dir}/${name}`);
+      if (target.startsWith('/') && target !== '/dev/null') fds.push(fd);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return fds;
 }
 
 /** Reads VmRSS (bytes) of a process from /proc; undefined when it is gone. */
@@ -321,20 +380,15 @@ class FunctionProcess {
       return `cannot read the handler module: ${(err as Error).message}`;
     }
     const codeDir = dirname(codePath);
-    if (codeDir.includes('*')) {
-      // Node 20 reads `*` in --allow-fs-read as a wildcard, which would widen access.
-      this.markExited();
-      return `the handler's folder ${codeDir} contains "*", which the permission model treats as a wildcard`;
-    }
     const memoryMb = Math.max(1, Math.floor(this.fn.memoryMb));
-    const execArgv = [
-      `--max-old-space-size=${memoryMb}`,
-      '--experimental-permission',
-      `--allow-fs-read=${hostPath}`,
-      `--allow-fs-read=${codeDir}`,
-      // The permission model announces itself on every start; that line is noise in logs.
-      '--disable-warning=ExperimentalWarning',
-    ];
+    const network = this.fn.network ?? true;
+    let execArgv: string[];
+    try {
+      execArgv = [`--max-old-space-size=${memoryMb}`, ...sandboxFlags({ read: [hostPath, codeDir], network })];
+    } catch (err) {
+      this.markExited();
+      return `cannot sandbox the handler's folder: ${(err as Error).message}`;
+    }
     const env: Record<string, string> = { TZ: 'UTC' };
     for (const [k, v] of Object.entries(this.fn.environment)) env[k] = v;
     Object.assign(env, {
@@ -385,6 +439,12 @@ class FunctionProcess {
       this.memoryTimer.unref();
     }
 
+    // Without /proc (macOS) there is nothing to list; there the descriptors stay open.
+    const closeFds = HAS_PROC && child.pid !== undefined ? inheritedFiles(child.pid) : [];
+    if (closeFds === undefined) {
+      this.kill('cannot list the descriptors the function process inherited, so it cannot close them');
+      return undefined;
+    }
     this.send({
       type: 'init',
       codePath,
@@ -393,6 +453,8 @@ class FunctionProcess {
       memoryMb,
       maxLogBytes: this.settings.maxLogBytes,
       reportRss: !HAS_PROC,
+      closeFds,
+      lockNetwork: !network,
     });
     return undefined;
   }

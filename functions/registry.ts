@@ -27,6 +27,7 @@ import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
 import { LocalMetadata, type MetadataWriter } from '../store/metadata.js';
 import type { BatchOp } from '../streams/types.js';
+import { checkHandlerSource } from './deploy-check.js';
 import type { FunctionSpec } from './types.js';
 
 export type ModuleType = 'esm' | 'commonjs';
@@ -39,10 +40,13 @@ export interface DeployInput {
   environment?: Record<string, string>;
   /** How the code is loaded; detected from the source when absent. */
   moduleType?: ModuleType;
+  /** Whether the function may open sockets; default true. */
+  network?: boolean;
 }
 
 /** One deployed version, ready to hand to the runtime (it is a {@link FunctionSpec}). */
 export interface FunctionVersion extends FunctionSpec {
+  network: boolean;
   codeSha256: string;
   /** Bytes of UTF-8 code. */
   codeSize: number;
@@ -125,6 +129,8 @@ interface VersionRecord {
   timeoutMs?: number;
   memoryMb?: number;
   environment: Record<string, string>;
+  /** Absent in records written before the setting existed: on. */
+  network?: boolean;
   createdAt: number;
 }
 
@@ -291,6 +297,8 @@ export class FunctionRegistry {
       throw validationError('moduleType', 'moduleType must be one of esm, commonjs');
     }
     const moduleType = input.moduleType ?? detectModuleType(code);
+    if (input.network !== undefined && typeof input.network !== 'boolean') throw validationError('network', 'network must be true or false');
+    await checkHandlerSource(bytes, moduleType);
 
     return this.exclusive(async () => {
       const version = await this.claim(name);
@@ -303,6 +311,7 @@ export class FunctionRegistry {
         ...(timeoutMs === undefined ? {} : { timeoutMs }),
         ...(memoryMb === undefined ? {} : { memoryMb }),
         environment,
+        ...(input.network === undefined ? {} : { network: input.network }),
         createdAt: Date.now(),
       };
       // The highest claim is what keeps numbers from repeating; the ones below it (and an old counter) can go.
@@ -531,6 +540,7 @@ export class FunctionRegistry {
       timeoutMs: r.timeoutMs ?? this.defaults.timeoutMs,
       memoryMb: r.memoryMb ?? this.defaults.memoryMb,
       environment: r.environment,
+      network: r.network ?? true,
       codeSha256: r.codeSha256,
       codeSize: r.codeSize,
       moduleType: r.moduleType,

@@ -13,6 +13,8 @@ export interface FunctionSpec {
   timeoutMs: number;
   memoryMb: number;
   environment: Record<string, string>;
+  /** Whether the handler may open sockets (TCP, UDP, Unix-domain, DNS). Default true, as in Lambda. */
+  network?: boolean;
 }
 
 export interface InvokeLog {

@@ -25,6 +25,7 @@ interface VersionBody {
   timeoutMs: number;
   memoryMb: number;
   environment: Record<string, string>;
+  network: boolean;
   createdAt: number;
 }
 
@@ -101,6 +102,7 @@ describe('functions API', () => {
       timeoutMs: 3000,
       memoryMb: 128,
       environment: { GREETING: 'hi' },
+      network: true,
       createdAt: expect.any(Number),
     });
     expect(existsSync(join(running.dataDir, 'functions', 'esm-fn', 'v1', 'index.mjs'))).toBe(true);
@@ -151,8 +153,11 @@ describe('functions API', () => {
     await deploy('sleeper', { code: 'export const handler = () => new Promise((r) => setTimeout(r, 10_000));', timeoutMs: 200 });
     expect(await invoke('sleeper', {})).toMatchObject({ status: 'timeout', errorType: 'Sandbox.Timedout', errorMessage: 'Task timed out after 200 ms' });
 
-    await deploy('no-handler', { code: 'export const other = 1;' });
-    expect(await invoke('no-handler', {})).toMatchObject({ status: 'error', errorType: 'Runtime.HandlerNotFound' });
+    // A module that exports no handler does not deploy (test/functions.sandbox.test.ts);
+    // one whose default export the deploy check cannot see into fails when it is loaded.
+    expectError(await deploy('no-handler', { code: 'export const other = 1;' }), 400, 'InvalidFunctionCode', 'code');
+    await deploy('not-a-function', { code: 'const handler = 1;\nexport default { handler };' });
+    expect(await invoke('not-a-function', {})).toMatchObject({ status: 'error', errorType: 'Runtime.HandlerNotFound' });
   });
 
   it('keeps the handler to its own folder: reading the data directory is ERR_ACCESS_DENIED', async () => {

@@ -61,6 +61,7 @@ const DeployBody = Type.Object(
     memoryMb: Type.Optional(Type.Integer({ minimum: 16, maximum: 10_240, description: 'Memory cap; the server default (`--function-memory-mb`) when absent.' })),
     environment: Type.Optional(Environment),
     moduleType: Type.Optional(ModuleType),
+    network: Type.Optional(Type.Boolean({ description: 'Whether the function may open sockets (TCP, UDP, Unix-domain, DNS); default true, as in Lambda.' })),
   },
   { additionalProperties: false },
 );
@@ -75,6 +76,7 @@ const FunctionVersionBody = Type.Object({
   timeoutMs: Type.Integer(),
   memoryMb: Type.Integer(),
   environment: Environment,
+  network: Type.Boolean({ description: 'Whether the function may open sockets.' }),
   createdAt: Type.Integer({ description: 'Deploy time, epoch ms.' }),
 });
 
