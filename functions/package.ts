@@ -98,7 +98,10 @@ function readTar(bytes: Buffer, budget: Budget): Promise<Entry[]> {
       if (failed) return;
       failed = true;
       parser.abort(err instanceof Error ? err : new Error(String(err)));
-      reject(err instanceof TributaryError ? err : invalid(`the package is not a readable tarball: ${(err as Error).message}`));
+      const message = (err as Error).message;
+      // node-tar's own guard against decompression bombs, worded as ours.
+      if (/decompression ratio/.test(message)) return reject(invalid(`the tarball inflates more than 1000-fold, as a decompression bomb does (${message})`));
+      reject(err instanceof TributaryError ? err : invalid(`the tarball is refused: ${message}`));
     };
     const onEntry = (e: ReadEntry): void => {
       try {
@@ -151,7 +154,7 @@ const S_IFLNK = 0o120000;
 
 function readZip(bytes: Buffer, budget: Budget): Promise<Entry[]> {
   return new Promise((resolve, reject) => {
-    const failed = (err: unknown): void => reject(err instanceof TributaryError ? err : invalid(`the package is not a readable zip: ${(err as Error).message}`));
+    const failed = (err: unknown): void => reject(err instanceof TributaryError ? err : invalid(`the zip is refused: ${(err as Error).message} (entries must be files, folders or links with relative paths inside the package)`));
     // decodeStrings: yauzl refuses absolute paths, `..` and `\` in names itself ("absolute path: /x").
     yauzl.fromBuffer(bytes, { lazyEntries: true, decodeStrings: true, validateEntrySizes: true }, (openErr, zip) => {
       if (openErr !== null || zip === undefined) return failed(openErr);
