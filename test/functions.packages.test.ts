@@ -302,6 +302,20 @@ describe('tributary fn test with packages', () => {
     expect(res.stderr).toContain(`tributary fn deploy ${folder.path} --handler index.handler`);
   });
 
+  it('cannot load a native addon of the package (the permission model refuses it before reading the file)', async () => {
+    const dir = tempDir('tributary-pkg-addon-');
+    try {
+      writeFileSync(join(dir.path, 'package.json'), JSON.stringify({ type: 'module' }));
+      writeFileSync(join(dir.path, 'addon.node'), 'not even an addon');
+      writeFileSync(join(dir.path, 'index.js'), "import { createRequire } from 'node:module';\nexport async function handler() { return typeof createRequire(import.meta.url)('./addon.node'); }\n");
+      const res = await runCli(['fn', 'test', dir.path, '--json']);
+      expect(res.code).toBe(1);
+      expect(JSON.parse(res.stdout)).toMatchObject({ status: 'error', errorMessage: expect.stringContaining('ERR_DLOPEN_DISABLED') });
+    } finally {
+      dir.cleanup();
+    }
+  });
+
   it('runs a folder with --handler as a deploy of it would', async () => {
     const res = await runCli(['fn', 'test', folder.path, '--handler', 'index.handler', '--event', '-', '--json'], { input: '{"id":"abc"}' });
     expect(res.code, res.stderr).toBe(0);
