@@ -192,8 +192,8 @@ function packageRootOf(file: string): string | undefined {
   return undefined;
 }
 
-function nameFrom(file: string, given: string | undefined): string {
-  const name = given ?? basename(resolve(file), extname(file));
+function nameFrom(path: string, given: string | undefined, folder = false): string {
+  const name = given ?? basename(resolve(path), folder ? '' : extname(path));
   if (!FUNCTION_NAME_RE.test(name)) throw usageError(`function name ${JSON.stringify(name)} must be 1-64 characters of A-Z a-z 0-9 _ - (pass --name)`);
   return name;
 }
@@ -246,9 +246,10 @@ export function registerFn(program: Command): void {
       .option('--name <name>', 'function name (default: the file or folder name without extension)')
       .option('--handler <module.handler>', "a folder's handler, Lambda's form: the module's path in it without extension, then .handler", 'index.handler'),
   ).action(async (path: string, opts: ClientFlags & LimitFlags & { name?: string; handler: string }) => {
-    const name = nameFrom(path, opts.name);
+    const folder = isFolder(path);
+    const name = nameFrom(path, opts.name, folder);
     let body: Record<string, unknown>;
-    if (isFolder(path)) body = { package: (await packFolder(path)).toString('base64'), handler: opts.handler, ...limitsFrom(opts) };
+    if (folder) body = { package: (await packFolder(path)).toString('base64'), handler: opts.handler, ...limitsFrom(opts) };
     else {
       const code = readCode(path);
       const ext = extname(path);

@@ -329,6 +329,8 @@ export class FunctionRegistry {
   private changes = 0;
   /** Code files known to hold their version's code: version folder → SHA-256. */
   private readonly cached = new Map<string, string>();
+  /** Packages being unpacked: version folder → done. */
+  private readonly unpacking = new Map<string, Promise<void>>();
   /** Claims applied while this node's deploy of `name` claims a number: version → the first claim's id. */
   private watch: { name: string; first: Map<number, string> } | undefined;
   /** Deploys and deletes run one at a time (version numbers, folders). */
@@ -592,27 +594,13 @@ export class FunctionRegistry {
     const dir = this.versionDir(record.name, record.version);
     if (this.cached.get(dir) === record.codeSha256) return;
     if (record.package !== undefined) {
-      const marker = join(dir, 'package.sha256');
-      if ((await readFile(marker, 'utf8').catch(() => undefined)) !== record.codeSha256) {
-        const root = join(dir, 'package');
-        await mkdir(dir, { recursive: true, mode: 0o700 });
-        await rm(marker, { force: true });
-        await rm(root, { recursive: true, force: true });
-        if (unpacked !== undefined) await rename(unpacked, root);
-        else {
-          const bytes = code ?? (await this.readPackage(record));
-          const aside = join(dir, `package.${randomBytes(6).toString('hex')}.tmp`);
-          try {
-            await unpackPackage(bytes, aside);
-            await rename(aside, root);
-          } finally {
-            await rm(aside, { recursive: true, force: true }).catch(noop);
-          }
-        }
-        await writeFile(marker, record.codeSha256, { mode: 0o600 });
+      // One unpacking per folder at a time: invocations racing to a version not here yet share it.
+      let run = this.unpacking.get(dir);
+      if (run === undefined) {
+        run = this.placePackage(record, dir, code, unpacked).finally(() => this.unpacking.delete(dir));
+        this.unpacking.set(dir, run);
       }
-      this.cached.set(dir, record.codeSha256);
-      return;
+      return run;
     }
     const path = this.codePath(record);
     const onDisk = await readFile(path).catch(() => undefined);
@@ -630,6 +618,29 @@ export class FunctionRegistry {
         await rm(aside, { force: true }).catch(noop);
         throw err;
       }
+    }
+    this.cached.set(dir, record.codeSha256);
+  }
+
+  private async placePackage(record: VersionRecord, dir: string, code: Buffer | undefined, unpacked: string | undefined): Promise<void> {
+    const marker = join(dir, 'package.sha256');
+    if ((await readFile(marker, 'utf8').catch(() => undefined)) !== record.codeSha256) {
+      const root = join(dir, 'package');
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await rm(marker, { force: true });
+      await rm(root, { recursive: true, force: true });
+      if (unpacked !== undefined) await rename(unpacked, root);
+      else {
+        const bytes = code ?? (await this.readPackage(record));
+        const aside = join(dir, `package.${randomBytes(6).toString('hex')}.tmp`);
+        try {
+          await unpackPackage(bytes, aside);
+          await rename(aside, root);
+        } finally {
+          await rm(aside, { recursive: true, force: true }).catch(noop);
+        }
+      }
+      await writeFile(marker, record.codeSha256, { mode: 0o600 });
     }
     this.cached.set(dir, record.codeSha256);
   }

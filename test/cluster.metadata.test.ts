@@ -5,6 +5,10 @@
  * modules on top (device credentials, API keys and admin keys, the DLQ, the audit log)
  * see on one node what was written on the other.
  */
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { create } from 'tar';
 import { expect, it } from 'vitest';
 import { ADMIN_KEY_ID, ApiKeyStore, newApiKeyToken } from '../access/api-keys.js';
 import { AuditLog } from '../access/audit-log.js';
@@ -15,6 +19,7 @@ import { KafkaMetadata, type KafkaMetadataOptions } from '../cluster/kafka-metad
 import { readConsumerOffset } from '../cluster/offsets.js';
 import type { DiscardMetadata } from '../functions/event-source-mapping.js';
 import { LevelDeadLetterQueue } from '../functions/dlq.js';
+import { FunctionRegistry } from '../functions/registry.js';
 import { Database } from '../store/database.js';
 import type { BatchOp } from '../streams/types.js';
 import { tempDir, waitFor } from './helpers.js';
@@ -364,6 +369,32 @@ describeWithKafka('control plane metadata on Kafka (real broker)', (brokers) => 
       const range = { from: 0, to: Date.now() + 60_000, limit: 10 };
       await waitFor(async () => (await auditB.list(range)).items.length === 1, WAIT_MS, 'node B to list the audit entry written on A');
       expect((await auditB.list(range)).items).toEqual([recorded]);
+    },
+    TEST_MS,
+  );
+
+  it(
+    'a function package larger than one record of the topic (chunked) deployed on A is unpacked from the database on B',
+    async () => {
+      const { topic, clients } = await setup('metadata-package');
+      const a = await startNode(clients[0], topic);
+      const b = await startNode(clients[1], topic);
+      const registry = async (node: Node) => FunctionRegistry.open({ database: node.database, metadata: node.metadata, dataDir: node.dir.path, defaults: { timeoutMs: 1000, memoryMb: 64 } });
+      const [regA, regB] = [await registry(a), await registry(b)];
+      const src = tempDir('tributary-metadata-pkg-');
+      cleanups.push(src.cleanup);
+      writeFileSync(join(src.path, 'index.mjs'), 'export const handler = async () => 1;\n');
+      // Incompressible, so the archive is larger than the 6 MiB a record of the topic takes.
+      writeFileSync(join(src.path, 'blob.bin'), randomBytes(10 * 1024 * 1024));
+      const chunks: Buffer[] = [];
+      for await (const chunk of create({ gzip: true, cwd: src.path }, ['.'])) chunks.push(chunk as Buffer);
+      const archive = Buffer.concat(chunks);
+      const deployed = await regA.deploy('big', { package: archive });
+      expect(deployed.codeSize).toBeGreaterThan(6 * 1024 * 1024);
+      await waitFor(async () => (await regB.list({ limit: 10 })).items.length === 1, WAIT_MS, 'node B to list the package deployed on A');
+      const spec = await regB.spec('big');
+      expect(spec.codeSha256).toBe(deployed.codeSha256);
+      expect(readFileSync(join(b.dir.path, 'functions', 'big', 'v1', 'package', 'blob.bin'))).toEqual(readFileSync(join(src.path, 'blob.bin')));
     },
     TEST_MS,
   );

@@ -229,7 +229,9 @@ describe('deployment packages over the API', () => {
       rmSync(join(dataDir, 'functions', 'big-fn'), { recursive: true, force: true });
       running = await startApp({ dataDir });
       base = running.addresses.http;
-      expect(await invoke('big-fn', { id: 'abc' })).toMatchObject({ status: 'ok', result: EXPECTED });
+      // Two invocations at once both need it unpacked: they share one unpacking.
+      const both = await Promise.all([invoke('big-fn', { id: 'abc' }), invoke('big-fn', { id: 'abc' })]);
+      for (const out of both) expect(out).toMatchObject({ status: 'ok', result: EXPECTED });
       expect(existsSync(join(dataDir, 'functions', 'big-fn', 'v1', 'package', 'blob.bin'))).toBe(true);
       expect(await invoke('tar-fn', { id: 'abc' })).toMatchObject({ status: 'ok', result: EXPECTED });
     } finally {
