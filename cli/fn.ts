@@ -274,7 +274,7 @@ export function registerFn(program: Command): void {
           { header: 'TIMEOUT', value: (f) => `${f.timeoutMs} ms`, right: true },
           { header: 'MEMORY', value: (f) => `${f.memoryMb} MB`, right: true },
           { header: 'DEPLOYED', value: (f) => formatTime(f.createdAt) },
-          { header: 'FILE', value: (f) => f.file ?? '' },
+          ...(items.some((f) => f.file !== undefined) ? [{ header: 'FILE', value: (f: FunctionVersion) => f.file ?? '' }] : []),
         ],
         items,
         'no functions',

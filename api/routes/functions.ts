@@ -223,10 +223,14 @@ function timeValue(v: string | number, field: string, now: number): number {
   return parseTime(typeof v === 'number' ? String(v) : v, field, now);
 }
 
-/** A package's base64 text as bytes; Node's decoder skips characters outside the alphabet, so a round trip refuses them. */
+/**
+ * A package's base64 text as bytes, line breaks allowed (as `base64` wraps). Node's decoder
+ * skips characters outside the alphabet, so a round trip refuses them.
+ */
 function decodePackage(text: string): Buffer {
-  const bytes = Buffer.from(text, 'base64');
-  if (bytes.toString('base64').replace(/=+$/, '') !== text.replace(/=+$/, '')) {
+  const clean = text.replace(/\s+/g, '');
+  const bytes = Buffer.from(clean, 'base64');
+  if (bytes.length === 0 || bytes.toString('base64').replace(/=+$/, '') !== clean.replace(/=+$/, '')) {
     throw new TributaryError('ValidationError', 'package must be base64 (the bytes of a zip or tarball)', { field: 'package' });
   }
   return bytes;
@@ -236,7 +240,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
   const resolve = (name: string) => registry.spec(name);
   app.get<{ Querystring: ListFunctionsQuery }>(
     '/functions',
-    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'List functions (latest version of each)', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'List functions (latest version of each)', description: 'Deployed ones (`source: api`) and those of `--functions-dir` (`source: functions-dir`), by name.', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
     async (request) => {
       const { limit = DEFAULT_LIMIT, cursor } = request.query;
       return registry.list(cursor === undefined ? { limit } : { limit, cursor });
@@ -273,7 +277,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
 
   app.delete<{ Params: FunctionNameParams }>(
     '/functions/:name',
-    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a function and every version of it', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a function and every version of it', description: '409 Conflict for a function of `--functions-dir` (remove its file instead).', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await registry.delete(request.params.name);
       return reply.code(204).send();
