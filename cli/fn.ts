@@ -192,6 +192,11 @@ function packageRootOf(file: string): string | undefined {
   return undefined;
 }
 
+/** Lambda's handler setting for a module file of a package folder. */
+function handlerOf(root: string, file: string): string {
+  return `${relative(root, resolve(file)).replace(/\.[cm]?js$/, '')}.handler`;
+}
+
 function nameFrom(path: string, given: string | undefined, folder = false): string {
   const name = given ?? basename(resolve(path), folder ? '' : extname(path));
   if (!FUNCTION_NAME_RE.test(name)) throw usageError(`function name ${JSON.stringify(name)} must be 1-64 characters of A-Z a-z 0-9 _ - (pass --name)`);
@@ -253,6 +258,10 @@ export function registerFn(program: Command): void {
     else {
       const code = readCode(path);
       const ext = extname(path);
+      const root = packageRootOf(path);
+      if (root !== undefined && existsSync(join(root, 'node_modules')) && !opts.json) {
+        note(`deploying ${path} alone: its imports of ${join(root, 'node_modules')} will not resolve on the server; to take them along, deploy the folder: tributary fn deploy ${root} --handler ${handlerOf(root, path)}`);
+      }
       body = { code, ...limitsFrom(opts), ...(ext === '.mjs' || ext === '.cjs' ? { moduleType: moduleTypeOf(path, code) } : {}) };
     }
     const v = await clientFrom(opts).request<FunctionVersion>('PUT', `/functions/${seg(name)}`, { body });
@@ -359,7 +368,14 @@ export function registerFn(program: Command): void {
       codeRoot = packageRootOf(file);
       if (codeRoot !== undefined) {
         codePath = resolve(file);
-        if (!opts.json) note(`running ${relative(codeRoot, codePath)} in place in ${codeRoot}, which its imports resolve in (deploy that folder to take node_modules along: tributary fn deploy ${codeRoot} --handler ${relative(codeRoot, codePath).replace(/\.[cm]?js$/, '')}.handler)`);
+        if (!opts.json) {
+          note(`running ${relative(codeRoot, codePath)} in place in ${codeRoot}, which its imports resolve in (deploy that folder to take node_modules along: tributary fn deploy ${codeRoot} --handler ${handlerOf(codeRoot, codePath)})`);
+          // Run in place, a .js file is what Node (and a deploy of the folder) makes of it, not what its source looks like.
+          const { moduleTypeOf: nodeModuleType } = await import('../functions/package.js');
+          const asNode = await nodeModuleType(codeRoot, relative(codeRoot, codePath));
+          const asSource = moduleTypeOf(file, readCode(file));
+          if (asNode !== asSource) note(`note: ${file} reads as ${asSource} but Node loads it as ${asNode} here (the nearest package.json's "type"); a deploy of the file alone would run it as ${asSource}. Name it .mjs or .cjs, or set "type", to make them agree.`);
+        }
       } else {
         // Run exactly what a deploy of this file would store: one module, index.mjs or index.cjs.
         const code = readCode(file);

@@ -287,6 +287,11 @@ describe('deployment packages over the API', () => {
     expect(await invoke('cli-pkg', { id: 'abc' })).toMatchObject({ status: 'ok', result: EXPECTED });
     const list = await runCli(['fn', 'list', '--url', base]);
     expect(list.stdout).toMatch(/^cli-pkg\s+api package\s+1\s+esm/m);
+    // The file alone deploys, without its node_modules, and says so.
+    const alone = await runCli(['fn', 'deploy', join(folder.path, 'index.js'), '--name', 'cli-alone', '--url', base]);
+    expect(alone.code, alone.stderr).toBe(0);
+    expect(alone.stderr).toContain(`will not resolve on the server; to take them along, deploy the folder: tributary fn deploy ${folder.path} --handler index.handler`);
+    expect(await invoke('cli-alone', { id: 'abc' })).toMatchObject({ status: 'error', errorMessage: expect.stringContaining('@aws-sdk/util-dynamodb') });
   });
 });
 
