@@ -6,9 +6,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
-import { create } from 'tar';
 import { afterEach, describe, expect, it } from 'vitest';
 import { TributaryError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
@@ -24,6 +22,7 @@ import type { DynamoDBStreamEvent } from '../streams/lambda-event.js';
 import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp } from '../streams/types.js';
 import { tempDir, waitFor } from './helpers.js';
+import { blobPackage } from './package-archives.js';
 
 type Listener = (ops: readonly BatchOp[]) => void;
 
@@ -182,13 +181,7 @@ describe('functions and triggers on a shared metadata order (two nodes)', () => 
 
   it('a package larger than one metadata record goes in chunks of their own commits; B unpacks and runs it, a delete removes every chunk', { timeout: 60_000 }, async () => {
     const { a, b, order } = await twoNodes();
-    const src = tempDir('tributary-meta-pkg-');
-    cleanups.push(src.cleanup);
-    writeFileSync(join(src.path, 'index.mjs'), "import { readFileSync } from 'node:fs';\nexport const handler = async () => readFileSync(new URL('./blob.bin', import.meta.url)).length;\n");
-    writeFileSync(join(src.path, 'blob.bin'), randomBytes(9 * 1024 * 1024));
-    const chunks: Buffer[] = [];
-    for await (const chunk of create({ gzip: true, cwd: src.path }, ['.'])) chunks.push(chunk as Buffer);
-    const archive = Buffer.concat(chunks);
+    const archive = await blobPackage("import { readFileSync } from 'node:fs';\nexport const handler = async () => readFileSync(new URL('./blob.bin', import.meta.url)).length;\n", 9 * 1024 * 1024);
     const deployed = await a.registry.deploy('big', { package: archive });
     expect(deployed).toMatchObject({ version: 1, codeSize: archive.length, package: { module: 'index.mjs', format: 'tar' } });
     expect(order.largestCommit).toBeLessThanOrEqual(PACKAGE_CHUNK_BYTES + 1024);
