@@ -208,20 +208,16 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     });
     runtime = fnRuntime;
     const dirSpecs = config.functionsDir ? functionsFromDirectory(config.functionsDir, { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb }) : [];
-    const dirFunctions = new Map<string, FunctionSpec>(dirSpecs.map((fn) => [fn.name, fn]));
-    // Functions deployed over the API (code under <dataDir>/functions); names of --functions-dir files are refused.
+    // Functions deployed over the API (code under <dataDir>/functions) and those of --functions-dir, one namespace.
     const registry = await FunctionRegistry.open({
       database,
       metadata,
       dataDir: config.dataDir,
       defaults: { timeoutMs: config.functionTimeoutMs, memoryMb: config.functionMemoryMb },
       logger: logger.child({ module: 'functions' }),
-      reserved: (name) => {
-        const fn = dirFunctions.get(name);
-        return fn && `the --functions-dir file ${fn.codePath}`;
-      },
+      files: dirSpecs,
     });
-    const resolveFunction = async (name: string): Promise<FunctionSpec> => dirFunctions.get(name) ?? registry.spec(name);
+    const resolveFunction = async (name: string): Promise<FunctionSpec> => registry.spec(name);
     // Replays of a stream window through a function (asynchronous jobs, /v1/functions/{name}/replay).
     const replayManager = new ReplayManager({ log: changeLog, runtime: fnRuntime, resolve: resolveFunction, logs: fnLogs, logger: logger.child({ module: 'functions' }) });
     replays = replayManager;
@@ -279,7 +275,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       corsOrigins: config.corsOrigins.split(',').map((o) => o.trim()).filter((o) => o !== ''),
       rateLimit: config.apiRateLimit,
       requestTimeoutMs: config.httpRequestTimeoutMs,
-      functions: { registry, runtime: fnRuntime, resolve: resolveFunction, logs: fnLogs, replays: replayManager },
+      functions: { registry, runtime: fnRuntime, logs: fnLogs, replays: replayManager },
       triggers: triggerManager,
       rejects: rejectsLog,
       credentials,

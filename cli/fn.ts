@@ -4,11 +4,14 @@
  * the server's own runtime (`runHandlerOnce`: a child process, the permission model,
  * the timeout and memory cap), so no server is needed.
  *
+ * `deploy` and `test` take a handler file or a folder: a folder is a deployment package
+ * (functions/package.ts), deployed as a gzip-compressed tarball of its contents.
+ *
  * @module
  */
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { basename, extname, join, resolve } from 'node:path';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { basename, dirname, extname, join, relative, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { SETTINGS } from '../core/config.js';
 import { detectModuleType, FUNCTION_NAME_RE, MEMORY_RANGE, TIMEOUT_RANGE, type ModuleType } from '../functions/registry.js';
@@ -19,6 +22,9 @@ import { formatTime, note, printFields, printJson, printTable } from './output.j
 
 interface FunctionVersion {
   name: string;
+  source: 'api' | 'functions-dir';
+  file?: string;
+  package?: { handler: string; module: string; entries: number; unpackedBytes: number };
   version: number;
   codeSha256: string;
   codeSize: number;
@@ -154,8 +160,45 @@ function moduleTypeOf(file: string, code: string): ModuleType {
   return detectModuleType(code);
 }
 
-function nameFrom(file: string, given: string | undefined): string {
-  const name = given ?? basename(file, extname(file));
+function isFolder(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch (err) {
+    throw usageError(`cannot read ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** A folder's contents as a gzip-compressed tarball, files at its top (`.git` left out), links kept as links. */
+async function packFolder(dir: string): Promise<Buffer> {
+  const [{ create }, { MAX_PACKAGE_BYTES }] = await Promise.all([import('tar'), import('../functions/package.js')]);
+  const chunks: Buffer[] = [];
+  const stream = create({ gzip: true, cwd: dir, portable: true, filter: (path) => !/(^|\/)\.git(\/|$)/.test(path) }, ['.']);
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  const bytes = Buffer.concat(chunks);
+  if (bytes.length > MAX_PACKAGE_BYTES) throw usageError(`${dir} packs to ${bytes.length} bytes; a package may have at most ${MAX_PACKAGE_BYTES} (leave out devDependencies: npm install --omit=dev)`);
+  return bytes;
+}
+
+/**
+ * The package a handler file belongs to: the nearest folder at or above it with a
+ * `package.json` or `node_modules` (neither the home folder nor the file system's root:
+ * the function may read all of it); undefined for a file on its own.
+ */
+function packageRootOf(file: string): string | undefined {
+  const home = homedir();
+  for (let dir = dirname(resolve(file)); dir !== dirname(dir) && dir !== home; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json')) || existsSync(join(dir, 'node_modules'))) return dir;
+  }
+  return undefined;
+}
+
+/** Lambda's handler setting for a module file of a package folder. */
+function handlerOf(root: string, file: string): string {
+  return `${relative(root, resolve(file)).replace(/\.[cm]?js$/, '')}.handler`;
+}
+
+function nameFrom(path: string, given: string | undefined, folder = false): string {
+  const name = given ?? basename(resolve(path), folder ? '' : extname(path));
   if (!FUNCTION_NAME_RE.test(name)) throw usageError(`function name ${JSON.stringify(name)} must be 1-64 characters of A-Z a-z 0-9 _ - (pass --name)`);
   return name;
 }
@@ -201,35 +244,49 @@ export function registerFn(program: Command): void {
   const fn = program.command('fn').description('handler functions: deploy, list, logs, test locally, replay the stream');
 
   withClientOptions(
-    withLimitOptions(fn.command('deploy <file>').description('deploy a handler module as a new version (earlier versions are kept)'), { timeout: "default: the server's", memory: "default: the server's" }).option(
-      '--name <name>',
-      'function name (default: the file name without extension)',
-    ),
-  ).action(async (file: string, opts: ClientFlags & LimitFlags & { name?: string }) => {
-    const name = nameFrom(file, opts.name);
-    const code = readCode(file);
-    const ext = extname(file);
-    const body = { code, ...limitsFrom(opts), ...(ext === '.mjs' || ext === '.cjs' ? { moduleType: moduleTypeOf(file, code) } : {}) };
+    withLimitOptions(
+      fn.command('deploy <path>').description('deploy a handler module, or a folder with package.json and node_modules as a package, as a new version (earlier versions are kept)'),
+      { timeout: "default: the server's", memory: "default: the server's" },
+    )
+      .option('--name <name>', 'function name (default: the file or folder name without extension)')
+      .option('--handler <module.handler>', "a folder's handler, Lambda's form: the module's path in it without extension, then .handler", 'index.handler'),
+  ).action(async (path: string, opts: ClientFlags & LimitFlags & { name?: string; handler: string }) => {
+    const folder = isFolder(path);
+    const name = nameFrom(path, opts.name, folder);
+    let body: Record<string, unknown>;
+    if (folder) body = { package: (await packFolder(path)).toString('base64'), handler: opts.handler, ...limitsFrom(opts) };
+    else {
+      const code = readCode(path);
+      const ext = extname(path);
+      const root = packageRootOf(path);
+      if (root !== undefined && existsSync(join(root, 'node_modules')) && !opts.json) {
+        note(`deploying ${path} alone: its imports of ${join(root, 'node_modules')} will not resolve on the server; to take them along, deploy the folder: tributary fn deploy ${root} --handler ${handlerOf(root, path)}`);
+      }
+      body = { code, ...limitsFrom(opts), ...(ext === '.mjs' || ext === '.cjs' ? { moduleType: moduleTypeOf(path, code) } : {}) };
+    }
     const v = await clientFrom(opts).request<FunctionVersion>('PUT', `/functions/${seg(name)}`, { body });
     if (opts.json) return printJson(v);
-    note(`deployed ${v.name} version ${v.version} (${v.moduleType}, ${v.codeSize} bytes, sha256 ${v.codeSha256.slice(0, 12)}, timeout ${v.timeoutMs} ms, memory ${v.memoryMb} MB)`);
+    const what = v.package === undefined ? `${v.codeSize} bytes` : `package of ${v.package.entries} entries, ${v.package.unpackedBytes} bytes unpacked, handler ${v.package.module}`;
+    note(`deployed ${v.name} version ${v.version} (${v.moduleType}, ${what}, sha256 ${v.codeSha256.slice(0, 12)}, timeout ${v.timeoutMs} ms, memory ${v.memoryMb} MB)`);
   });
 
-  withClientOptions(fn.command('list').description('list deployed functions (latest version of each)').option('--limit <n>', 'at most this many functions', '1000')).action(
+  withClientOptions(fn.command('list').description('list functions, deployed or of --functions-dir (latest version of each)').option('--limit <n>', 'at most this many functions', '1000')).action(
     async (opts: ClientFlags & { limit: string }) => {
       const items = await clientFrom(opts).listAll<FunctionVersion>('/functions', {}, positiveInt(opts.limit, 'limit'), 'functions');
       if (opts.json) return printJson(items);
       printTable(
         [
           { header: 'NAME', value: (f: FunctionVersion) => f.name },
+          { header: 'SOURCE', value: (f) => (f.source === 'functions-dir' ? 'file' : f.package === undefined ? 'api' : 'api package') },
           { header: 'VERSION', value: (f) => String(f.version), right: true },
           { header: 'MODULE', value: (f) => f.moduleType },
           { header: 'TIMEOUT', value: (f) => `${f.timeoutMs} ms`, right: true },
           { header: 'MEMORY', value: (f) => `${f.memoryMb} MB`, right: true },
           { header: 'DEPLOYED', value: (f) => formatTime(f.createdAt) },
+          ...(items.some((f) => f.file !== undefined) ? [{ header: 'FILE', value: (f: FunctionVersion) => f.file ?? '' }] : []),
         ],
         items,
-        'no functions deployed',
+        'no functions',
       );
     },
   );
@@ -287,27 +344,55 @@ export function registerFn(program: Command): void {
 
   withLimitOptions(
     fn
-      .command('test <file>')
-      .description('run a handler once on this machine, in the same runtime the server uses (no server needed)')
+      .command('test <path>')
+      .description("run a handler once on this machine, in the same runtime the server uses (no server needed); a file inside a folder with package.json or node_modules, or a folder, resolves the folder's packages")
+      .option('--handler <module.handler>', "a folder's handler, as for deploy", 'index.handler')
       .option('--event <file>', 'the event as a JSON file, or - for stdin (default: {})')
       .option('--json', 'print the invocation as the API\'s /invoke answers it, plus the context calls it made'),
     { timeout: `default ${SETTINGS.functionTimeoutMs.default}`, memory: `default ${SETTINGS.functionMemoryMb.default}` },
-  ).action(async (file: string, opts: LimitFlags & { event?: string; json?: boolean }) => {
-    const code = readCode(file);
+  ).action(async (path: string, opts: LimitFlags & { handler: string; event?: string; json?: boolean }) => {
     const event = readEvent(opts.event);
     const limits = limitsFrom(opts);
-    // Run exactly what a deploy of this file would store: one module, index.mjs or index.cjs.
-    const dir = mkdtempSync(join(tmpdir(), 'tributary-fn-test-'));
-    const codePath = join(dir, moduleTypeOf(file, code) === 'commonjs' ? 'index.cjs' : 'index.mjs');
-    copyFileSync(file, codePath);
+    let file: string;
+    let codePath: string;
+    let codeRoot: string | undefined;
+    let dir: string | undefined;
+    if (isFolder(path)) {
+      // As a deploy of the folder runs it: the handler module in place, the folder readable.
+      const { handlerModule } = await import('../functions/package.js');
+      codeRoot = resolve(path);
+      file = join(codeRoot, await handlerModule(codeRoot, opts.handler).catch((err: unknown) => Promise.reject(usageError((err as Error).message))));
+      codePath = file;
+    } else {
+      file = path;
+      codeRoot = packageRootOf(file);
+      if (codeRoot !== undefined) {
+        codePath = resolve(file);
+        if (!opts.json) {
+          note(`running ${relative(codeRoot, codePath)} in place in ${codeRoot}, which its imports resolve in (deploy that folder to take node_modules along: tributary fn deploy ${codeRoot} --handler ${handlerOf(codeRoot, codePath)})`);
+          // Run in place, a .js file is what Node (and a deploy of the folder) makes of it, not what its source looks like.
+          const { moduleTypeOf: nodeModuleType } = await import('../functions/package.js');
+          const asNode = await nodeModuleType(codeRoot, relative(codeRoot, codePath));
+          const asSource = moduleTypeOf(file, readCode(file));
+          if (asNode !== asSource) note(`note: ${file} reads as ${asSource} but Node loads it as ${asNode} here (the nearest package.json's "type"); a deploy of the file alone would run it as ${asSource}. Name it .mjs or .cjs, or set "type", to make them agree.`);
+        }
+      } else {
+        // Run exactly what a deploy of this file would store: one module, index.mjs or index.cjs.
+        const code = readCode(file);
+        dir = mkdtempSync(join(tmpdir(), 'tributary-fn-test-'));
+        codePath = join(dir, moduleTypeOf(file, code) === 'commonjs' ? 'index.cjs' : 'index.mjs');
+        copyFileSync(file, codePath);
+      }
+    }
     // The runtime and the API's result shape are loaded only by this command.
     const [{ runHandlerOnce }, { invokeResultBody }] = await Promise.all([import('../functions/process-runtime.js'), import('../api/invoke-result.js')]);
     try {
       const timeoutMs = limits.timeoutMs ?? SETTINGS.functionTimeoutMs.default;
       const { result, calls } = await runHandlerOnce({
         codePath,
+        ...(codeRoot === undefined ? {} : { codeRoot }),
         event,
-        functionName: basename(file, extname(file)).replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 64) || 'handler',
+        functionName: basename(resolve(path), extname(path)).replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 64) || 'handler',
         timeoutMs,
         ...(limits.memoryMb === undefined ? {} : { memoryMb: limits.memoryMb }),
         ...(limits.environment === undefined ? {} : { environment: limits.environment }),
@@ -329,7 +414,7 @@ export function registerFn(program: Command): void {
     } catch (err) {
       throw new CliError(`cannot run ${file}: ${(err as Error).message}`, EXIT.failure);
     } finally {
-      rmSync(dir, { recursive: true, force: true });
+      if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
     }
   });
 }

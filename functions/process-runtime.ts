@@ -370,16 +370,17 @@ class FunctionProcess {
   start(): string | undefined {
     let codePath: string;
     let hostPath: string;
+    let codeDir: string;
     try {
       // Real paths: the ESM loader resolves symlinks before reading, and the permission
       // check applies to the path it reads (e.g. /tmp -> /private/tmp on macOS).
       codePath = realpathSync(this.fn.codePath);
       hostPath = realpathSync(fileURLToPath(HOST_URL));
+      codeDir = this.fn.codeRoot === undefined ? dirname(codePath) : realpathSync(this.fn.codeRoot);
     } catch (err) {
       this.markExited();
       return `cannot read the handler module: ${(err as Error).message}`;
     }
-    const codeDir = dirname(codePath);
     const memoryMb = Math.max(1, Math.floor(this.fn.memoryMb));
     const network = this.fn.network ?? true;
     let execArgv: string[];
@@ -836,6 +837,8 @@ export type ServiceCall =
 /** What {@link runHandlerOnce} takes: a handler module and the event; the rest as a deployed function's. */
 export interface RunOnceOptions {
   codePath: string;
+  /** The folder the process may read (a package with its node_modules); default: the module's folder. */
+  codeRoot?: string;
   event: unknown;
   /** Default: the file name without its extension. */
   functionName?: string;
@@ -871,7 +874,7 @@ export async function runHandlerOnce(options: RunOnceOptions): Promise<{ result:
   const name = options.functionName ?? basename(options.codePath).replace(/\.[^.]*$/, '');
   try {
     const result = await runtime.invoke(
-      { name, version: 1, codePath: options.codePath, timeoutMs: options.timeoutMs ?? SETTINGS.functionTimeoutMs.default, memoryMb: options.memoryMb ?? SETTINGS.functionMemoryMb.default, environment: options.environment ?? {} },
+      { name, version: 1, codePath: options.codePath, ...(options.codeRoot === undefined ? {} : { codeRoot: options.codeRoot }), timeoutMs: options.timeoutMs ?? SETTINGS.functionTimeoutMs.default, memoryMb: options.memoryMb ?? SETTINGS.functionMemoryMb.default, environment: options.environment ?? {} },
       options.event,
     );
     return { result, calls };

@@ -16,11 +16,22 @@
  * the next number. The highest claim of a name outlives its versions, so numbers keep
  * counting after a delete; the winner deletes the claims below its own. Data written
  * before claims has a plain counter `F · name · 0x01` instead, honoured the same way.
+ *
+ * A version is a handler module (`code`) or a deployment package (functions/package.ts: a
+ * zip or tarball with `node_modules`, unpacked under `v<version>/package/`). A package is
+ * kept in chunks of {@link PACKAGE_CHUNK_BYTES}, each written in a commit of its own before
+ * the version's metadata: in cluster mode a commit is one record batch of the metadata
+ * topic, which takes at most 6 MiB (cluster/kafka-metadata.ts). Chunks of a deploy that
+ * crashed before its metadata commit stay until the function is deleted.
+ *
+ * Functions of `--functions-dir` are part of the same model: listed and shown (`source:
+ * "functions-dir"`, one version), resolved for invoking and triggers; deploying or deleting
+ * one is refused (its file manages it).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join, parse, relative, resolve } from 'node:path';
 import { invalidParameter, TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
@@ -28,28 +39,55 @@ import { Prefix } from '../store/keyspace.js';
 import { LocalMetadata, type MetadataWriter } from '../store/metadata.js';
 import type { BatchOp } from '../streams/types.js';
 import { checkHandlerSource } from './deploy-check.js';
+import { handlerModule, MAX_PACKAGE_BYTES, moduleTypeOf, unpackPackage, type PackageFormat } from './package.js';
 import type { FunctionSpec } from './types.js';
 
 export type ModuleType = 'esm' | 'commonjs';
 
-/** What a deploy takes. Unset limits follow the server's defaults (also when those change later). */
+/** What a deploy takes: `code` or `package`. Unset limits follow the server's defaults (also when those change later). */
 export interface DeployInput {
-  code: string;
+  /** A handler module's source. */
+  code?: string;
+  /** A deployment package: a zip or tarball (functions/package.ts). */
+  package?: Buffer;
+  /** With `package`: Lambda's handler setting, `path/module.handler`; default `index.handler`. */
+  handler?: string;
   timeoutMs?: number;
   memoryMb?: number;
   environment?: Record<string, string>;
-  /** How the code is loaded; detected from the source when absent. */
+  /** How the code is loaded; detected from the source when absent. Not with `package` (Node decides by extension and package.json). */
   moduleType?: ModuleType;
   /** Whether the function may open sockets; default true. */
   network?: boolean;
 }
 
+/** What a package version holds (`package` of a version). */
+export interface PackageInfo {
+  /** Lambda's handler setting, e.g. `index.handler`. */
+  handler: string;
+  /** The handler module's path in the package, e.g. `index.mjs`. */
+  module: string;
+  format: PackageFormat;
+  /** Files, folders and links. */
+  entries: number;
+  unpackedBytes: number;
+}
+
+/** Where a function comes from: deployed over the API, or a file of `--functions-dir` (managed by that file). */
+export type FunctionSource = 'api' | 'functions-dir';
+
 /** One deployed version, ready to hand to the runtime (it is a {@link FunctionSpec}). */
 export interface FunctionVersion extends FunctionSpec {
   network: boolean;
+  source: FunctionSource;
+  /** With source `functions-dir`: the file. */
+  file?: string;
+  /** Of the module, or of the package as uploaded. */
   codeSha256: string;
-  /** Bytes of UTF-8 code. */
+  /** Bytes of UTF-8 code, or of the package as uploaded. */
   codeSize: number;
+  /** Set for a deployment package. */
+  package?: PackageInfo;
   moduleType: ModuleType;
   /** Epoch ms of the deploy. */
   createdAt: number;
@@ -85,11 +123,11 @@ export interface FunctionRegistryOptions {
   defaults: { timeoutMs: number; memoryMb: number };
   logger?: Pick<Logger, 'info' | 'warn'>;
   /**
-   * Names taken by functions from elsewhere (`--functions-dir`): returns what holds the
-   * name, or undefined. One name is one function (its process, logs, metrics, DLQ entries),
-   * so deploying such a name is refused, and so is opening a registry that already has one.
+   * The functions of `--functions-dir`. One name is one function (its process, logs,
+   * metrics, DLQ entries), so deploying or deleting such a name is refused, and so is
+   * opening a registry that already has one deployed.
    */
-  reserved?: (name: string) => string | undefined;
+  files?: readonly FunctionSpec[];
 }
 
 export const FUNCTION_NAME_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -111,6 +149,10 @@ const RESERVED_ENV_PREFIX = 'AWS_LAMBDA_';
 const VERSION_TAG = 0x00;
 const TAKEN_TAG = 0x01;
 const CLAIM_ID_BYTES = 8;
+/** A package is stored in chunks of at most this many bytes, each in a commit (one Kafka record batch) of its own. */
+export const PACKAGE_CHUNK_BYTES = 4 * 1024 * 1024;
+/** Folders under `<root>/<name>/` where a deploy unpacks a package before its version exists. */
+const STAGING_PREFIX = '.staging-';
 /**
  * Second key byte of the code of a version, `F · 0x00 · name · 0x00 · version`: it sorts
  * before every name (names never contain bytes below 0x2d), so listing names reads no code.
@@ -132,6 +174,8 @@ interface VersionRecord {
   /** Absent in records written before the setting existed: on. */
   network?: boolean;
   createdAt: number;
+  /** A package, stored in `chunks` rows under its code key. */
+  package?: PackageInfo & { chunks: number };
 }
 
 const noop = (): void => {};
@@ -155,8 +199,18 @@ function claimKey(name: string, version: number, id: Buffer): Buffer {
   return Buffer.concat([nameKey(name, TAKEN_TAG), u32(version), id]);
 }
 
+/** Where every version's code of `name` lies: `F · 0x00 · name · 0x00`. */
+function codeSection(name: string): Buffer {
+  return Buffer.concat([Buffer.from([Prefix.function, CODE_SECTION]), Buffer.from(name, 'utf8'), Buffer.from([0x00])]);
+}
+
 function codeKey(name: string, version: number): Buffer {
-  return Buffer.concat([Buffer.from([Prefix.function, CODE_SECTION]), Buffer.from(name, 'utf8'), Buffer.from([0x00]), u32(version)]);
+  return Buffer.concat([codeSection(name), u32(version)]);
+}
+
+/** Chunk `index` of a package: the code key, then u32 BE. */
+function chunkKey(name: string, version: number, index: number): Buffer {
+  return Buffer.concat([codeKey(name, version), u32(index)]);
 }
 
 type ParsedKey = { kind: 'version'; name: string; version: number } | { kind: 'claim'; name: string; version: number; id: string };
@@ -236,6 +290,37 @@ export function detectModuleType(code: string): ModuleType {
   return cjs && !esm ? 'commonjs' : 'esm';
 }
 
+type Source = { kind: 'code'; bytes: Buffer; moduleType: ModuleType } | { kind: 'package'; bytes: Buffer; handler: string };
+
+/** The code of a deploy: `code` or `package`, never both. */
+function checkSource(input: DeployInput): Source {
+  const { code } = input;
+  if (input.package !== undefined) {
+    if (code !== undefined) throw validationError('package', 'give code (one module) or package (a zip or tarball), not both');
+    if (input.moduleType !== undefined) throw validationError('moduleType', 'moduleType is not set for a package: Node decides by the extension (.mjs, .cjs) and the nearest package.json\'s "type"');
+    if (!Buffer.isBuffer(input.package) || input.package.length === 0) throw validationError('package', 'package must be a non-empty zip or tarball');
+    if (input.package.length > MAX_PACKAGE_BYTES) {
+      throw new TributaryError('PayloadTooLarge', `the package is ${input.package.length} bytes; at most ${MAX_PACKAGE_BYTES} are allowed`, { field: 'package' });
+    }
+    if (input.handler !== undefined && typeof input.handler !== 'string') throw validationError('handler', 'handler must be a string such as index.handler');
+    return { kind: 'package', bytes: input.package, handler: input.handler ?? 'index.handler' };
+  }
+  if (input.handler !== undefined) throw validationError('handler', 'handler is set only with package (a module given as code exports handler)');
+  if (typeof code !== 'string' || code.length === 0) throw validationError('code', 'code must be a non-empty string (the handler module source), or give package');
+  const bytes = Buffer.from(code, 'utf8');
+  if (bytes.length > MAX_CODE_BYTES) {
+    throw new TributaryError('PayloadTooLarge', `code is ${bytes.length} bytes; at most ${MAX_CODE_BYTES} are allowed (a larger function can be deployed as a package)`, { field: 'code' });
+  }
+  if (input.moduleType !== undefined && input.moduleType !== 'esm' && input.moduleType !== 'commonjs') {
+    throw validationError('moduleType', 'moduleType must be one of esm, commonjs');
+  }
+  return { kind: 'code', bytes, moduleType: input.moduleType ?? detectModuleType(code) };
+}
+
+function fileManaged(name: string, file: FunctionSpec): TributaryError {
+  return new TributaryError('Conflict', `function ${name} is managed by the --functions-dir file ${file.codePath}: change or remove that file (and restart) instead, or deploy under another name`, { field: 'name' });
+}
+
 /** Durable, versioned storage of function code and settings. */
 export class FunctionRegistry {
   private readonly database: Database;
@@ -243,12 +328,15 @@ export class FunctionRegistry {
   private readonly root: string;
   private readonly defaults: { timeoutMs: number; memoryMb: number };
   private readonly logger: Pick<Logger, 'info' | 'warn'> | undefined;
-  private readonly reserved: ((name: string) => string | undefined) | undefined;
+  /** `--functions-dir` functions by name. */
+  private readonly files: ReadonlyMap<string, FunctionSpec>;
   /** The latest version of each name asked for; `changes` counts applied version writes, so a read that raced one is not cached. */
   private readonly latest = new Map<string, FunctionVersion>();
   private changes = 0;
   /** Code files known to hold their version's code: version folder → SHA-256. */
   private readonly cached = new Map<string, string>();
+  /** Packages being unpacked: version folder → done. */
+  private readonly unpacking = new Map<string, Promise<void>>();
   /** Claims applied while this node's deploy of `name` claims a number: version → the first claim's id. */
   private watch: { name: string; first: Map<number, string> } | undefined;
   /** Deploys and deletes run one at a time (version numbers, folders). */
@@ -260,7 +348,7 @@ export class FunctionRegistry {
     this.root = resolve(options.dataDir, 'functions');
     this.defaults = options.defaults;
     this.logger = options.logger;
-    this.reserved = options.reserved;
+    this.files = new Map((options.files ?? []).map((f) => [f.name, f]));
     this.metadata.onApplied((ops) => this.applied(ops));
   }
 
@@ -280,59 +368,89 @@ export class FunctionRegistry {
    */
   async deploy(name: string, input: DeployInput): Promise<FunctionVersion> {
     validateFunctionName(name);
-    const holder = this.reserved?.(name);
-    if (holder !== undefined) {
-      throw new TributaryError('Conflict', `function name ${name} is taken by ${holder}; deploy under another name or remove that file`, { field: 'name' });
-    }
-    const { code } = input;
-    if (typeof code !== 'string' || code.length === 0) throw validationError('code', 'code must be a non-empty string (the handler module source)');
-    const bytes = Buffer.from(code, 'utf8');
-    if (bytes.length > MAX_CODE_BYTES) {
-      throw new TributaryError('PayloadTooLarge', `code is ${bytes.length} bytes; at most ${MAX_CODE_BYTES} are allowed`, { field: 'code' });
-    }
+    const file = this.files.get(name);
+    if (file !== undefined) throw fileManaged(name, file);
+    const source = checkSource(input);
     const timeoutMs = checkInteger(input.timeoutMs, 'timeoutMs', TIMEOUT_RANGE);
     const memoryMb = checkInteger(input.memoryMb, 'memoryMb', MEMORY_RANGE);
     const environment = checkEnvironment(input.environment);
-    if (input.moduleType !== undefined && input.moduleType !== 'esm' && input.moduleType !== 'commonjs') {
-      throw validationError('moduleType', 'moduleType must be one of esm, commonjs');
-    }
-    const moduleType = input.moduleType ?? detectModuleType(code);
+
     if (input.network !== undefined && typeof input.network !== 'boolean') throw validationError('network', 'network must be true or false');
-    await checkHandlerSource(bytes, moduleType);
+    if (source.kind === 'code') await checkHandlerSource(source.bytes, source.moduleType);
 
     return this.exclusive(async () => {
-      const version = await this.claim(name);
-      const record: VersionRecord = {
-        name,
-        version,
-        codeSha256: sha256Hex(bytes),
-        codeSize: bytes.length,
-        moduleType,
-        ...(timeoutMs === undefined ? {} : { timeoutMs }),
-        ...(memoryMb === undefined ? {} : { memoryMb }),
-        environment,
-        ...(input.network === undefined ? {} : { network: input.network }),
-        createdAt: Date.now(),
-      };
+      // A package is unpacked (so checked) before anything is written.
+      const staging = source.kind === 'package' ? join(this.root, name, `${STAGING_PREFIX}${randomBytes(6).toString('hex')}`) : undefined;
+      try {
+        let pkg: VersionRecord['package'];
+        let moduleType: ModuleType;
+        if (source.kind === 'package' && staging !== undefined) {
+          const contents = await unpackPackage(source.bytes, staging);
+          const module = await handlerModule(staging, source.handler);
+          moduleType = await moduleTypeOf(staging, module);
+          await checkHandlerSource(await readFile(join(staging, module)), moduleType);
+          pkg = { handler: source.handler, module, ...contents, chunks: Math.ceil(source.bytes.length / PACKAGE_CHUNK_BYTES) };
+        } else moduleType = (source as Extract<Source, { kind: 'code' }>).moduleType;
+        const { bytes } = source;
+        const version = await this.claim(name);
+        const record: VersionRecord = {
+          name,
+          version,
+          codeSha256: sha256Hex(bytes),
+          codeSize: bytes.length,
+          moduleType,
+          ...(timeoutMs === undefined ? {} : { timeoutMs }),
+          ...(memoryMb === undefined ? {} : { memoryMb }),
+          environment,
+          ...(input.network === undefined ? {} : { network: input.network }),
+          createdAt: Date.now(),
+          ...(pkg === undefined ? {} : { package: pkg }),
+        };
+        await this.writeVersion(record, bytes);
+        try {
+          await this.materialize(record, bytes, staging);
+        } catch (err) {
+          this.logger?.warn({ err, function: name, version }, 'cannot write the code file of a new version; it is written when the version is resolved');
+        }
+        return this.toVersion(record);
+      } finally {
+        if (staging !== undefined) await rm(staging, { recursive: true, force: true }).catch(noop);
+      }
+    });
+  }
+
+  /** Commits a version: a package's chunks each on its own, then the metadata (with a module's code). */
+  private async writeVersion(record: VersionRecord, bytes: Buffer): Promise<void> {
+    const { name, version } = record;
+    const chunks = record.package?.chunks ?? 0;
+    try {
+      for (let i = 0; i < chunks; i++) {
+        await this.metadata.commit([{ type: 'put', key: chunkKey(name, version, i), value: bytes.subarray(i * PACKAGE_CHUNK_BYTES, (i + 1) * PACKAGE_CHUNK_BYTES) }]);
+      }
       // The highest claim is what keeps numbers from repeating; the ones below it (and an old counter) can go.
       const below = await this.database.read((db) => db.keys({ gte: nameKey(name, TAKEN_TAG), lt: claimKey(name, version, Buffer.alloc(0)) }).all());
       await this.metadata.commit([
         { type: 'put', key: versionKey(name, version), value: Buffer.from(JSON.stringify(record), 'utf8') },
-        { type: 'put', key: codeKey(name, version), value: bytes },
+        ...(chunks === 0 ? [{ type: 'put' as const, key: codeKey(name, version), value: bytes }] : []),
         ...below.map((key) => ({ type: 'del' as const, key })),
       ]);
-      try {
-        await this.materialize(record, bytes);
-      } catch (err) {
-        this.logger?.warn({ err, function: name, version }, 'cannot write the code file of a new version; it is written when the version is resolved');
+    } catch (err) {
+      if (chunks > 0) {
+        const written = Array.from({ length: chunks }, (_, i) => ({ type: 'del' as const, key: chunkKey(name, version, i) }));
+        await this.metadata.commit(written).catch(noop);
       }
-      return this.toVersion(record);
-    });
+      throw err;
+    }
   }
 
   /** The latest version of `name` and the list of its versions. */
   async get(name: string): Promise<FunctionInfo> {
     validateFunctionName(name);
+    const file = this.files.get(name);
+    if (file !== undefined) {
+      const v = await this.fileVersion(file);
+      return { ...v, versions: [{ version: v.version, codeSha256: v.codeSha256, codeSize: v.codeSize, moduleType: v.moduleType, createdAt: v.createdAt }] };
+    }
     const records = await this.versionsOf(name);
     const latest = records[records.length - 1];
     if (latest === undefined) throw notFound(name);
@@ -345,6 +463,11 @@ export class FunctionRegistry {
   /** What the runtime needs to invoke `name` (the latest version, or the one given), its code file written. */
   async spec(name: string, version?: number): Promise<FunctionVersion> {
     validateFunctionName(name);
+    const file = this.files.get(name);
+    if (file !== undefined) {
+      if (version !== undefined && version !== file.version) throw notFound(name, version);
+      return this.fileVersion(file);
+    }
     // Mappings ask for the latest version on every batch: answer from memory, not a scan.
     const cached = version === undefined ? this.latest.get(name) : undefined;
     if (cached !== undefined) return cached;
@@ -381,20 +504,28 @@ export class FunctionRegistry {
       if (pending !== undefined && latest.length <= limit) latest.push(pending);
       return latest;
     });
-    const more = found.length > limit;
-    const page = found.slice(0, limit);
+    // Files after the cursor join the deployed ones in name order (names never clash): the
+    // first `limit` of both are right, as every deployed name not read sorts after `found`.
+    const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
+    const files = await Promise.all([...this.files.values()].filter((f) => after === undefined || f.name > after).map((f) => this.fileVersion(f)));
+    const merged = [...found.map((r) => this.toVersion(r)), ...files].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const page = merged.slice(0, limit);
     const last = page[page.length - 1];
-    return { items: page.map((r) => this.toVersion(r)), nextCursor: more && last !== undefined ? encodeCursor(last.name) : null };
+    return { items: page, nextCursor: merged.length > limit && last !== undefined ? encodeCursor(last.name) : null };
   }
 
   /** Removes every version of `name`: the metadata and code, then the code files. */
   async delete(name: string): Promise<void> {
     validateFunctionName(name);
+    const file = this.files.get(name);
+    if (file !== undefined) throw fileManaged(name, file);
     return this.exclusive(async () => {
       const versions = await this.versionsOf(name);
       if (versions.length === 0) throw notFound(name);
-      // The claims stay (see the module comment).
-      await this.metadata.commit(versions.flatMap((r) => [{ type: 'del' as const, key: versionKey(name, r.version) }, { type: 'del' as const, key: codeKey(name, r.version) }]));
+      // Every code row of the name: modules, package chunks, and chunks a crashed deploy left. The claims stay (see the module comment).
+      const section = codeSection(name);
+      const code = await this.database.read((db) => db.keys({ gte: section, lt: Buffer.concat([section, Buffer.from([0xff])]) }).all());
+      await this.metadata.commit([...versions.map((r) => ({ type: 'del' as const, key: versionKey(name, r.version) })), ...code.map((key) => ({ type: 'del' as const, key }))]);
       try {
         await rm(join(this.root, name), { recursive: true, force: true });
       } catch (err) {
@@ -464,13 +595,24 @@ export class FunctionRegistry {
 
   /**
    * Makes the version's code file hold its code: left as it is when its SHA-256 is the
-   * version's, written from the database (or `code`) otherwise.
+   * version's, written from the database (or `code`) otherwise. A package is unpacked under
+   * `package/` (or `unpacked`, a folder it was already unpacked into, is moved there), and a
+   * `package.sha256` beside it written last says it is complete.
    * @throws TributaryError `InternalError` when the database has no code for it (a version
    * deployed before code was kept there) and the file is gone.
    */
-  private async materialize(record: VersionRecord, code?: Buffer): Promise<void> {
+  private async materialize(record: VersionRecord, code?: Buffer, unpacked?: string): Promise<void> {
     const dir = this.versionDir(record.name, record.version);
     if (this.cached.get(dir) === record.codeSha256) return;
+    if (record.package !== undefined) {
+      // One unpacking per folder at a time: invocations racing to a version not here yet share it.
+      let run = this.unpacking.get(dir);
+      if (run === undefined) {
+        run = this.placePackage(record, dir, code, unpacked).finally(() => this.unpacking.delete(dir));
+        this.unpacking.set(dir, run);
+      }
+      return run;
+    }
     const path = this.codePath(record);
     const onDisk = await readFile(path).catch(() => undefined);
     if (onDisk === undefined || sha256Hex(onDisk) !== record.codeSha256) {
@@ -491,6 +633,57 @@ export class FunctionRegistry {
     this.cached.set(dir, record.codeSha256);
   }
 
+  private async placePackage(record: VersionRecord, dir: string, code: Buffer | undefined, unpacked: string | undefined): Promise<void> {
+    const marker = join(dir, 'package.sha256');
+    if ((await readFile(marker, 'utf8').catch(() => undefined)) !== record.codeSha256) {
+      const root = join(dir, 'package');
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await rm(marker, { force: true });
+      await rm(root, { recursive: true, force: true });
+      if (unpacked !== undefined) await rename(unpacked, root);
+      else {
+        const bytes = code ?? (await this.readPackage(record));
+        const aside = join(dir, `package.${randomBytes(6).toString('hex')}.tmp`);
+        try {
+          await unpackPackage(bytes, aside);
+          await rename(aside, root);
+        } finally {
+          await rm(aside, { recursive: true, force: true }).catch(noop);
+        }
+      }
+      await writeFile(marker, record.codeSha256, { mode: 0o600 });
+    }
+    this.cached.set(dir, record.codeSha256);
+  }
+
+  /** A package version's bytes, from its chunks. */
+  private async readPackage(record: VersionRecord): Promise<Buffer> {
+    const chunks = record.package?.chunks ?? 0;
+    const parts = await this.database.read((db) => db.getMany(Array.from({ length: chunks }, (_, i) => chunkKey(record.name, record.version, i))));
+    const bytes = parts.every((p): p is Buffer => p !== undefined) ? Buffer.concat(parts) : undefined;
+    if (bytes === undefined || sha256Hex(bytes) !== record.codeSha256) {
+      throw new TributaryError('InternalError', `the package of function ${record.name} version ${record.version} is not complete in the database`);
+    }
+    return bytes;
+  }
+
+  /** A `--functions-dir` function as a version: its file's hash, size and modification time. */
+  private async fileVersion(spec: FunctionSpec): Promise<FunctionVersion> {
+    const [bytes, info] = await Promise.all([readFile(spec.codePath).catch(() => undefined), stat(spec.codePath).catch(() => undefined)]);
+    // Node's rule for a .js file: the nearest package.json, up to the file system's root.
+    const top = parse(spec.codePath).root;
+    return {
+      ...spec,
+      network: spec.network ?? true,
+      source: 'functions-dir',
+      file: spec.codePath,
+      codeSha256: bytes === undefined ? '' : sha256Hex(bytes),
+      codeSize: bytes?.length ?? 0,
+      moduleType: await moduleTypeOf(top, relative(top, spec.codePath)),
+      createdAt: Math.round(info?.mtimeMs ?? 0),
+    };
+  }
+
   private dropCodeFile(name: string, version: number): void {
     const dir = this.versionDir(name, version);
     this.cached.delete(dir);
@@ -499,22 +692,17 @@ export class FunctionRegistry {
     });
   }
 
-  /** Refuses to open over a name that is both deployed here and reserved elsewhere. */
+  /** Refuses to open over a name that is both deployed here and a `--functions-dir` file. */
   private async checkReserved(): Promise<void> {
-    if (this.reserved === undefined) return;
-    for (let cursor: string | undefined; ; ) {
-      const page = await this.list(cursor === undefined ? { limit: 1000 } : { limit: 1000, cursor });
-      for (const fn of page.items) {
-        const holder = this.reserved(fn.name);
-        if (holder !== undefined) {
-          throw new Error(
-            `function ${fn.name} is deployed over the API (version ${fn.version}) and is also ${holder}: one name is one function. ` +
-              `Rename or remove the file, or start without it and DELETE /v1/functions/${fn.name}.`,
-          );
-        }
+    for (const [name, file] of this.files) {
+      const versions = await this.versionsOf(name);
+      const last = versions[versions.length - 1];
+      if (last !== undefined) {
+        throw new Error(
+          `function ${name} is deployed over the API (version ${last.version}) and is also the --functions-dir file ${file.codePath}: one name is one function. ` +
+            `Rename or remove the file, or start without it and DELETE /v1/functions/${name}.`,
+        );
       }
-      if (page.nextCursor === null) return;
-      cursor = page.nextCursor;
     }
   }
 
@@ -528,15 +716,22 @@ export class FunctionRegistry {
     return join(this.root, name, `v${version}`);
   }
 
-  private codePath(record: Pick<VersionRecord, 'name' | 'version' | 'moduleType'>): string {
-    return join(this.versionDir(record.name, record.version), record.moduleType === 'commonjs' ? 'index.cjs' : 'index.mjs');
+  private codePath(record: Pick<VersionRecord, 'name' | 'version' | 'moduleType' | 'package'>): string {
+    const dir = this.versionDir(record.name, record.version);
+    if (record.package !== undefined) return join(dir, 'package', record.package.module);
+    return join(dir, record.moduleType === 'commonjs' ? 'index.cjs' : 'index.mjs');
   }
 
   private toVersion(r: VersionRecord): FunctionVersion {
+    const pkg = r.package;
     return {
+      source: 'api',
       name: r.name,
       version: r.version,
       codePath: this.codePath(r),
+      ...(pkg === undefined
+        ? {}
+        : { codeRoot: join(this.versionDir(r.name, r.version), 'package'), package: { handler: pkg.handler, module: pkg.module, format: pkg.format, entries: pkg.entries, unpackedBytes: pkg.unpackedBytes } }),
       timeoutMs: r.timeoutMs ?? this.defaults.timeoutMs,
       memoryMb: r.memoryMb ?? this.defaults.memoryMb,
       environment: r.environment,
@@ -568,6 +763,8 @@ export class FunctionRegistry {
         continue;
       }
       for (const entry of entries) {
+        // A package unpacked by a deploy that did not finish.
+        if (entry.startsWith(STAGING_PREFIX)) rmSync(join(nameDir, entry), { recursive: true, force: true });
         if (!/^v\d+$/.test(entry) || known.has(entry)) continue;
         rmSync(join(nameDir, entry), { recursive: true, force: true });
         removed++;

@@ -10,6 +10,11 @@ export interface FunctionSpec {
   version: number;
   /** Absolute path of the handler module (ESM `export async function handler`, or CommonJS `exports.handler`). */
   codePath: string;
+  /**
+   * The folder the function process may read and runs in (a deployment package's top
+   * folder, with its `node_modules`); default: the module's folder.
+   */
+  codeRoot?: string;
   timeoutMs: number;
   memoryMb: number;
   environment: Record<string, string>;

@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startApp, type RunningApp } from './app-harness.js';
+import { cliCwd, runCli } from './cli-run.js';
 import { createApp } from '../app.js';
 import { configWith } from '../core/config.js';
 import { createLogger } from '../core/logger.js';
@@ -95,6 +96,7 @@ describe('functions API', () => {
     const v = res.body as VersionBody & { code?: string };
     expect(v).toEqual({
       name: 'esm-fn',
+      source: 'api',
       version: 1,
       codeSha256: expect.stringMatching(/^[0-9a-f]{64}$/),
       codeSize: Buffer.byteLength(ESM_HANDLER),
@@ -309,7 +311,57 @@ describe('functions survive a restart', () => {
   });
 });
 
+afterAll(() => cliCwd.cleanup());
+
 describe('functions from --functions-dir and from the API share one namespace', () => {
+  it('lists and shows --functions-dir functions marked file-managed, with triggers, and refuses PUT and DELETE of them', async () => {
+    const data = tempDir();
+    const fnDir = tempDir('tributary-fndir-');
+    try {
+      const file = join(fnDir.path, 'b-file.mjs');
+      const code = 'export async function handler(e) { return { records: e.Records?.length ?? 0 }; }';
+      writeFileSync(file, code);
+      const app = await startApp({ dataDir: data.path, functionsDir: fnDir.path });
+      try {
+        const base = app.addresses.http;
+        for (const name of ['a-api', 'c-api']) expect((await call(base, 'PUT', `/v1/functions/${name}`, { code: ESM_HANDLER })).status).toBe(201);
+        const list = (await call(base, 'GET', '/v1/functions')).body as { items: Array<VersionBody & { source: string; file?: string }>; nextCursor: string | null };
+        expect(list.items.map((f) => [f.name, f.source])).toEqual([['a-api', 'api'], ['b-file', 'functions-dir'], ['c-api', 'api']]);
+        expect(list.items[1]).toMatchObject({ name: 'b-file', source: 'functions-dir', file, version: 1, moduleType: 'esm', codeSize: Buffer.byteLength(code), codeSha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
+        // Pages of one cross the file function in name order.
+        const p1 = (await call(base, 'GET', '/v1/functions?limit=1')).body as { items: Array<{ name: string }>; nextCursor: string };
+        const p2 = (await call(base, 'GET', `/v1/functions?limit=1&cursor=${p1.nextCursor}`)).body as { items: Array<{ name: string }>; nextCursor: string };
+        const p3 = (await call(base, 'GET', `/v1/functions?limit=1&cursor=${p2.nextCursor}`)).body as { items: Array<{ name: string }>; nextCursor: string | null };
+        expect([p1, p2, p3].map((p) => p.items.map((f) => f.name))).toEqual([['a-api'], ['b-file'], ['c-api']]);
+        expect(p3.nextCursor).toBeNull();
+
+        const shown = await call(base, 'GET', '/v1/functions/b-file');
+        expect(shown.status).toBe(200);
+        expect(shown.body).toMatchObject({ name: 'b-file', source: 'functions-dir', file, versions: [{ version: 1, moduleType: 'esm' }] });
+
+        // Triggers work for it as for a deployed function.
+        expect((await call(base, 'GET', '/v1/functions/b-file/triggers')).body).toEqual({ items: [], nextCursor: null });
+        const trigger = await call(base, 'POST', '/v1/functions/b-file/triggers', { batchSize: 5 });
+        expect(trigger.status, JSON.stringify(trigger.body)).toBe(201);
+        expect(((await call(base, 'GET', '/v1/functions/b-file/triggers')).body as { items: unknown[] }).items).toEqual([expect.objectContaining({ functionName: 'b-file', batchSize: 5 })]);
+
+        expect(expectError(await call(base, 'PUT', '/v1/functions/b-file', { code: ESM_HANDLER }), 409, 'Conflict', 'name').message).toContain(file);
+        expect(expectError(await call(base, 'DELETE', '/v1/functions/b-file'), 409, 'Conflict', 'name').message).toContain(file);
+
+        const cli = await runCli(['fn', 'list', '--url', base]);
+        expect(cli.code, cli.stderr).toBe(0);
+        const row = cli.stdout.split('\n').find((l) => l.startsWith('b-file'));
+        expect(row).toMatch(/^b-file\s+file\s+1\s+esm\b.*\s+\S*b-file\.mjs$/);
+        expect(cli.stdout).toMatch(/^a-api\s+api\s+1\s+esm/m);
+      } finally {
+        await app.stop();
+      }
+    } finally {
+      data.cleanup();
+      fnDir.cleanup();
+    }
+  });
+
   it('refuses to deploy a name a --functions-dir file holds, invokes the file over the API, and refuses to start over a clash', async () => {
     const data = tempDir();
     const fnDir = tempDir('tributary-fndir-');

@@ -178,7 +178,7 @@ describe('tributary (client commands)', () => {
     const second = await runCli(['fn', 'deploy', file, '--timeout-ms', '500', '--env', 'GREETING=hi', '--json'], { env });
     expect(JSON.parse(second.stdout)).toMatchObject({ name: 'cli-hello', version: 2, timeoutMs: 500, environment: { GREETING: 'hi' } });
     const list = await runCli(['fn', 'list'], { env });
-    expect(list.stdout).toMatch(/cli-hello\s+2\s+esm\s+500 ms/);
+    expect(list.stdout).toMatch(/cli-hello\s+api\s+2\s+esm\s+500 ms/);
     expect((await runCli(['fn', 'deploy', join(cliCwd.path, 'missing.js')], { env })).code).toBe(2);
   });
 

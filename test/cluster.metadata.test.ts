@@ -5,6 +5,8 @@
  * modules on top (device credentials, API keys and admin keys, the DLQ, the audit log)
  * see on one node what was written on the other.
  */
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { ADMIN_KEY_ID, ApiKeyStore, newApiKeyToken } from '../access/api-keys.js';
 import { AuditLog } from '../access/audit-log.js';
@@ -15,10 +17,12 @@ import { KafkaMetadata, type KafkaMetadataOptions } from '../cluster/kafka-metad
 import { readConsumerOffset } from '../cluster/offsets.js';
 import type { DiscardMetadata } from '../functions/event-source-mapping.js';
 import { LevelDeadLetterQueue } from '../functions/dlq.js';
+import { FunctionRegistry } from '../functions/registry.js';
 import { Database } from '../store/database.js';
 import type { BatchOp } from '../streams/types.js';
 import { tempDir, waitFor } from './helpers.js';
 import { describeWithKafka, kafkaTestKit, uniqueTopic } from './kafka/broker.js';
+import { blobPackage } from './package-archives.js';
 
 const WAIT_MS = 20_000;
 const TEST_MS = 90_000;
@@ -364,6 +368,26 @@ describeWithKafka('control plane metadata on Kafka (real broker)', (brokers) => 
       const range = { from: 0, to: Date.now() + 60_000, limit: 10 };
       await waitFor(async () => (await auditB.list(range)).items.length === 1, WAIT_MS, 'node B to list the audit entry written on A');
       expect((await auditB.list(range)).items).toEqual([recorded]);
+    },
+    TEST_MS,
+  );
+
+  it(
+    'a function package larger than one record of the topic (chunked) deployed on A is unpacked from the database on B',
+    async () => {
+      const { topic, clients } = await setup('metadata-package');
+      const a = await startNode(clients[0], topic);
+      const b = await startNode(clients[1], topic);
+      const registry = async (node: Node) => FunctionRegistry.open({ database: node.database, metadata: node.metadata, dataDir: node.dir.path, defaults: { timeoutMs: 1000, memoryMb: 64 } });
+      const [regA, regB] = [await registry(a), await registry(b)];
+      // Incompressible, so the archive is larger than the 6 MiB a record of the topic takes.
+      const archive = await blobPackage('export const handler = async () => 1;\n', 10 * 1024 * 1024);
+      const deployed = await regA.deploy('big', { package: archive });
+      expect(deployed.codeSize).toBeGreaterThan(6 * 1024 * 1024);
+      await waitFor(async () => (await regB.list({ limit: 10 })).items.length === 1, WAIT_MS, 'node B to list the package deployed on A');
+      const spec = await regB.spec('big');
+      expect(spec.codeSha256).toBe(deployed.codeSha256);
+      expect(statSync(join(b.dir.path, 'functions', 'big', 'v1', 'package', 'blob.bin')).size).toBe(10 * 1024 * 1024);
     },
     TEST_MS,
   );

@@ -12,7 +12,8 @@ import { TributaryError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
 import { createMetrics } from '../core/metrics.js';
 import { ProcessFunctionRuntime } from '../functions/process-runtime.js';
-import { FunctionRegistry } from '../functions/registry.js';
+import { FunctionRegistry, PACKAGE_CHUNK_BYTES } from '../functions/registry.js';
+import { Prefix } from '../store/keyspace.js';
 import { TriggerManager } from '../functions/triggers.js';
 import type { FunctionRuntime, InvokeResult } from '../functions/types.js';
 import { Database } from '../store/database.js';
@@ -21,6 +22,7 @@ import type { DynamoDBStreamEvent } from '../streams/lambda-event.js';
 import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp } from '../streams/types.js';
 import { tempDir, waitFor } from './helpers.js';
+import { blobPackage } from './package-archives.js';
 
 type Listener = (ops: readonly BatchOp[]) => void;
 
@@ -37,6 +39,8 @@ class SharedOrder {
   private open: (() => void) | undefined;
   /** Commits made and not yet applied everywhere. */
   pending = 0;
+  /** Bytes (keys and values) of the largest commit: in cluster mode a commit is one Kafka record batch. */
+  largestCommit = 0;
 
   join(database: Database): MetadataWriter {
     const listeners = new Set<Listener>();
@@ -61,6 +65,7 @@ class SharedOrder {
 
   private append(ops: BatchOp[]): Promise<void> {
     this.pending++;
+    this.largestCommit = Math.max(this.largestCommit, ops.reduce((n, op) => n + op.key.length + (op.type === 'put' && op.value !== undefined ? Buffer.byteLength(op.value) : 0), 0));
     const run = this.tail.then(async () => {
       await this.gate;
       for (const m of this.members) await m.database.commit(ops);
@@ -172,6 +177,24 @@ describe('functions and triggers on a shared metadata order (two nodes)', () => 
     cleanups.push(() => runtime.close());
     const result = await runtime.invoke(spec, { n: 21 });
     expect(result.outcome).toEqual({ status: 'ok', result: { doubled: 42, greeting: 'from a' } });
+  });
+
+  it('a package larger than one metadata record goes in chunks of their own commits; B unpacks and runs it, a delete removes every chunk', { timeout: 60_000 }, async () => {
+    const { a, b, order } = await twoNodes();
+    const archive = await blobPackage("import { readFileSync } from 'node:fs';\nexport const handler = async () => readFileSync(new URL('./blob.bin', import.meta.url)).length;\n", 9 * 1024 * 1024);
+    const deployed = await a.registry.deploy('big', { package: archive });
+    expect(deployed).toMatchObject({ version: 1, codeSize: archive.length, package: { module: 'index.mjs', format: 'tar' } });
+    expect(order.largestCommit).toBeLessThanOrEqual(PACKAGE_CHUNK_BYTES + 1024);
+
+    const spec = await b.registry.spec('big');
+    expect(spec.codePath).toBe(join(b.dataDir, 'functions', 'big', 'v1', 'package', 'index.mjs'));
+    const runtime = new ProcessFunctionRuntime({ logger: createLogger('silent'), services: { put: async () => {}, publish: async () => {} } });
+    cleanups.push(() => runtime.close());
+    expect((await runtime.invoke(spec, {})).outcome).toEqual({ status: 'ok', result: 9 * 1024 * 1024 });
+
+    await b.registry.delete('big');
+    const codeRows = await a.database.read((db) => db.keys({ gte: Buffer.from([Prefix.function, 0x00]), lt: Buffer.from([Prefix.function, 0x01]) }).all());
+    expect(codeRows).toEqual([]);
   });
 
   it('a redeploy or a delete on B reaches A, whose latest-version cache follows', { timeout: 60_000 }, async () => {

@@ -12,7 +12,9 @@ import { parseTime } from '../../core/time.js';
 import { LOG_LEVELS, type FunctionLogStore, type LogLevel } from '../../functions/logs.js';
 import type { FunctionRegistry } from '../../functions/registry.js';
 import { MAX_REPLAY_BATCH, type ReplayManager, type ReplayStatus } from '../../functions/replay.js';
-import type { FunctionRuntime, FunctionSpec } from '../../functions/types.js';
+import { MAX_PACKAGE_BYTES, MAX_PACKAGE_ENTRIES, MAX_UNPACKED_BYTES } from '../../functions/package.js';
+import type { FunctionRuntime } from '../../functions/types.js';
+import { TributaryError } from '../../core/errors.js';
 import type { FilterCriteria } from '../../functions/filter-pattern.js';
 import { InvokeResultBody, invokeResultBody } from '../invoke-result.js';
 import { DEFAULT_LIMIT, errorResponses, MAX_LIMIT, NoQuery } from '../schemas.js';
@@ -22,8 +24,6 @@ import { onAllDevices } from '../auth.js';
 export interface FunctionRoutesOptions {
   registry: FunctionRegistry;
   runtime: FunctionRuntime;
-  /** A function by name, deployed or from `--functions-dir`, for invoke; default: the registry's latest version. */
-  resolve?: (name: string) => Promise<FunctionSpec>;
   /** Captured logs; `GET .../logs` exists only when given. */
   logs?: FunctionLogStore;
   /** Replay jobs; `.../replay` and `.../replays` exist only when given. */
@@ -31,10 +31,12 @@ export interface FunctionRoutesOptions {
 }
 
 /**
- * Largest deploy body. Code may be 5 MiB (checked by the registry, in bytes); its JSON
- * escaping (quotes, backslashes, newlines) can make the body larger than that.
+ * Largest deploy body: a package of {@link MAX_PACKAGE_BYTES} in base64 (4/3 of it), or code
+ * of 5 MiB (checked by the registry, in bytes), which JSON escaping (quotes, backslashes,
+ * newlines) can make up to twice as large.
  */
-const DEPLOY_BODY_LIMIT = 12 * 1024 * 1024;
+const DEPLOY_BODY_LIMIT = Math.ceil(MAX_PACKAGE_BYTES / 3) * 4 + 64 * 1024;
+const MIB = 1024 * 1024;
 /** Largest event for an invocation: Lambda's limit for a synchronous payload. */
 const INVOKE_BODY_LIMIT = 6 * 1024 * 1024;
 
@@ -56,7 +58,18 @@ const Environment = Type.Record(Type.String(), Type.String(), {
 
 const DeployBody = Type.Object(
   {
-    code: Type.String({ minLength: 1, description: 'The handler module source (at most 5 MiB of UTF-8), exporting `handler(event, context)`.' }),
+    code: Type.Optional(Type.String({ minLength: 1, description: 'The handler module source (at most 5 MiB of UTF-8), exporting `handler(event, context)`. Give `code` or `package`.' })),
+    package: Type.Optional(
+      Type.String({
+        minLength: 1,
+        description:
+          `A deployment package, base64 (as Lambda's \`ZipFile\`): a zip or a tarball (\`.tar.gz\`, \`.tgz\` or \`.tar\`) of the function's folder, files at its top, with \`package.json\` and \`node_modules\`. ` +
+          `At most ${MAX_PACKAGE_BYTES / MIB} MiB as uploaded, ${MAX_UNPACKED_BYTES / MIB} MiB and ${MAX_PACKAGE_ENTRIES} entries unpacked; only files, folders and symbolic links that stay inside the package (no \`..\`, no absolute paths). Native addons (\`.node\`) cannot load.`,
+      }),
+    ),
+    handler: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 256, description: "With `package`: Lambda's handler setting, the module's path in the package without its extension, then `.handler` (`src/app.handler` runs `src/app.js`, `.mjs` or `.cjs`, tried in that order). Default `index.handler`." }),
+    ),
     timeoutMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 900_000, description: 'Invocation timeout; the server default (`--function-timeout-ms`) when absent.' })),
     memoryMb: Type.Optional(Type.Integer({ minimum: 16, maximum: 10_240, description: 'Memory cap; the server default (`--function-memory-mb`) when absent.' })),
     environment: Type.Optional(Environment),
@@ -69,9 +82,27 @@ type DeployBody = Static<typeof DeployBody>;
 
 const FunctionVersionBody = Type.Object({
   name: Type.String(),
+  source: Type.Unsafe<'api' | 'functions-dir'>({
+    type: 'string',
+    enum: ['api', 'functions-dir'],
+    description: '`api`: deployed with PUT. `functions-dir`: a file of `--functions-dir`, managed by that file (version 1; PUT and DELETE answer 409; invoke, logs, replay and triggers work as for any function).',
+  }),
+  file: Type.Optional(Type.String({ description: 'With source `functions-dir`: the file.' })),
   version: Type.Integer({ description: 'Versions count up from 1 with each deploy and never repeat.' }),
-  codeSha256: Type.String({ description: 'SHA-256 of the code (hex).' }),
-  codeSize: Type.Integer({ description: 'Bytes of code.' }),
+  codeSha256: Type.String({ description: 'SHA-256 of the code, or of the package as uploaded (hex).' }),
+  codeSize: Type.Integer({ description: 'Bytes of code, or of the package as uploaded.' }),
+  package: Type.Optional(
+    Type.Object(
+      {
+        handler: Type.String({ description: 'The handler setting, e.g. `index.handler`.' }),
+        module: Type.String({ description: 'The module it names, e.g. `index.mjs`.' }),
+        format: Type.Unsafe<'zip' | 'tar'>({ type: 'string', enum: ['zip', 'tar'] }),
+        entries: Type.Integer({ description: 'Files, folders and links unpacked.' }),
+        unpackedBytes: Type.Integer(),
+      },
+      { description: 'Set when the version is a deployment package.' },
+    ),
+  ),
   moduleType: ModuleType,
   timeoutMs: Type.Integer(),
   memoryMb: Type.Integer(),
@@ -194,10 +225,24 @@ function timeValue(v: string | number, field: string, now: number): number {
   return parseTime(typeof v === 'number' ? String(v) : v, field, now);
 }
 
-export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (app, { registry, runtime, resolve = (name) => registry.spec(name), logs, replays }) => {
+/**
+ * A package's base64 text as bytes, line breaks allowed (as `base64` wraps). Node's decoder
+ * skips characters outside the alphabet, so a round trip refuses them.
+ */
+function decodePackage(text: string): Buffer {
+  const clean = text.replace(/\s+/g, '');
+  const bytes = Buffer.from(clean, 'base64');
+  if (bytes.length === 0 || bytes.toString('base64').replace(/=+$/, '') !== clean.replace(/=+$/, '')) {
+    throw new TributaryError('ValidationError', 'package must be base64 (the bytes of a zip or tarball)', { field: 'package' });
+  }
+  return bytes;
+}
+
+export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (app, { registry, runtime, logs, replays }) => {
+  const resolve = (name: string) => registry.spec(name);
   app.get<{ Querystring: ListFunctionsQuery }>(
     '/functions',
-    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'List functions (latest version of each)', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'List functions (latest version of each)', description: 'Deployed ones (`source: api`) and those of `--functions-dir` (`source: functions-dir`), by name.', querystring: ListFunctionsQuery, response: { 200: FunctionPageBody, ...errorResponses } } },
     async (request) => {
       const { limit = DEFAULT_LIMIT, cursor } = request.query;
       return registry.list(cursor === undefined ? { limit } : { limit, cursor });
@@ -209,10 +254,19 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
     {
       bodyLimit: DEPLOY_BODY_LIMIT,
       config: onAllDevices('functions:Deploy'),
-      schema: { tags: ['functions'], summary: 'Deploy a new version of a function', params: FunctionNameParams, querystring: NoQuery, body: DeployBody, response: { 201: FunctionVersionBody, ...errorResponses } },
+      schema: {
+        tags: ['functions'],
+        summary: 'Deploy a new version of a function',
+        description: 'The body has `code` (one module) or `package` (a zip or tarball with node_modules, base64). 409 Conflict for a name of `--functions-dir`.',
+        params: FunctionNameParams,
+        querystring: NoQuery,
+        body: DeployBody,
+        response: { 201: FunctionVersionBody, ...errorResponses },
+      },
     },
     async (request, reply) => {
-      const version = await registry.deploy(request.params.name, request.body);
+      const { package: pkg, ...rest } = request.body;
+      const version = await registry.deploy(request.params.name, pkg === undefined ? rest : { ...rest, package: decodePackage(pkg) });
       return reply.code(201).send(version);
     },
   );
@@ -225,7 +279,7 @@ export const functionRoutes: FastifyPluginAsync<FunctionRoutesOptions> = async (
 
   app.delete<{ Params: FunctionNameParams }>(
     '/functions/:name',
-    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a function and every version of it', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
+    { config: onAllDevices('functions:Deploy'), schema: { tags: ['functions'], summary: 'Delete a function and every version of it', description: '409 Conflict for a function of `--functions-dir` (remove its file instead).', params: FunctionNameParams, querystring: NoQuery, response: { 204: { type: 'null', description: 'Deleted.' }, ...errorResponses } } },
     async (request, reply) => {
       await registry.delete(request.params.name);
       await replays?.forget(request.params.name);
