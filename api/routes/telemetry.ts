@@ -7,8 +7,9 @@
  */
 import { Type } from '@sinclair/typebox';
 import { Readable } from 'node:stream';
-import type { FastifyPluginAsync, FastifySchemaValidationError } from 'fastify';
+import { errorCodes, type FastifyPluginAsync, type FastifySchemaValidationError } from 'fastify';
 import { invalidParameter, TributaryError } from '../../core/errors.js';
+import { parseJson, stringifyJson } from '../../core/numbers.js';
 import { parseDuration, parseTime } from '../../core/time.js';
 import { AGGREGATES, type Aggregate, type AggregateQuery as StoreAggregateQuery, type Page, type RangeQuery, type RawReading, type TelemetryStore } from '../../store/types.js';
 import { formatSchemaErrors, type SchemaErrorDataVar } from '../errors.js';
@@ -119,6 +120,20 @@ function readingPageJson(page: Page<RawReading>): string {
 const JSON_TYPE = 'application/json; charset=utf-8';
 
 export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
+  // Ingest bodies are read as MQTT payloads are (ingest/payload.ts): numbers a double
+  // cannot hold keep their digits, and every key is a plain key — `__proto__` too, which
+  // ingest then refuses with its reason, where fastify's default parser (secure-json-parse)
+  // refused the whole body as "not valid JSON".
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    const text = body as string;
+    if (text === '') return done(new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY(), undefined);
+    try {
+      done(null, parseJson(text));
+    } catch {
+      done(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY(), undefined);
+    }
+  });
   app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
     '/devices/:id/telemetry',
     { config: { access: { action: 'telemetry:Read', device: 'id' } }, schema: { tags: ['telemetry'], summary: 'Query readings in a time range', params: DeviceIdParams, querystring: TelemetryQuery, response: { 200: ReadingPage, ...errorResponses } } },
@@ -167,7 +182,8 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
       if (request.query.keys !== undefined) {
         const values = await store.latest(id, { keys: parseKeys(request.query.keys) });
         if (values === undefined) throw deviceNotFound(id);
-        return values;
+        // Written here: the serializer would turn a kept-digit number into an object.
+        return reply.type(JSON_TYPE).send(Buffer.from(stringifyJson(values), 'utf8'));
       }
       const reading = await store.latestRaw(id);
       if (reading !== undefined) return reply.type(JSON_TYPE).send(Buffer.from(readingJson(reading), 'utf8'));
