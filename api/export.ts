@@ -68,7 +68,8 @@ export async function* csvExport(source: ExportRange, keys: string[] | undefined
     for (const r of items) {
       const values = flatten(parseJson(r.valuesJson));
       chunk += `${r.ts},${r.seq}`;
-      for (const column of columns) chunk += `,${csvCell(values[column])}`;
+      // Own keys only: a column named `toString` must not print Object.prototype's.
+      for (const column of columns) chunk += `,${csvCell(Object.hasOwn(values, column) ? values[column] : undefined)}`;
       chunk += '\r\n';
     }
     yield chunk;

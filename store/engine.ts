@@ -738,7 +738,9 @@ export class TelemetryStoreEngine implements TelemetryStore {
     let older: Record<string, KeyValue> | undefined;
     compileLeafWalker()(values, (path, value) => {
       if (latestPaths.has(path)) return;
-      const cur = (older ?? prev.older)?.[path];
+      // Own keys only: a path like `constructor` must not find Object.prototype's.
+      const kept = older ?? prev.older;
+      const cur = kept !== undefined && Object.hasOwn(kept, path) ? kept[path] : undefined;
       if (cur !== undefined && compareItemKeys(ts, seq, cur.ts, cur.seq) < 0) return;
       older ??= { ...prev.older };
       older[path] = { ts, seq, value };
