@@ -122,6 +122,10 @@ describe('value names and numbers through the real server', () => {
     await device.publishAsync('devices/keys-1/telemetry', `{"ts":${T0},"values":{"constructor":1,"toString":"t","hasOwnProperty":true,"gps":{"constructor":"x"},"big":12345678901234567890}}`, { qos: 1 });
     const posted = await post(http, '/v1/devices/keys-1/telemetry', `{"ts":${T0 + 1},"values":{"constructor":2,"valueOf":"v","gps":{"constructor":"y","toString":1.5}}}`);
     expect(posted.status, JSON.stringify(posted.body)).toBe(201);
+    // fastify's default parser refused this as "not valid JSON" (secure-json-parse); MQTT stored it.
+    const poisoningLookalike = await post(http, '/v1/devices/keys-2/telemetry', '{"constructor":{"prototype":{"x":1}}}');
+    expect(poisoningLookalike.status, JSON.stringify(poisoningLookalike.body)).toBe(201);
+    expect(await text(http, '/v1/devices/keys-2/latest')).toContain('"values":{"constructor":{"prototype":{"x":1}}}');
     // A plain reading after them: the shard is not stalled.
     expect((await post(http, '/v1/devices/keys-1/telemetry', `{"ts":${T0 + 2},"temp":20}`)).status).toBe(201);
 
@@ -135,6 +139,9 @@ describe('value names and numbers through the real server', () => {
     expect(await text(http, '/v1/devices/keys-1/telemetry?from=0&format=ndjson')).toContain('"big":12345678901234567890');
     expect(await text(http, '/v1/devices/keys-1/latest?keys=big')).toContain('"value":12345678901234567890}');
     expect(await text(http, '/v1/devices/keys-1/latest')).toContain('"temp":20');
+    // Aggregates compute in doubles.
+    const agg = (await call(http, 'GET', '/v1/devices/keys-1/telemetry/aggregate?from=0&interval=1d&agg=sum,first&keys=big')).body as { buckets: Array<{ values: Record<string, { sum: number; first: unknown }> }> };
+    expect(agg.buckets[0]?.values['big']).toEqual({ sum: 12345678901234567890, first: 12345678901234567890 });
 
     // The trigger got all three, and the images unmarshall to the values that were sent.
     const got = await waitFor(async () => {
