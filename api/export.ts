@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { NumberValue, parseJson } from '../core/numbers.js';
 import type { RangeQuery, RawReading, TelemetryStore } from '../store/types.js';
 
 export type ExportFormat = 'ndjson' | 'csv';
@@ -58,25 +59,26 @@ export async function* csvExport(source: ExportRange, keys: string[] | undefined
   let columns = keys;
   if (columns === undefined) {
     const found = new Set<string>();
-    for await (const items of readings(source)) for (const r of items) for (const key of Object.keys(flatten(JSON.parse(r.valuesJson)))) found.add(key);
+    for await (const items of readings(source)) for (const r of items) for (const key of Object.keys(flatten(parseJson(r.valuesJson)))) found.add(key);
     columns = [...found].sort();
   }
   yield `${['ts', 'seq', ...columns].map(csvCell).join(',')}\r\n`;
   for await (const items of readings(source)) {
     let chunk = '';
     for (const r of items) {
-      const values = flatten(JSON.parse(r.valuesJson));
+      const values = flatten(parseJson(r.valuesJson));
       chunk += `${r.ts},${r.seq}`;
-      for (const column of columns) chunk += `,${csvCell(values[column])}`;
+      // Own keys only: a column named `toString` must not print Object.prototype's.
+      for (const column of columns) chunk += `,${csvCell(Object.hasOwn(values, column) ? values[column] : undefined)}`;
       chunk += '\r\n';
     }
     yield chunk;
   }
 }
 
-/** `{gps: {lat: 1}}` → `{"gps.lat": 1}`; leaves are numbers, strings and booleans. */
+/** `{gps: {lat: 1}}` → `{"gps.lat": 1}`; leaves are numbers (kept digits too), strings and booleans. */
 export function flatten(value: unknown, prefix = '', out: Record<string, unknown> = {}): Record<string, unknown> {
-  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof NumberValue)) {
     for (const [key, inner] of Object.entries(value)) flatten(inner, prefix === '' ? key : `${prefix}.${key}`, out);
   } else if (prefix !== '') {
     out[prefix] = value;
@@ -84,9 +86,9 @@ export function flatten(value: unknown, prefix = '', out: Record<string, unknown
   return out;
 }
 
-/** One CSV field: quoted when it holds a comma, quote or line break; missing values are empty. */
+/** One CSV field: quoted when it holds a comma, quote or line break; missing values are empty; kept digits as they are. */
 export function csvCell(value: unknown): string {
   if (value === undefined || value === null) return '';
-  const text = typeof value === 'string' ? value : typeof value === 'object' ? JSON.stringify(value) : String(value);
+  const text = typeof value === 'string' ? value : value instanceof NumberValue ? value.value : typeof value === 'object' ? JSON.stringify(value) : String(value);
   return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }

@@ -8,6 +8,7 @@
 import { Readable } from 'node:stream';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { TributaryError } from '../core/errors.js';
+import { stringifyJson } from '../core/numbers.js';
 
 /** Where a device's queries are answered: here, at another node, or nowhere right now. */
 export type DeviceRoute = { local: true } | { url: string } | { unavailable: string };
@@ -50,7 +51,8 @@ async function forward(request: FastifyRequest, reply: FastifyReply, url: string
     res = await fetch(new URL(request.url, url), {
       method: request.method,
       headers,
-      ...(hasBody ? { body: JSON.stringify(request.body) } : {}),
+      // stringifyJson: a parsed ingest body may hold numbers kept as their digits.
+      ...(hasBody ? { body: stringifyJson(request.body) } : {}),
       signal: AbortSignal.timeout(FORWARD_TIMEOUT_MS),
     });
   } catch (err) {

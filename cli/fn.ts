@@ -14,6 +14,7 @@ import { homedir, tmpdir } from 'node:os';
 import { basename, dirname, extname, join, relative, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { SETTINGS } from '../core/config.js';
+import { stringifyJson } from '../core/numbers.js';
 import { detectModuleType, FUNCTION_NAME_RE, MEMORY_RANGE, TIMEOUT_RANGE, type ModuleType } from '../functions/registry.js';
 import { collect, intInRange, keyValues, positiveInt, timeFlag } from './args.js';
 import { CliError, EXIT, usageError } from './exit.js';
@@ -405,7 +406,7 @@ export function registerFn(program: Command): void {
         for (const l of shown.logs) process.stderr.write(`${logLine({ ...l, time: l.ts })}\n`);
         // Recorded, not performed: there is no server to write to or publish through.
         for (const c of shown.calls) {
-          note(c.method === 'put' ? `context.put(${JSON.stringify(c.deviceId)}, ${JSON.stringify(c.reading)}) — not written (no server)` : `context.publish(${JSON.stringify(c.deviceId)}, ${JSON.stringify(c.command)}) — not sent (no server)`);
+          note(c.method === 'put' ? `context.put(${JSON.stringify(c.deviceId)}, ${stringifyJson(c.reading)}) — not written (no server)` : `context.publish(${JSON.stringify(c.deviceId)}, ${JSON.stringify(c.command)}) — not sent (no server)`);
         }
         if (shown.status === 'ok') printJson(shown.result);
         note(shown.status === 'ok' ? `ok in ${Math.round(shown.durationMs)} ms` : `${shown.status}: ${shown.errorType}: ${shown.errorMessage}`);

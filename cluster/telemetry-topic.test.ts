@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
+import { NumberValue } from '../core/numbers.js';
 import { consumerOffsetKey, consumerOffsetOp } from './offsets.js';
 import { payloadHash } from '../ingest/telemetry-ingest.js';
 import { prepareWrite } from '../store/items.js';
@@ -18,6 +19,12 @@ describe('telemetry topic codec', () => {
       receivedAt: 1_700_000_000_999,
     };
     expect(decodeTelemetry(encodeTelemetry(msg))).toStrictEqual(msg);
+  });
+
+  it('round-trips numbers kept as their digits (beyond 64 bits, and fractions a double cannot hold)', () => {
+    const values = { id: new NumberValue('123456789012345678901234567890'), f: new NumberValue('0.1000000000000000001'), nested: { n: new NumberValue('-1.5e+40') } };
+    const back = decodeTelemetry(encodeTelemetry({ req: { deviceId: 'd', readings: [{ values }] }, receivedAt: 1 }));
+    expect(back.req.readings[0]?.values).toStrictEqual(values);
   });
 
   it("reads an earlier build's delivery id, whose payload hash was the SHA-1 in hex, as the 48-bit hash ingest computes now", () => {

@@ -4,15 +4,16 @@
  * share one partition number. In cluster mode this is the source of truth; stores are
  * built from it.
  */
-import { Packr } from 'msgpackr';
 import type { Producer } from 'kafkajs';
 import { TributaryError } from '../core/errors.js';
+import { valuesPackr } from '../core/numbers.js';
 import { payloadHashOfSha1 } from '../ingest/telemetry-ingest.js';
 import type { DeliveryId, WriteRequest, WriteResult } from '../store/types.js';
 import { shardOf } from '../streams/shard.js';
 import type { KafkaClient } from './kafka-client.js';
 
-const packr = new Packr({ useRecords: false });
+/** Values may hold kept-digit numbers: their msgpack extension comes with this codec (core/numbers.ts). */
+const packr = valuesPackr();
 
 /**
  * A change to a device's registry entry rather than readings: its tags replaced, or the

@@ -59,7 +59,8 @@ export interface PendingBatch<R extends PlannedRecord> {
   invocations: number;
 }
 
-export type DiscardReason = 'RetryAttemptsExhausted' | 'RecordAgeExceeded';
+/** `RecordUnrenderable`: the record could not be rendered as a Lambda stream record (event-source-mapping.ts), so no invocation could carry it. */
+export type DiscardReason = 'RetryAttemptsExhausted' | 'RecordAgeExceeded' | 'RecordUnrenderable';
 
 /** Which records were given up, and why: what a dead-letter queue will be told. */
 export interface DiscardedBatch {

@@ -171,7 +171,12 @@ abstract class BaseDeadLetterQueue implements DeadLetterQueue {
     try {
       const entry = await this.get(id);
       const records = await readEntryRecords(entry, deps.log);
-      const event: DynamoDBStreamEvent = { Records: records.map((r) => toStreamRecord(r, deps.log.streamArn)) };
+      let event: DynamoDBStreamEvent;
+      try {
+        event = { Records: records.map((r) => toStreamRecord(r, deps.log.streamArn)) };
+      } catch (err) {
+        throw new TributaryError('Conflict', `dead-letter queue entry ${id} holds a record that cannot be rendered as a stream record (${(err as Error).message}); it cannot be redriven, only deleted`, { field: 'id', cause: err });
+      }
       const result = await deps.invoke(entry.function, event);
       if (succeeded(result, records)) {
         await this.remove(id);

@@ -4,7 +4,7 @@ import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { toStreamRecord, type DynamoDBStreamRecord } from '../streams/lambda-event.js';
 import type { ChangeLog, ChangeRecord, ShardInfo } from '../streams/types.js';
-import { dropExpired, pending, planAfterInvoke, type DiscardedBatch, type PendingBatch, type PlanSettings } from './batch-plan.js';
+import { describeBatch, dropExpired, pending, planAfterInvoke, type DiscardedBatch, type PendingBatch, type PlanSettings } from './batch-plan.js';
 import type { Checkpoint, CheckpointStore, WindowState } from './checkpoints.js';
 import { compileFilterCriteria, type FilterCriteria, type RecordFilter } from './filter-pattern.js';
 import type { FunctionRuntime, FunctionSpec, InvokeOutcome, InvokeResult, ShardPlacement } from './types.js';
@@ -173,7 +173,8 @@ export function laneOf(deviceId: string, factor: number): number {
 }
 
 /** Why a record is moved past without being delivered, or undefined to deliver it. */
-export type SkipReason = 'filtered' | 'own_write' | 'hop_limit';
+/** `unrenderable`: the record cannot be rendered as a Lambda stream record; it goes to the dead-letter queue instead. */
+export type SkipReason = 'filtered' | 'own_write' | 'hop_limit' | 'unrenderable';
 
 /**
  * Feeds one function from the change stream: a poller per shard reads batches after
@@ -402,7 +403,7 @@ class ShardPoller {
         if (this.windowMs > 0) records = this.sameWindow(records);
         // Skipped records are finished without an invocation: once everything read before
         // them is delivered, the checkpoint moves past them.
-        const matching = this.select(records);
+        const matching = await this.select(records);
         const finished = matching.length === 0 ? true : await this.deliverAll(matching);
         if (finished && this.running) this.checkpoint((records[records.length - 1] as ChangeRecord).sequenceNumber);
         failures = 0;
@@ -484,15 +485,31 @@ class ShardPoller {
     );
   }
 
-  /** The records to deliver; the others are counted by reason. */
-  private select(records: ChangeRecord[]): ChangeRecord[] {
+  /**
+   * The records to deliver; the others are counted by reason. A record that cannot be
+   * rendered would fail every batch it is in, forever: it goes to the dead-letter queue
+   * with the error (before the checkpoint can pass it), and the shard goes on.
+   */
+  private async select(records: ChangeRecord[]): Promise<ChangeRecord[]> {
     const { metrics, logger } = this.deps;
     const matching: ChangeRecord[] = [];
     const skipped = new Map<SkipReason, number>();
+    const unrenderable: Array<{ record: ChangeRecord; err: unknown }> = [];
     for (const r of records) {
-      const reason = this.mapping.skipReason(r, () => this.render(r));
+      let reason: SkipReason | undefined;
+      try {
+        reason = this.mapping.skipReason(r, () => this.render(r));
+        if (reason === undefined) this.render(r);
+      } catch (err) {
+        reason = 'unrenderable';
+        unrenderable.push({ record: r, err });
+      }
       if (reason === undefined) matching.push(r);
       else skipped.set(reason, (skipped.get(reason) ?? 0) + 1);
+    }
+    for (const { record, err } of unrenderable) {
+      const outcome: InvokeOutcome = { status: 'error', errorType: 'RecordRenderError', errorMessage: err instanceof Error ? err.message : String(err) };
+      await this.discard(describeBatch([record], 'RecordUnrenderable'), [record], 0, outcome);
     }
     for (const [reason, n] of skipped) metrics.mappingSkipped.inc({ ...this.mapping.labels, reason }, n);
     const hopLimited = skipped.get('hop_limit');
@@ -715,7 +732,12 @@ class ShardPoller {
       discardedAt: Date.now(),
     };
     if (lastOutcome !== undefined) metadata.lastOutcome = lastOutcome;
-    const why = discarded.reason === 'RecordAgeExceeded' ? 'older than maximumRecordAgeSeconds' : `function failed ${invocations} times`;
+    const why =
+      discarded.reason === 'RecordAgeExceeded'
+        ? 'older than maximumRecordAgeSeconds'
+        : discarded.reason === 'RecordUnrenderable'
+          ? `the record cannot be rendered as a stream record (${lastOutcome?.status === 'error' ? lastOutcome.errorMessage : 'unknown error'})`
+          : `function failed ${invocations} times`;
     logger.error({ discarded: metadata }, `${why}; discarding ${discarded.count} record(s)`);
     await onDiscard?.(metadata);
   }

@@ -322,6 +322,29 @@ function callServer(method, args) {
   });
 }
 
+/**
+ * A `context.put` reading as JSON text, parsed by the server as a device's payload is.
+ * Unlike `JSON.stringify` it writes a `bigint`, or a `NumberValue` of
+ * `@aws-sdk/util-dynamodb` (what `unmarshall` gives with `wrapNumbers`), as its digits,
+ * so a number beyond a double's precision keeps them.
+ * @param {unknown} v
+ * @returns {string | undefined}
+ */
+function readingJson(v) {
+  if (typeof v === 'bigint') return v.toString();
+  if (typeof v !== 'object' || v === null) return JSON.stringify(v);
+  const attr = typeof (/** @type {{ toAttributeValue?: unknown }} */ (v).toAttributeValue) === 'function' ? /** @type {{ toAttributeValue: () => unknown }} */ (v).toAttributeValue() : undefined;
+  if (typeof attr === 'object' && attr !== null && typeof (/** @type {{ N?: unknown }} */ (attr).N) === 'string') return /** @type {{ N: string }} */ (attr).N;
+  if (typeof (/** @type {{ toJSON?: unknown }} */ (v).toJSON) === 'function') return readingJson(/** @type {{ toJSON: () => unknown }} */ (v).toJSON());
+  if (Array.isArray(v)) return `[${v.map((x) => readingJson(x) ?? 'null').join(',')}]`;
+  let out = '';
+  for (const k of Object.keys(v)) {
+    const inner = readingJson(/** @type {Record<string, unknown>} */ (v)[k]);
+    if (inner !== undefined) out += `${out === '' ? '' : ','}${JSON.stringify(k)}:${inner}`;
+  }
+  return `{${out}}`;
+}
+
 /** @param {Extract<ToHost, { type: 'init' }>} message */
 async function init(message) {
   maxLogBytes = message.maxLogBytes;
@@ -380,11 +403,20 @@ async function invoke(message) {
     getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
     logger: { debug: logAt('debug'), info: logAt('info'), warn: logAt('warn'), error: logAt('error') },
     /**
-     * Writes a derived reading through the server's normal write path.
+     * Writes a derived reading through the server's normal write path, in any form a
+     * device may send: `{...values}`, `{ ts, values }`, or an array of either.
      * @param {string} deviceId
-     * @param {{ ts?: number, values: Record<string, unknown> }} reading
+     * @param {unknown} reading
      */
-    put: (deviceId, reading) => callServer('put', [deviceId, reading]),
+    put: (deviceId, reading) => {
+      let text;
+      try {
+        text = readingJson(reading);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return callServer('put', [deviceId, text]);
+    },
     /**
      * Sends a command to a device.
      * @param {string} deviceId

@@ -49,6 +49,7 @@ import { SETTINGS } from '../core/config.js';
 import { createLogger, type Logger } from '../core/logger.js';
 import { TributaryError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
+import { parseJson } from '../core/numbers.js';
 import type { WriteOrigin } from '../streams/types.js';
 import { sandboxFlags } from './sandbox.js';
 import type { FunctionRuntime, FunctionSpec, HostServices, InvocationObserver, InvokeLog, InvokeOptions, InvokeOutcome, InvokeResult } from './types.js';
@@ -618,8 +619,9 @@ class FunctionProcess {
       const [deviceId, arg] = m.args;
       if (typeof deviceId !== 'string') throw new TypeError(`context.${m.method}: deviceId must be a string`);
       if (m.method === 'put') {
-        if (!isRecord(arg) || !isRecord(arg['values'])) throw new TypeError('context.put: reading must be an object { ts?, values: {...} }');
-        await this.settings.services.put(deviceId, arg as Parameters<HostServices['put']>[1], this.current.origin);
+        // The host sends the reading as JSON text (functions/host.js), read like a device's payload.
+        if (typeof arg !== 'string') throw new TypeError('context.put: the reading did not arrive as JSON text');
+        await this.settings.services.put(deviceId, parseJson(arg), this.current.origin);
       } else {
         if (!isRecord(arg) || typeof arg['name'] !== 'string') throw new TypeError('context.publish: command must be an object { name, payload }');
         await this.settings.services.publish(deviceId, { name: arg['name'], payload: arg['payload'] });

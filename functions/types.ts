@@ -2,7 +2,6 @@
  * The function runtime's contract: run a deployed handler module on an event, out of
  * the server's process, with a timeout and a memory cap.
  */
-import type { Values } from '../store/types.js';
 import type { WriteOrigin } from '../streams/types.js';
 
 export interface FunctionSpec {
@@ -49,7 +48,8 @@ export interface InvokeResult {
 /** What a handler may ask of the server through `context`. */
 export interface HostServices {
   /** `origin`: the invocation's {@link InvokeOptions.origin}, carried to the change records of the write. */
-  put(deviceId: string, reading: { ts?: number; values: Values }, origin?: WriteOrigin): Promise<void>;
+  /** `reading`: parsed JSON in any form the write path takes (`{...}`, `{ ts, values }`, an array of either); ingest validates it. */
+  put(deviceId: string, reading: unknown, origin?: WriteOrigin): Promise<void>;
   publish(deviceId: string, command: { name: string; payload: unknown }): Promise<void>;
 }
 

@@ -1,5 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { TributaryError } from '../core/errors.js';
+import { NumberValue, numberProblem, parseJson } from '../core/numbers.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
 import type { ReadingInput, Value, Values } from '../store/types.js';
 
@@ -12,6 +13,8 @@ export type RejectReason =
   | 'invalid_shape'
   | 'invalid_timestamp'
   | 'invalid_value'
+  /** A number DynamoDB's Number cannot hold: more than 38 significant digits, or outside 1e-130 to below 1e126 (core/numbers.ts). */
+  | 'number_out_of_range'
   | 'too_many_keys'
   | 'too_many_readings'
   /** `ts` later than now plus `maxClockSkew`. */
@@ -56,7 +59,7 @@ export function decodePayload(payload: Buffer, limits: PayloadLimits): ReadingIn
   if (!isUtf8(payload)) throw new RejectedPayload('invalid_encoding', 'payload is not valid UTF-8 (JSON must be UTF-8)');
   let parsed: unknown;
   try {
-    parsed = JSON.parse(payload.toString('utf8'));
+    parsed = parseJson(payload.toString('utf8'));
   } catch (err) {
     throw new RejectedPayload('invalid_json', `payload is not valid JSON: ${(err as Error).message}`);
   }
@@ -173,6 +176,21 @@ function checkLevel(obj: Record<string, unknown>, keys: string[], path: string, 
       const p = path ? `${path}.${k}` : k;
       throw new RejectedPayload('invalid_value', `value names must be non-empty and contain no "." (dots address nested keys): ${JSON.stringify(p)}`, `${where}${p}`);
     }
+    if (k === '__proto__') {
+      // Every other name is a plain key everywhere; this one cannot come back out of a
+      // stream image: unmarshall assigns it, which sets the result's prototype.
+      const p = path ? `${path}.${k}` : k;
+      throw new RejectedPayload('invalid_value', `"__proto__" cannot be a value name (it does not survive unmarshall, where it sets the object's prototype): ${JSON.stringify(p)}`, `${where}${p}`);
+    }
+    if (typeof v === 'number' || v instanceof NumberValue) {
+      const problem = numberProblem(v);
+      if (problem !== undefined) {
+        const p = path ? `${path}.${k}` : k;
+        throw new RejectedPayload('number_out_of_range', `value "${p}": ${problem}`, `${where}${p}`);
+      }
+      if (++leaves > limits.maxKeys) throw new RejectedPayload('too_many_keys', `reading${where} has more than ${limits.maxKeys} values`, where || undefined);
+      continue;
+    }
     if (isPlainObject(v)) {
       const p = path ? `${path}.${k}` : k;
       const inner = Object.keys(v);
@@ -189,12 +207,13 @@ function checkLevel(obj: Record<string, unknown>, keys: string[], path: string, 
   return leaves;
 }
 
+/** Numbers are checked before this, by {@link numberProblem}. */
 function isScalar(v: unknown): v is Exclude<Value, Values> {
-  return (typeof v === 'number' && Number.isFinite(v)) || typeof v === 'string' || typeof v === 'boolean';
+  return typeof v === 'string' || typeof v === 'boolean';
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof NumberValue);
 }
 
 function describe(v: unknown): string {

@@ -5,6 +5,7 @@ import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../core/metrics.js';
 import { assertDeviceId } from '../core/ids.js';
 import { isTributaryError, TributaryError } from '../core/errors.js';
+import { stringifyJson } from '../core/numbers.js';
 import type { DeliveryId, ReadingInput, TelemetryStore, WriteRequest, WriteResult } from '../store/types.js';
 import { checkTimeWindow, DEFAULT_LIMITS, decodePayload, decodeReadings, RejectedPayload, type PayloadLimits, type RejectReason } from './payload.js';
 import type { PublishRate } from './publish-rate.js';
@@ -176,7 +177,7 @@ export class TelemetryIngest {
     } catch (caught) {
       const err = asReject(caught);
       if (err instanceof RejectedPayload) {
-        await this.record({ transport, reason: err.reason, message: err.message, field: err.field, deviceId, payload: raw ?? Buffer.from(JSON.stringify(body) ?? '', 'utf8') });
+        await this.record({ transport, reason: err.reason, message: err.message, field: err.field, deviceId, payload: raw ?? Buffer.from(stringifyJson(body) ?? '', 'utf8') });
       }
       throw err;
     } finally {

@@ -476,6 +476,9 @@ export class Database {
       throw new TributaryError('StoreUnavailable', `the database at ${this.path} holds format version ${version}, newer than this build reads (format version ${FORMAT_VERSION}); refusing to open it (use a tributary build that reads format ${version})`);
     }
     if (version === 1) await this.migrateFrom1();
+    // Format 2 data reads as is in format 3 (which only adds kept-digit numbers); the
+    // version moves so that a format-2 build refuses the directory from now on.
+    else if (version === 2) await this.commit([{ type: 'put', key: metaKey('format'), value: Buffer.from(String(FORMAT_VERSION)) }]);
     else if (version !== FORMAT_VERSION) {
       throw new TributaryError('StoreUnavailable', `the database at ${this.path} holds format version ${version}, older than this build reads (format version ${FORMAT_VERSION}) and there is no migration; refusing to open it`);
     }

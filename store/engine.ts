@@ -17,6 +17,7 @@
 import { TributaryError, invalidParameter } from '../core/errors.js';
 import { assertDeviceId } from '../core/ids.js';
 import type { Logger } from '../core/logger.js';
+import { stringifyJson } from '../core/numbers.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
 import type { BatchOp, Change, ChangeLog, WriteOrigin } from '../streams/types.js';
 import { decodeDeviceCursor, decodeReadingCursor, encodeDeviceCursor, encodeReadingCursor, type Order } from './cursor.js';
@@ -31,6 +32,7 @@ import {
   coversPaths,
   flattenValues,
   formatDuration,
+  parseValues,
   pathMatchesKey,
   prepareWrite,
   type Leaf,
@@ -736,7 +738,9 @@ export class TelemetryStoreEngine implements TelemetryStore {
     let older: Record<string, KeyValue> | undefined;
     compileLeafWalker()(values, (path, value) => {
       if (latestPaths.has(path)) return;
-      const cur = (older ?? prev.older)?.[path];
+      // Own keys only: a path like `constructor` must not find Object.prototype's.
+      const kept = older ?? prev.older;
+      const cur = kept !== undefined && Object.hasOwn(kept, path) ? kept[path] : undefined;
       if (cur !== undefined && compareItemKeys(ts, seq, cur.ts, cur.seq) < 0) return;
       older ??= { ...prev.older };
       older[path] = { ts, seq, value };
@@ -782,7 +786,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
   /** Commits REMOVE records and deletes for `items` (one bounded batch). */
   private async commitRemoves(items: PartitionItem[], byService: boolean, plan: WritePlan = emptyPlan(this.now()), onDurable?: () => void): Promise<void> {
     for (const item of items) {
-      const change: Change = { eventName: 'REMOVE', deviceId: item.deviceId, ts: item.ts, seq: item.seq, oldValues: JSON.parse(item.json.toString('utf8')) as Values };
+      const change: Change = { eventName: 'REMOVE', deviceId: item.deviceId, ts: item.ts, seq: item.seq, oldValues: parseValues(item.json.toString('utf8')) };
       if (byService) change.byService = true;
       plan.changes.push(change);
       plan.json.push(EMPTY);
@@ -825,7 +829,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
 
   query(q: RangeQuery): Promise<Page<Reading>> {
     return this.page(q, (deviceId, row, project) => {
-      const values = JSON.parse(row.text) as Values;
+      const values = parseValues(row.text);
       return { deviceId, ts: row.ts, seq: row.seq, values: project === undefined ? values : project(values) };
     });
   }
@@ -836,7 +840,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
       deviceId,
       ts: row.ts,
       seq: row.seq,
-      valuesJson: project === undefined ? row.text : JSON.stringify(project(JSON.parse(row.text) as Values)),
+      valuesJson: project === undefined ? row.text : stringifyJson(project(parseValues(row.text))),
     }));
   }
 
@@ -914,7 +918,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
           emit();
           bucket = b;
         }
-        walk(JSON.parse(item.text) as Values, visit);
+        walk(parseValues(item.text), visit);
       }
     }
     emit();
@@ -928,7 +932,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
     const state = await this.deviceState(deviceId);
     const item = state.latest;
     if (opts === undefined) {
-      return item === undefined ? undefined : { deviceId, ts: item.ts, seq: item.seq, values: JSON.parse(item.json.toString('utf8')) as Values };
+      return item === undefined ? undefined : { deviceId, ts: item.ts, seq: item.seq, values: parseValues(item.json.toString('utf8')) };
     }
     if (item === undefined && state.info === undefined) return undefined;
     const values: LatestValues['values'] = {};
@@ -1183,7 +1187,7 @@ const EMPTY = Buffer.alloc(0);
 
 /** The item's parsed values, parsed once and kept on the item. */
 function valuesOf(item: LatestItem): Values {
-  item.values ??= JSON.parse(item.json.toString('utf8')) as Values;
+  item.values ??= parseValues(item.json.toString('utf8'));
   return item.values;
 }
 

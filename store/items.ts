@@ -6,6 +6,7 @@
 import { TributaryError, invalidParameter } from '../core/errors.js';
 import { assertDeviceId } from '../core/ids.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
+import { NumberValue, parseJson, stringifyJson } from '../core/numbers.js';
 import type { BatchOp } from '../streams/types.js';
 import type { Aggregate, DeliveryId, KeyAggregates, Value, Values, WriteRequest } from './types.js';
 
@@ -19,7 +20,7 @@ export interface PreparedReading {
   /** For device-stamped readings: index among the request's readings with the same ts. */
   seq: number;
   values: Values;
-  /** `JSON.stringify(values)` as UTF-8: the stored bytes. */
+  /** The values' JSON (`stringifyJson`: kept digits written as they are) as UTF-8: the stored bytes. */
   json: Buffer;
 }
 
@@ -87,7 +88,7 @@ export function prepareWrite(req: WriteRequest): PreparedWrite {
     }
     let text: string;
     try {
-      text = JSON.stringify(values);
+      text = stringifyJson(values);
     } catch (err) {
       throw new TributaryError('ValidationError', `reading ${i}: values are not serialisable JSON`, { field: 'values', cause: err });
     }
@@ -104,9 +105,20 @@ export function compareItemKeys(aTs: number, aSeq: number, bTs: number, bSeq: nu
   return aTs !== bTs ? aTs - bTs : aSeq - bSeq;
 }
 
+/** Whether a value is a nested map of values (not a leaf: a number kept as digits is an object too). */
+export function isValuesMap(v: unknown): v is Values {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof NumberValue);
+}
+
+/** The stored JSON text of a reading's values, parsed (kept digits come back as they went in). */
+export function parseValues(text: string): Values {
+  return parseJson(text) as Values;
+}
+
 /** Deep equality of two value objects, ignoring key order. */
 export function sameValues(a: Value, b: Value): boolean {
   if (a === b) return true;
+  if (a instanceof NumberValue || b instanceof NumberValue) return a instanceof NumberValue && b instanceof NumberValue && a.value === b.value;
   if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
   const aKeys = Object.keys(a);
   if (aKeys.length !== Object.keys(b).length) return false;
@@ -133,7 +145,7 @@ const NONE: Classified = Object.freeze({ change: 'NONE' });
 export function classify(existing: Buffer | undefined, json: Buffer, values: Values): Classified {
   if (existing === undefined) return INSERT;
   if (existing.equals(json)) return NONE;
-  const oldValues = JSON.parse(existing.toString('utf8')) as Values;
+  const oldValues = parseValues(existing.toString('utf8'));
   return sameValues(oldValues, values) ? NONE : { change: 'MODIFY', oldValues };
 }
 
@@ -194,7 +206,7 @@ function projectNode(values: Values, node: ProjectionNode): Values {
     const v = values[name] as Value;
     if (child.all) {
       out[name] = v;
-    } else if (typeof v === 'object' && v !== null) {
+    } else if (isValuesMap(v)) {
       const inner = projectNode(v, child);
       if (Object.keys(inner).length > 0) out[name] = inner;
     }
@@ -205,19 +217,18 @@ function projectNode(values: Values, node: ProjectionNode): Values {
 // ------------------------------------------------------------------ leaves
 
 /** A leaf value of a reading. */
-export type Leaf = string | number | boolean;
+export type Leaf = string | number | NumberValue | boolean;
 export type LeafVisitor = (path: string, value: Leaf) => void;
 /** Visits leaves of a reading's values by their dotted path (`gps.lat`). */
 export type LeafWalker = (values: Values, visit: LeafVisitor) => void;
 
 function walkAll(v: Value, path: string, visit: LeafVisitor): void {
-  if (typeof v === 'object') {
-    // null and arrays never pass validation at ingest; they are skipped rather than trusted.
-    if (v === null || Array.isArray(v)) return;
+  if (isValuesMap(v)) {
     for (const k in v) if (Object.hasOwn(v, k)) walkAll(v[k] as Value, `${path}.${k}`, visit);
     return;
   }
-  if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean') visit(path, v);
+  // null and arrays never pass validation at ingest; they are skipped rather than trusted.
+  if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean' || v instanceof NumberValue) visit(path, v);
 }
 
 function walkRoot(values: Values, visit: LeafVisitor): void {
@@ -230,7 +241,7 @@ function walkSelected(values: Values, node: ProjectionNode, prefix: string, visi
     const v = values[name] as Value;
     const path = prefix === '' ? name : `${prefix}.${name}`;
     if (child.all) walkAll(v, path, visit);
-    else if (typeof v === 'object' && v !== null && !Array.isArray(v)) walkSelected(v, child, path, visit);
+    else if (isValuesMap(v)) walkSelected(v, child, path, visit);
   }
 }
 
@@ -262,8 +273,8 @@ export function coversPaths(prev: Values, next: Values): boolean {
     if (!Object.hasOwn(next, k)) return false;
     const a = prev[k];
     const b = next[k];
-    const aObject = typeof a === 'object' && a !== null;
-    if (aObject !== (typeof b === 'object' && b !== null)) return false;
+    const aObject = isValuesMap(a);
+    if (aObject !== isValuesMap(b)) return false;
     if (aObject && !coversPaths(a as Values, b as Values)) return false;
   }
   return true;
@@ -287,10 +298,12 @@ export class KeyAccumulator {
   sum = 0;
   min = Number.POSITIVE_INFINITY;
   max = Number.NEGATIVE_INFINITY;
-  first: Leaf = 0;
-  last: Leaf = 0;
+  first: string | number | boolean = 0;
+  last: string | number | boolean = 0;
 
-  add(v: Leaf): void {
+  /** Numbers kept as digits are added as doubles: aggregates compute in doubles (first and last too). */
+  add(leaf: Leaf): void {
+    const v = leaf instanceof NumberValue ? Number(leaf.value) : leaf;
     if (this.count === 0) this.first = v;
     this.last = v;
     this.count++;

@@ -44,5 +44,9 @@ export const Prefix = {
   consumerOffset: 0x4f, // O
 } as const;
 
-/** Bumped whenever the on-disk layout changes incompatibly. */
-export const FORMAT_VERSION = 2;
+/**
+ * Bumped whenever the on-disk layout changes incompatibly. 3: values may hold numbers
+ * kept as their digits (`T`/`L` JSON with literals a double cannot hold, a msgpack
+ * extension in `C`, core/numbers.ts), which a format-2 build would read lossily or not at all.
+ */
+export const FORMAT_VERSION = 3;

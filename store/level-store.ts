@@ -12,6 +12,7 @@
  */
 import { TributaryError } from '../core/errors.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
+import { parseJson, stringifyJson } from '../core/numbers.js';
 import type { BatchOp } from '../streams/types.js';
 import type { Database } from './database.js';
 import {
@@ -329,11 +330,11 @@ class LevelBackend implements StoreBackend {
 function encodeLatest(item: LatestItem): Buffer {
   const head = Buffer.from(`{"ts":${item.ts},"seq":${item.seq},"values":`, 'utf8');
   if (item.older === undefined) return Buffer.concat([head, item.json, CLOSE_BRACE]);
-  return Buffer.concat([head, item.json, Buffer.from(`,"older":${JSON.stringify(item.older)}}`, 'utf8')]);
+  return Buffer.concat([head, item.json, Buffer.from(`,"older":${stringifyJson(item.older)}}`, 'utf8')]);
 }
 function decodeLatest(value: Buffer): LatestItem {
-  const parsed = JSON.parse(value.toString('utf8')) as { ts: number; seq: number; values: Values; older?: Record<string, KeyValue> };
-  const item: LatestItem = { ts: parsed.ts, seq: parsed.seq, json: Buffer.from(JSON.stringify(parsed.values), 'utf8') };
+  const parsed = parseJson(value.toString('utf8')) as { ts: number; seq: number; values: Values; older?: Record<string, KeyValue> };
+  const item: LatestItem = { ts: parsed.ts, seq: parsed.seq, json: Buffer.from(stringifyJson(parsed.values), 'utf8') };
   if (parsed.older !== undefined) item.older = parsed.older;
   return item;
 }

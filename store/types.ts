@@ -5,11 +5,16 @@
  * `test/suites/telemetry-store.suite.ts`.
  */
 
+import type { NumberValue } from '../core/numbers.js';
 import type { BatchOp, WriteOrigin } from '../streams/types.js';
 
-/** A reading's values: a flat or nested JSON object of numbers, strings and booleans. */
+/**
+ * A reading's values: a flat or nested JSON object of numbers, strings and booleans. A
+ * number is a double, or a {@link NumberValue} holding the digits of a literal a double
+ * cannot hold exactly (core/numbers.ts).
+ */
 export type Values = { [key: string]: Value };
-export type Value = number | string | boolean | Values;
+export type Value = number | NumberValue | string | boolean | Values;
 
 /** A validated reading as it enters the write path. */
 export interface ReadingInput {
@@ -154,7 +159,7 @@ export interface LatestOptions {
 export interface KeyValue {
   ts: number;
   seq: number;
-  value: string | number | boolean;
+  value: string | number | NumberValue | boolean;
 }
 
 export interface LatestValues {

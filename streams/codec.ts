@@ -1,8 +1,9 @@
-import { Packr } from 'msgpackr';
+import { valuesPackr } from '../core/numbers.js';
 import type { Values } from '../store/types.js';
 import type { ChangeRecord, EventName } from './types.js';
 
-const packr = new Packr({ useRecords: false });
+/** Values may hold kept-digit numbers: their msgpack extension comes with this codec (core/numbers.ts). */
+const packr = valuesPackr();
 const EVENT_NAMES: readonly EventName[] = ['INSERT', 'MODIFY', 'REMOVE'];
 
 /**

@@ -1,7 +1,8 @@
 import { hash } from 'node:crypto';
 import { marshall } from '@aws-sdk/util-dynamodb';
 import type { AttributeValue } from '@aws-sdk/client-dynamodb';
-import type { Values } from '../store/types.js';
+import { NumberValue, numberText } from '../core/numbers.js';
+import type { Value, Values } from '../store/types.js';
 import type { ChangeRecord, EventName } from './types.js';
 
 export type StreamViewType = 'KEYS_ONLY' | 'NEW_IMAGE' | 'OLD_IMAGE' | 'NEW_AND_OLD_IMAGES';
@@ -32,11 +33,40 @@ export interface DynamoDBStreamEvent {
   Records: DynamoDBStreamRecord[];
 }
 
-// Numbers beyond 2^53 are kept as their decimal text (unmarshall turns them into bigint).
-const MARSHALL_OPTIONS = { allowImpreciseNumbers: true, removeUndefinedValues: true } as const;
+/**
+ * One value as an AttributeValue. Written out here for the value model there is
+ * (numbers, kept-digit numbers, strings, booleans, nested maps) rather than with
+ * `marshall`, which tells a map by `value.constructor.name` and so took a value named
+ * `constructor` for something else and threw.
+ * @throws Error for anything else (a record this build cannot render).
+ */
+function attributeOf(v: Value, path: string): AttributeValue {
+  switch (typeof v) {
+    case 'string':
+      return { S: v };
+    case 'boolean':
+      return { BOOL: v };
+    case 'number':
+      if (!Number.isFinite(v)) throw new Error(`value "${path}" is ${String(v)}, which a DynamoDB number cannot be`);
+      return { N: numberText(v) };
+  }
+  if (v instanceof NumberValue) return { N: v.value };
+  if (typeof v === 'object' && v !== null && !Array.isArray(v)) return { M: mapOf(v, `${path}.`) };
+  throw new Error(`value "${path}" is ${v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v}, which a reading cannot hold`);
+}
+
+/** Each value as an attribute of `into`; every name is an own key (`__proto__` too, in records stored before it was refused). */
+function mapOf(values: Values, prefix: string, into: Image = {}): Image {
+  for (const k of Object.keys(values)) {
+    const attr = attributeOf(values[k] as Value, prefix + k);
+    if (k === '__proto__') Object.defineProperty(into, k, { value: attr, enumerable: true, writable: true, configurable: true });
+    else into[k] = attr;
+  }
+  return into;
+}
 
 function image(r: ChangeRecord, values: Values): Image {
-  return marshall({ deviceId: r.deviceId, ts: r.ts, seq: r.seq, ...values }, MARSHALL_OPTIONS) as Image;
+  return mapOf(values, '', { deviceId: { S: r.deviceId }, ts: { N: String(r.ts) }, seq: { N: String(r.seq) } });
 }
 
 /**

@@ -111,6 +111,26 @@ describe('data directory format version', () => {
     }
   });
 
+  it('migrates format 2 by moving the version only: its rows read as they are', async () => {
+    const path = dir();
+    const reading = Buffer.concat([Buffer.of(Prefix.telemetry), Buffer.from('any reading', 'utf8')]);
+    const delivery = Buffer.concat([Buffer.of(Prefix.delivery), Buffer.from('c1\u0000', 'utf8'), Buffer.of(0, 0, 0, 7)]);
+    await writeRaw(path, [
+      [FORMAT_KEY, Buffer.from('2')],
+      [reading, Buffer.from('{"v":1}')],
+      [delivery, Buffer.from('window slot')],
+    ]);
+    const db = await Database.open(path);
+    try {
+      expect(FORMAT_VERSION).toBe(3);
+      expect((await db.getMeta('format'))?.toString('utf8')).toBe('3');
+      expect((await db.db.get(reading))?.toString('utf8')).toBe('{"v":1}');
+      expect((await db.db.get(delivery))?.toString('utf8')).toBe('window slot');
+    } finally {
+      await db.close();
+    }
+  });
+
   it('refuses a LevelDB that holds data but no format version (not a tributary data directory)', async () => {
     const path = dir();
     await writeRaw(path, [[Buffer.from('someone else'), Buffer.from('data')]]);

@@ -61,7 +61,7 @@ const EntryBody = Type.Object({
   firstSequenceNumber: Type.Integer(),
   lastSequenceNumber: Type.Integer(),
   count: Type.Integer({ description: 'Records from first to last sequence number.' }),
-  reason: Type.Unsafe<DeadLetterEntry['reason']>({ type: 'string', enum: ['RetryAttemptsExhausted', 'RecordAgeExceeded'] }),
+  reason: Type.Unsafe<DeadLetterEntry['reason']>({ type: 'string', enum: ['RetryAttemptsExhausted', 'RecordAgeExceeded', 'RecordUnrenderable'] }),
   firstRecordAt: Type.Integer({ description: 'Commit time of the first record, epoch ms.' }),
   lastRecordAt: Type.Integer({ description: 'Commit time of the last record, epoch ms.' }),
   invocations: Type.Integer({ description: 'Invocations that carried the records, redrives included (Lambda\'s approximateInvokeCount).' }),

@@ -19,11 +19,11 @@
  */
 import type { ServerResponse } from 'node:http';
 import { Type, type Static } from '@sinclair/typebox';
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyBaseLogger, FastifyPluginAsync } from 'fastify';
 import { invalidParameter, TributaryError } from '../../core/errors.js';
 import { DEVICE_ID_PATTERN } from '../../core/ids.js';
 import { parseTime } from '../../core/time.js';
-import { toStreamRecord, type StreamViewType } from '../../streams/lambda-event.js';
+import { toStreamRecord, type DynamoDBStreamRecord, type StreamViewType } from '../../streams/lambda-event.js';
 import { parseShardId } from '../../streams/shard.js';
 import type { ChangeLog, ChangeRecord } from '../../streams/types.js';
 import { accessOf } from '../auth.js';
@@ -155,6 +155,24 @@ export interface StreamRoutesOptions {
   heartbeatMs?: number;
   /** Unsent bytes a tail may queue before the client is cut off; default {@link DEFAULT_MAX_BUFFERED_BYTES}. */
   maxBufferedBytes?: number;
+}
+
+/**
+ * The records as stream records, leaving out (with an error in the log) any that cannot
+ * be rendered, so that one bad record does not fail every read of its shard; the
+ * position still moves past it. Event source mappings send such a record to the
+ * dead-letter queue (functions/event-source-mapping.ts).
+ */
+function renderAll(records: readonly ChangeRecord[], streamArn: string, viewType: StreamViewType, logger: FastifyBaseLogger): DynamoDBStreamRecord[] {
+  const out: DynamoDBStreamRecord[] = [];
+  for (const r of records) {
+    try {
+      out.push(toStreamRecord(r, streamArn, viewType));
+    } catch (err) {
+      logger.error({ err, shard: r.shard, sequenceNumber: r.sequenceNumber, deviceId: r.deviceId }, 'a change record cannot be rendered as a stream record; it is left out');
+    }
+  }
+  return out;
 }
 
 /** Parses a decimal sequence number from the query. */
@@ -317,7 +335,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
         return { records: page.records.filter((r) => access.allowsDevice(r.deviceId)), next: page.next };
       };
       const page = await readWithWait(shard, read, waitMs, reply.raw);
-      return { items: page.records.map((r) => toStreamRecord(r, log.streamArn, viewType)), nextSequenceNumber: String(page.next) };
+      return { items: renderAll(page.records, log.streamArn, viewType, request.log), nextSequenceNumber: String(page.next) };
     },
   );
 
@@ -390,7 +408,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       const flush = (): void => {
         flushScheduled = false;
         let out = '';
-        for (const r of pending) out += `event: record\ndata: ${JSON.stringify(toStreamRecord(r, log.streamArn, viewType))}\n\n`;
+        for (const r of renderAll(pending, log.streamArn, viewType, request.log)) out += `event: record\ndata: ${JSON.stringify(r)}\n\n`;
         pending = [];
         if (out !== '') send(out);
       };

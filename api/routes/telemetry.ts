@@ -7,8 +7,9 @@
  */
 import { Type } from '@sinclair/typebox';
 import { Readable } from 'node:stream';
-import type { FastifyPluginAsync, FastifySchemaValidationError } from 'fastify';
+import { errorCodes, type FastifyPluginAsync, type FastifySchemaValidationError } from 'fastify';
 import { invalidParameter, TributaryError } from '../../core/errors.js';
+import { parseJson, stringifyJson } from '../../core/numbers.js';
 import { parseDuration, parseTime } from '../../core/time.js';
 import { AGGREGATES, type Aggregate, type AggregateQuery as StoreAggregateQuery, type Page, type RangeQuery, type RawReading, type TelemetryStore } from '../../store/types.js';
 import { formatSchemaErrors, type SchemaErrorDataVar } from '../errors.js';
@@ -120,14 +121,23 @@ function readingPageJson(page: Page<RawReading>): string {
 const JSON_TYPE = 'application/json; charset=utf-8';
 
 export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async (app, { store, ingest, maxBodyBytes }) => {
-  // Ingest keeps the body's bytes as sent for the rejects log, as MQTT does: a body that
-  // does not decode (nested thousands deep, say) cannot always be serialized back.
-  // Fastify's own JSON parser, with the instance's poisoning settings, on the bytes.
+  // Ingest bodies are read as MQTT payloads are (ingest/payload.ts): numbers a double
+  // cannot hold keep their digits, and every key is a plain key — `__proto__` too, which
+  // ingest then refuses with its reason, where fastify's default parser (secure-json-parse)
+  // refused the whole body as "not valid JSON". The body's bytes are kept as sent for the
+  // rejects log, as MQTT does: a body that does not decode (nested thousands deep, say)
+  // cannot always be serialized back.
   const rawBodies = new WeakMap<object, Buffer>();
-  const parseJson = app.getDefaultJsonParser(app.initialConfig.onProtoPoisoning ?? 'error', app.initialConfig.onConstructorPoisoning ?? 'error');
+  app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, raw, done) => {
     rawBodies.set(request, raw as Buffer);
-    parseJson(request, raw.toString('utf8'), done);
+    const text = (raw as Buffer).toString('utf8');
+    if (text === '') return done(new errorCodes.FST_ERR_CTP_EMPTY_JSON_BODY(), undefined);
+    try {
+      done(null, parseJson(text));
+    } catch {
+      done(new errorCodes.FST_ERR_CTP_INVALID_JSON_BODY(), undefined);
+    }
   });
   app.get<{ Params: DeviceIdParams; Querystring: TelemetryQuery }>(
     '/devices/:id/telemetry',
@@ -177,7 +187,8 @@ export const telemetryRoutes: FastifyPluginAsync<TelemetryRoutesOptions> = async
       if (request.query.keys !== undefined) {
         const values = await store.latest(id, { keys: parseKeys(request.query.keys) });
         if (values === undefined) throw deviceNotFound(id);
-        return values;
+        // Written here: the serializer would turn a kept-digit number into an object.
+        return reply.type(JSON_TYPE).send(Buffer.from(stringifyJson(values), 'utf8'));
       }
       const reading = await store.latestRaw(id);
       if (reading !== undefined) return reply.type(JSON_TYPE).send(Buffer.from(readingJson(reading), 'utf8'));

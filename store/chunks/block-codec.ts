@@ -17,10 +17,12 @@
  *     send: `21.53`, `-67`) as integers scaled by 10^e, delta-coded (DuckDB's ALP makes
  *     the same observation); other numbers as raw doubles;
  *   - strings as a dictionary and indices; booleans as a bitmap;
- *   - anything else (mixed types in one column) as JSON text per value.
+ *   - anything else (numbers kept as their digits, mixed types in one column) as JSON
+ *     text per value, written and read losslessly (core/numbers.ts).
  * - Then deflate (in every supported Node; Node 20's zlib has no zstd) when it pays.
  */
 import { deflateRawSync, inflateRawSync, constants as zlib } from 'node:zlib';
+import { NumberValue, parseJson, stringifyJson } from '../../core/numbers.js';
 import type { Value, Values } from '../types.js';
 import { ByteReader, ByteWriter } from './bytes.js';
 
@@ -51,8 +53,9 @@ const MAX_SCALED = 2 ** 51;
 /** A shape compiled for building objects: keys in order, each a leaf (its column) or a nested shape. */
 type ShapeNode = Array<{ key: string; leaf: number } | { key: string; child: ShapeNode }>;
 
+/** A nested map of values: an object that is not a number kept as its digits. */
 function isObject(v: Value): v is Values {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof NumberValue);
 }
 
 /** The shape of a values object as JSON text with every leaf a 0. */
@@ -188,7 +191,7 @@ function encodeColumn(w: ByteWriter, values: Value[]): void {
     }
   }
   w.u8(Kind.Json);
-  for (const v of values) w.string(JSON.stringify(v));
+  for (const v of values) w.string(stringifyJson(v));
 }
 
 function decodeColumn(r: ByteReader, count: number): Value[] {
@@ -221,7 +224,7 @@ function decodeColumn(r: ByteReader, count: number): Value[] {
       }
       return out;
     case Kind.Json:
-      for (let i = 0; i < count; i++) out[i] = JSON.parse(r.string()) as Value;
+      for (let i = 0; i < count; i++) out[i] = parseJson(r.string()) as Value;
       return out;
     default:
       throw new RangeError(`block: unknown column kind ${kind}`);
