@@ -22,6 +22,7 @@ export const DEVICE_LIST_PARTITIONS_HEADER = 'x-tributary-partitions';
 export interface DeviceListRequest {
   limit: number;
   cursor?: string;
+  prefix?: string;
   tag?: string;
 }
 
@@ -62,8 +63,8 @@ export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app,
     '/devices',
     { config: { access: { action: 'telemetry:Read' } }, schema: { tags: ['devices'], summary: 'List devices', querystring: ListDevicesQuery, response: { 200: DevicePage, ...errorResponses } } },
     async (request, reply) => {
-      const { limit = DEFAULT_LIMIT, cursor, tag } = request.query;
-      const paging = { limit, ...(cursor === undefined ? {} : { cursor }) };
+      const { limit = DEFAULT_LIMIT, cursor, tag, prefix } = request.query;
+      const paging = { limit, ...(cursor === undefined ? {} : { cursor }), ...(prefix === undefined ? {} : { prefix }) };
       let page: Page<StoredDevice>;
       if (directory !== undefined && request.headers[DEVICE_LIST_FANOUT_HEADER] === undefined) {
         page = await directory.list({ ...paging, ...(tag === undefined ? {} : { tag }) }, request.headers.authorization);
