@@ -201,7 +201,7 @@ export async function devicePage(root: HTMLElement, id: string, signal: AbortSig
         const { deviceId: _deviceId, ts, seq: _seq, ...values } = flattenImage(image);
         liveChart.append(Number(ts), values);
         chartBox.dataset.points = String(liveChart.points);
-        void showLatest();
+        refreshSoon();
       },
       tail.signal,
       () => (chartBox.dataset.live = 'open'),
@@ -216,6 +216,16 @@ export async function devicePage(root: HTMLElement, id: string, signal: AbortSig
     void draw().catch((err: unknown) => replace(chartNote, errorNote(err)));
   });
 
+  // Live readings refresh the latest values and the newest page of readings, at most every second.
+  let refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  const refreshSoon = (): void => {
+    refreshTimer ??= setTimeout(() => {
+      refreshTimer = undefined;
+      if (signal.aborted) return;
+      void showLatest();
+      if (cursors.length === 1) void showReadings();
+    }, 1000);
+  };
   const cursors: Array<string | undefined> = [undefined];
   const showReadings = async (): Promise<void> => {
     try {

@@ -1,6 +1,7 @@
 /** Functions: the list with their figures, and one function's page (logs with a live tail, triggers, invoke). */
 import { api, get, streamEvents, withQuery } from './api.js';
 import { el, errorNote, num, replace, table, time } from './dom.js';
+import { allowsAll } from './session.js';
 
 interface FunctionInfo {
   name: string;
@@ -31,6 +32,10 @@ interface Stats {
 const fnPath = (name: string) => `/v1/functions/${encodeURIComponent(name)}`;
 
 export async function functionList(root: HTMLElement): Promise<void> {
+  if (!allowsAll('functions:Deploy')) {
+    replace(root, el('h1', {}, 'Functions'), el('p', { class: 'muted' }, 'Not available to this key: functions see every device\'s records, so they need functions:Deploy on every device (*).'));
+    return;
+  }
   const [list, summary] = await Promise.all([get<{ items: FunctionInfo[] }>('/v1/functions?limit=1000'), get<{ functions?: Stats[] }>('/v1/metrics/summary').catch(() => ({ functions: undefined }))]);
   const stats = new Map((summary.functions ?? []).map((s) => [s.name, s]));
   const triggers = await Promise.all(list.items.map((f) => get<{ items: Trigger[] }>(`${fnPath(f.name)}/triggers`).catch(() => ({ items: [] }))));

@@ -4,6 +4,7 @@ import { deviceList, devicePage } from './devices.js';
 import { el, errorNote, replace } from './dom.js';
 import { functionList, functionPage } from './functions.js';
 import { overview } from './overview.js';
+import { setSession, type WhoAmI } from './session.js';
 import { streamPage } from './stream.js';
 
 const main = document.getElementById('main') as HTMLElement;
@@ -35,7 +36,8 @@ function loginForm(message: string): void {
 whenUnauthorized(() => loginForm(apiKey() === null ? 'This server is in secured mode: enter an API key.' : 'That key was not accepted. Enter another.'));
 
 async function showWho(): Promise<void> {
-  const me = await get<{ mode: string; keyId: string | null; name: string | null }>('/v1/whoami');
+  const me = await get<WhoAmI>('/v1/whoami');
+  setSession(me);
   const signOut = el('button', { type: 'button', onclick: () => (setApiKey(null), loginForm('Signed out.')) }, 'Sign out');
   replace(who, me.mode === 'open' ? el('span', { class: 'badge' }, 'open mode') : el('span', {}, el('span', { class: 'badge' }, 'secured'), ' ', me.name ?? me.keyId ?? '', ' ', signOut));
 }

@@ -1,6 +1,7 @@
 /** Overview: live ingest figures, connections, latency, shards, functions, DLQ, store, mode and version. */
 import { ApiError, get } from './api.js';
 import { bytes, el, errorNote, num, replace, stat, table, time } from './dom.js';
+import { allowsAll, allowsAny } from './session.js';
 
 interface Summary {
   ingest?: { windowSeconds: number; readingsPerSecond: number; rejectsPerSecond: number; durableLatencyP50Seconds: number | null; durableLatencyP99Seconds: number | null; readingsTotal: number; rejectsTotal: number; connectedClients: number; queuedReadings: number };
@@ -26,7 +27,11 @@ interface Shards {
 const ms = (s: number | null) => (s === null ? '—' : `${(s * 1000).toFixed(1)} ms`);
 
 /** A panel that shows what a call answers, or why it could not (403: the key's policy). */
-async function panel<T>(into: HTMLElement, load: () => Promise<T>, render: (value: T) => Node): Promise<void> {
+async function panel<T>(into: HTMLElement, load: () => Promise<T>, render: (value: T) => Node, allowed = true, needs = ''): Promise<void> {
+  if (!allowed) {
+    replace(into, el('p', { class: 'muted' }, `Not available to this key: it needs ${needs}.`));
+    return;
+  }
   try {
     replace(into, render(await load()));
   } catch (err) {
@@ -35,9 +40,9 @@ async function panel<T>(into: HTMLElement, load: () => Promise<T>, render: (valu
 }
 
 export async function overview(root: HTMLElement, signal: AbortSignal): Promise<void> {
-  const server = el('section', { class: 'stats', 'aria-label': 'Server' });
-  const ingest = el('section', { class: 'stats', 'aria-label': 'Ingest', 'aria-live': 'polite' });
-  const store = el('section', { class: 'stats', 'aria-label': 'Store' });
+  const server = el('section', { 'aria-label': 'Server' });
+  const ingest = el('section', { 'aria-label': 'Ingest', 'aria-live': 'polite' });
+  const store = el('section', { 'aria-label': 'Store' });
   const shards = el('section', { 'aria-label': 'Stream shards' });
   const functions = el('section', { 'aria-label': 'Functions' });
   replace(root, el('h1', {}, 'Overview'), server, el('h2', {}, 'Ingest'), ingest, el('h2', {}, 'Store'), store, el('h2', {}, 'Stream shards'), shards, el('h2', {}, 'Functions'), functions);
@@ -74,8 +79,8 @@ export async function overview(root: HTMLElement, signal: AbortSignal): Promise<
           stat('Queued for commit', num(i.queuedReadings)),
         );
       }),
-      panel(store, () => get<StoreStats>('/v1/store/stats'), (s) => el('div', { class: 'stats' }, stat('Size on disk', bytes(s.sizeBytes), 'store-size'), stat('Devices', num(s.devices)), stat('Readings', num(s.readings)), stat('Partitions', num(s.partitions)))),
-      panel(shards, () => get<Shards>('/v1/streams/shards'), (s) => table(['Shard', 'First sequence number', 'Last sequence number'], s.items.map((x) => [x.shardId, x.firstSequenceNumber ?? '—', x.lastSequenceNumber ?? '—']))),
+      panel(store, () => get<StoreStats>('/v1/store/stats'), (s) => el('div', { class: 'stats' }, stat('Size on disk', bytes(s.sizeBytes), 'store-size'), stat('Devices', num(s.devices)), stat('Readings', num(s.readings)), stat('Partitions', num(s.partitions))), allowsAll('telemetry:Read'), 'telemetry:Read on every device'),
+      panel(shards, () => get<Shards>('/v1/streams/shards'), (s) => table(['Shard', 'First sequence number', 'Last sequence number'], s.items.map((x) => [x.shardId, x.firstSequenceNumber ?? '—', x.lastSequenceNumber ?? '—'])), allowsAny('streams:Read'), 'streams:Read'),
     ]);
   };
   await refresh();

@@ -1,6 +1,7 @@
 /** Stream: the shards with their sequence ranges, and a live tail of change records as DynamoDB shapes them. */
 import { get, streamEvents } from './api.js';
 import { el, errorNote, replace, table, time } from './dom.js';
+import { allowsAny } from './session.js';
 
 interface StreamRecord {
   eventName: string;
@@ -10,6 +11,10 @@ interface StreamRecord {
 const MAX_RECORDS = 200;
 
 export async function streamPage(root: HTMLElement, signal: AbortSignal): Promise<void> {
+  if (!allowsAny('streams:Read')) {
+    replace(root, el('h1', {}, 'Stream'), el('p', { class: 'muted' }, 'Not available to this key: it needs streams:Read.'));
+    return;
+  }
   const shards = await get<{ streamArn: string; items: Array<{ shardId: string; firstSequenceNumber: string | null; lastSequenceNumber: string | null }> }>('/v1/streams/shards');
   const records = el('div', { id: 'stream-records', class: 'records' });
   const state = el('span', { class: 'muted', role: 'status' }, 'connecting…');
