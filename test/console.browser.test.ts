@@ -74,6 +74,9 @@ describe('console in open mode', () => {
       const readings = Array.from({ length: 30 }, (_, i) => ({ ts: start + i * 60_000, values: { temp: 20 + i / 10, pressure: 1000 + i } }));
       for (const r of readings) await client.publishAsync(`devices/${device}/telemetry`, JSON.stringify(r), { qos: 1 });
       await client.publishAsync('devices/other-1/telemetry', JSON.stringify({ temp: 1 }), { qos: 1 });
+      // Device-supplied strings are shown as text, never parsed as markup.
+      const markup = '<img src=x onerror=alert(1)>';
+      await fetch(`${base}/v1/devices/${device}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tags: { note: markup } }) });
       const code = 'export async function handler(event) { console.log("handled", JSON.stringify(event)); return { ok: true }; }';
       expect((await post(base, '/v1/functions/audit', { code })).status).toBeLessThan(300);
       expect((await post(base, '/v1/functions/audit/invoke', { first: 1 })).status).toBe(200);
@@ -89,6 +92,8 @@ describe('console in open mode', () => {
       await page.getByRole('button', { name: 'Search' }).click();
       await page.getByRole('link', { name: device }).waitFor();
       expect(await page.locator('main').innerText()).not.toContain('other-1');
+      await page.getByRole('cell', { name: `note=${markup}` }).waitFor();
+      expect(await page.locator('img').count()).toBe(0);
       await shot(page, 'devices');
 
       await page.getByRole('link', { name: device }).click();
