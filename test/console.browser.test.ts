@@ -41,6 +41,7 @@ async function shot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- answers are inspected field by field; each expect checks the shape
 async function post(base: string, path: string, body: unknown, key?: string): Promise<{ status: number; body: any }> {
   const res = await fetch(`${base}${path}`, {
     method: path.startsWith('/v1/functions/') && path.split('/').length === 4 ? 'PUT' : 'POST',
