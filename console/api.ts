@@ -132,7 +132,10 @@ export function flattenImage(image: Record<string, Record<string, unknown>>, pre
   return out;
 }
 
-/** A reading's values flattened by dotted path. */
+/**
+ * A reading's values flattened by dotted path. The CLI's `flatten` (cli/output.ts) does the
+ * same in Node; the console is compiled on its own for the browser and cannot import it.
+ */
 export function flattenValues(values: Record<string, unknown>, prefix = '', out: Record<string, unknown> = {}): Record<string, unknown> {
   for (const [key, v] of Object.entries(values)) {
     const path = prefix === '' ? key : `${prefix}.${key}`;
