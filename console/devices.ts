@@ -1,7 +1,8 @@
 /** Devices: the searchable, paged list, and one device's page (live chart, ranges, readings, tags, commands). */
 import { api, download, flattenImage, flattenValues, get, streamEvents, withQuery } from './api.js';
 import { TimeChart } from './chart.js';
-import { el, errorNote, num, replace, table, time } from './dom.js';
+import { actionForm, el, errorNote, field, num, replace, table, time } from './dom.js';
+import { allowsAny, isSecured } from './session.js';
 
 interface Device {
   deviceId: string;
@@ -122,7 +123,7 @@ export async function devicePage(root: HTMLElement, id: string, signal: AbortSig
     chartBox,
     chartNote,
     el('div', { class: 'toolbar' }, csv, ndjson),
-    el('div', { class: 'columns' }, el('div', {}, el('h2', {}, 'Latest values'), latestBox), el('div', {}, el('h2', {}, 'Tags'), tagsEditor(id, device.tags), el('h2', {}, 'Send a command'), commandForm(id))),
+    el('div', { class: 'columns' }, el('div', {}, el('h2', {}, 'Latest values'), latestBox), el('div', {}, el('h2', {}, 'Tags'), tagsEditor(id, device.tags), el('h2', {}, 'Send a command'), commandForm(id), isSecured() && allowsAny('devices:Manage') ? el('div', {}, el('h2', {}, 'Credentials'), credentialsForm(id)) : null)),
     el('h2', {}, 'Readings'),
     readingsBox,
   );
@@ -248,43 +249,37 @@ export async function devicePage(root: HTMLElement, id: string, signal: AbortSig
 }
 
 function tagsEditor(id: string, tags: Record<string, string>): HTMLElement {
-  const text = el('textarea', { id: 'tags', name: 'tags', rows: 3, 'aria-describedby': 'tags-help' });
+  const text = el('textarea', { id: 'tags', name: 'tags', rows: 3 });
   text.value = Object.entries(tags).map(([k, v]) => `${k}=${v}`).join('\n');
-  const status = el('span', { role: 'status' });
-  const form = el('form', {}, el('label', { for: 'tags' }, 'One key=value a line'), text, el('p', { id: 'tags-help', class: 'muted' }, 'Saving replaces every tag.'), el('button', { type: 'submit' }, 'Save tags'), status);
-  form.addEventListener('submit', (ev) => {
-    ev.preventDefault();
+  return actionForm('Save tags', [...field('One key=value a line (saving replaces every tag)', text)], async () => {
     const next: Record<string, string> = {};
     for (const line of text.value.split('\n')) {
       const eq = line.indexOf('=');
       if (line.trim() !== '' && eq > 0) next[line.slice(0, eq).trim()] = line.slice(eq + 1).trim();
     }
-    api('PUT', devicePath(id), { tags: next }).then(
-      () => (status.textContent = ' Saved.'),
-      (err: unknown) => (status.textContent = ` ${err instanceof Error ? err.message : String(err)}`),
-    );
+    await api('PUT', devicePath(id), { tags: next });
+    return 'Saved.';
   });
-  return form;
 }
 
 function commandForm(id: string): HTMLElement {
   const name = el('input', { id: 'command-name', name: 'name', required: true, placeholder: 'reboot', autocomplete: 'off' });
   const payload = el('textarea', { id: 'command-payload', name: 'payload', rows: 3, placeholder: '{"delayMs": 1000}' });
-  const status = el('span', { role: 'status' });
-  const form = el('form', {}, el('label', { for: 'command-name' }, 'Name'), name, el('label', { for: 'command-payload' }, 'Payload (JSON, optional)'), payload, el('button', { type: 'submit' }, 'Send'), status);
-  form.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    let body: unknown;
-    try {
-      body = payload.value.trim() === '' ? {} : { payload: JSON.parse(payload.value) as unknown };
-    } catch {
-      status.textContent = ' The payload is not valid JSON.';
-      return;
-    }
-    api<{ topic: string }>('POST', `${devicePath(id)}/commands/${encodeURIComponent(name.value)}`, body).then(
-      (r) => (status.textContent = ` Sent on ${r.topic}.`),
-      (err: unknown) => (status.textContent = ` ${err instanceof Error ? err.message : String(err)}`),
-    );
+  return actionForm('Send', [...field('Name', name), ...field('Payload (JSON, optional)', payload)], async () => {
+    const body = payload.value.trim() === '' ? {} : { payload: JSON.parse(payload.value) as unknown };
+    const r = await api<{ topic: string }>('POST', `${devicePath(id)}/commands/${encodeURIComponent(name.value)}`, body);
+    return `Sent on ${r.topic}.`;
   });
+}
+
+/** Secured mode: issue or rotate the device's MQTT secret, shown once. */
+function credentialsForm(id: string): HTMLElement {
+  const secret = el('code', { id: 'device-secret' });
+  const form = actionForm('Issue or rotate the secret', [el('p', { class: 'muted' }, 'Rotating disconnects the device; the old secret stops working at once. The new one is shown here only.')], async () => {
+    const r = await api<{ secret: string; rotated: boolean }>('POST', `${devicePath(id)}/credentials`, {});
+    secret.textContent = r.secret;
+    return r.rotated ? 'Rotated. Username: the device id; password:' : 'Issued. Username: the device id; password:';
+  });
+  form.append(' ', secret);
   return form;
 }

@@ -70,3 +70,26 @@ export function num(n: number | null | undefined, digits = 1): string {
 export function errorNote(err: unknown): HTMLElement {
   return el('p', { class: 'error', role: 'alert' }, err instanceof Error ? err.message : String(err));
 }
+
+/**
+ * A form whose submit runs `action` and shows what it answered (or why it failed) in a
+ * status line next to the button, for the pages' small write actions.
+ */
+export function actionForm(label: string, fields: Node[], action: () => Promise<string>, id?: string): HTMLFormElement {
+  const status = el('span', { role: 'status', class: 'muted' });
+  const form = el('form', id === undefined ? {} : { id }, ...fields, el('button', { type: 'submit' }, label), ' ', status);
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    status.textContent = '…';
+    action().then(
+      (text) => (status.textContent = text),
+      (err: unknown) => (status.textContent = err instanceof Error ? err.message : String(err)),
+    );
+  });
+  return form;
+}
+
+/** A label and its control. */
+export function field(label: string, control: HTMLInputElement | HTMLTextAreaElement | HTMLSelectElement): Node[] {
+  return [el('label', { for: control.id }, label), control];
+}

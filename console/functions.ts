@@ -1,6 +1,6 @@
 /** Functions: the list with their figures, and one function's page (logs with a live tail, triggers, invoke). */
 import { api, get, streamEvents, withQuery } from './api.js';
-import { el, errorNote, num, replace, table, time } from './dom.js';
+import { actionForm, el, errorNote, field, num, replace, table, time } from './dom.js';
 import { allowsAll } from './session.js';
 
 interface FunctionInfo {
@@ -76,6 +76,7 @@ export async function functionPage(root: HTMLElement, name: string, signal: Abor
   event.value = '{}';
   const result = el('pre', { id: 'invoke-result', 'aria-live': 'polite' });
   const invokeForm = el('form', {}, el('label', { for: 'invoke-event' }, 'Event (JSON)'), event, el('button', { type: 'submit' }, 'Invoke'));
+  const dlqBox = el('section', { 'aria-label': 'Dead-letter queue' });
 
   replace(
     root,
@@ -89,6 +90,12 @@ export async function functionPage(root: HTMLElement, name: string, signal: Abor
     el('h2', {}, 'Invoke'),
     invokeForm,
     result,
+    el('h2', {}, 'Deploy a new version'),
+    deployForm(name),
+    el('h2', {}, 'Replay a window of the stream'),
+    replayForm(name),
+    el('h2', {}, 'Dead-letter queue'),
+    dlqBox,
   );
 
   const line = (l: LogLine): HTMLElement => el('tr', { class: `level-${l.level}` }, el('td', {}, time(l.time)), el('td', {}, l.level), el('td', {}, el('code', {}, l.requestId.slice(0, 8))), el('td', {}, el('pre', {}, l.message)));
@@ -156,5 +163,53 @@ export async function functionPage(root: HTMLElement, name: string, signal: Abor
       (err: unknown) => (result.textContent = err instanceof Error ? err.message : String(err)),
     );
   });
-  await Promise.all([showLogs(), showTriggers()]);
+  const showDlq = async (): Promise<void> => {
+    try {
+      const page = await get<{ items: DlqEntry[] }>(withQuery('/v1/dlq', { functionName: name, limit: 100 }));
+      replace(
+        dlqBox,
+        page.items.length === 0
+          ? el('p', { class: 'muted' }, 'Empty.')
+          : table(
+              ['Entry', 'Shard', 'Records', 'Reason', 'Discarded', ''],
+              page.items.map((e) => [
+                el('code', {}, e.id),
+                String(e.shard),
+                String(e.count),
+                e.reason,
+                time(e.createdAt),
+                el('button', { type: 'button', onclick: () => void api<{ status: string }>('POST', `/v1/dlq/${encodeURIComponent(e.id)}/redrive`, {}).then(showDlq, (err: unknown) => replace(dlqBox, errorNote(err))) }, 'Redrive'),
+              ]),
+            ),
+      );
+    } catch (err) {
+      replace(dlqBox, errorNote(err));
+    }
+  };
+  await Promise.all([showLogs(), showTriggers(), showDlq()]);
+}
+
+interface DlqEntry {
+  id: string;
+  shard: number;
+  count: number;
+  reason: string;
+  createdAt: number;
+}
+
+function deployForm(name: string): HTMLElement {
+  const code = el('textarea', { id: 'deploy-code', name: 'code', rows: 8, placeholder: 'export async function handler(event, context) { … }' });
+  return actionForm('Deploy', field('Module source (ES module or CommonJS)', code), async () => {
+    const fn = await api<FunctionInfo>('PUT', fnPath(name), { code: code.value });
+    return `Deployed version ${fn.version}.`;
+  });
+}
+
+function replayForm(name: string): HTMLElement {
+  const from = el('input', { id: 'replay-from', name: 'from', value: '-1h', required: true });
+  const to = el('input', { id: 'replay-to', name: 'to', value: 'now', required: true });
+  return actionForm('Start the replay', [...field('From (epoch ms, ISO-8601 or -1h)', from), ...field('To', to)], async () => {
+    const job = await api<{ id: string; status: string }>('POST', `${fnPath(name)}/replay`, { from: from.value, to: to.value });
+    return `Replay ${job.id}: ${job.status}.`;
+  });
 }

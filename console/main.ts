@@ -1,10 +1,11 @@
 /** The console's shell: navigation, the API key prompt (secured mode), and a hash router over the pages. */
+import { accessPage } from './access.js';
 import { ApiError, apiKey, get, setApiKey, whenUnauthorized } from './api.js';
 import { deviceList, devicePage } from './devices.js';
 import { el, errorNote, replace } from './dom.js';
 import { functionList, functionPage } from './functions.js';
 import { overview } from './overview.js';
-import { setSession, type WhoAmI } from './session.js';
+import { isAdmin, isSecured, setSession, type WhoAmI } from './session.js';
 import { streamPage } from './stream.js';
 
 const main = document.getElementById('main') as HTMLElement;
@@ -38,6 +39,8 @@ whenUnauthorized(() => loginForm(apiKey() === null ? 'This server is in secured 
 async function showWho(): Promise<void> {
   const me = await get<WhoAmI>('/v1/whoami');
   setSession(me);
+  // Keys and the audit log exist in secured mode, for admins.
+  (document.getElementById('nav-access') as HTMLElement).hidden = !(isSecured() && isAdmin());
   const signOut = el('button', { type: 'button', onclick: () => (setApiKey(null), loginForm('Signed out.')) }, 'Sign out');
   replace(who, me.mode === 'open' ? el('span', { class: 'badge' }, 'open mode') : el('span', {}, el('span', { class: 'badge' }, 'secured'), ' ', me.name ?? me.keyId ?? '', ' ', signOut));
 }
@@ -59,6 +62,7 @@ async function route(): Promise<void> {
     else if (parts[0] === 'functions' && parts[1] !== undefined) await functionPage(main, parts[1], signal);
     else if (parts[0] === 'functions') await functionList(main);
     else if (parts[0] === 'stream') await streamPage(main, signal);
+    else if (parts[0] === 'access') await accessPage(main);
     else await overview(main, signal);
     main.focus({ preventScroll: true });
   } catch (err) {

@@ -32,3 +32,12 @@ export function allowsAll(action: string): boolean {
 export function allowsAny(action: string): boolean {
   return me.policy === null || me.policy.statements.some((s) => grants(s, action));
 }
+
+export function isSecured(): boolean {
+  return me.mode === 'secured';
+}
+
+/** The admin pages (API keys, audit log) need admin:* on every device. */
+export function isAdmin(): boolean {
+  return allowsAll('admin:*');
+}

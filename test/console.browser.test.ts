@@ -91,8 +91,10 @@ describe('console in open mode', () => {
       await page.getByRole('link', { name: 'Devices', exact: true }).click();
       await page.getByLabel('Id starts with').fill('site-7-');
       await page.getByRole('button', { name: 'Search' }).click();
+      await page.waitForURL(/prefix=site-7-/);
+      // The unfiltered list was showing a moment ago: wait for the search's answer to replace it.
+      await waitFor(async () => !(await page.locator('main').innerText()).includes('other-1'), 10_000, 'the search to leave other-1 out');
       await page.getByRole('link', { name: device }).waitFor();
-      expect(await page.locator('main').innerText()).not.toContain('other-1');
       await page.getByRole('cell', { name: `note=${markup}` }).waitFor();
       expect(await page.locator('img').count()).toBe(0);
       await shot(page, 'devices');
@@ -127,6 +129,11 @@ describe('console in open mode', () => {
       await page.locator('#log-state', { hasText: 'live' }).waitFor();
       expect((await post(base, '/v1/functions/audit/invoke', { second: 2 })).status).toBe(200);
       await page.locator('#log-lines').getByText('handled {"second":2}').waitFor();
+      await page.getByLabel('Module source').fill('export async function handler() { console.log("v2 here"); return 2; }');
+      await page.getByRole('button', { name: 'Deploy' }).click();
+      await page.getByText('Deployed version 2.').waitFor();
+      await page.getByRole('button', { name: 'Invoke' }).click();
+      await page.locator('#log-lines').getByText('v2 here').waitFor();
       await shot(page, 'function');
 
       await page.getByRole('link', { name: 'Stream', exact: true }).click();
@@ -191,6 +198,23 @@ describe('console in secured mode', () => {
       await page.locator('#stream-records summary', { hasText: 'site-7-a' }).first().waitFor();
       expect(await page.locator('body').innerText()).not.toContain('site-8-');
       await shot(page, 'stream-secured');
+
+      await page.getByRole('button', { name: 'Sign out' }).click();
+
+      // An admin sees the keys and the audit log, and can rotate a device's secret.
+      await page.getByLabel('Key').fill(admin);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.getByRole('link', { name: 'Access' }).click();
+      await page.getByRole('cell', { name: 'site 7 operator' }).waitFor();
+      await page.getByLabel('Name').fill('console-made key');
+      await page.getByRole('button', { name: 'Create key' }).click();
+      await page.getByRole('cell', { name: 'console-made key' }).waitFor();
+      expect(await page.locator('#new-key').innerText()).toMatch(/^tak_/);
+      await page.getByRole('cell', { name: 'POST /v1/keys' }).first().waitFor();
+      await shot(page, 'access');
+      await page.goto(`${base}/console/#/devices/site-8-a`);
+      await page.getByRole('button', { name: 'Issue or rotate the secret' }).click();
+      await page.locator('#device-secret', { hasText: 'tdk_' }).waitFor();
 
       await page.context().close();
       // One 401: the first look at whoami before a key was entered.
