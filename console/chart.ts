@@ -20,12 +20,14 @@ export class TimeChart {
     this.ys = keys.map(() => []);
     for (const p of points) this.push(p.ts, p.values);
     const width = Math.max(280, container.clientWidth);
+    // A canvas cannot resolve `currentColor`: take the page's text colour (light or dark mode) now.
+    const ink = getComputedStyle(container).color;
     this.plot = new uPlot(
       {
         width,
         height: 320,
         series: [{}, ...keys.map((k, i) => ({ label: k, stroke: COLORS[i % COLORS.length] as string, width: 1.5, spanGaps: true }))],
-        axes: [{ stroke: 'currentColor', grid: { stroke: 'rgba(128,128,128,0.2)' } }, { stroke: 'currentColor', grid: { stroke: 'rgba(128,128,128,0.2)' } }],
+        axes: [{ stroke: ink, grid: { stroke: 'rgba(128,128,128,0.2)' } }, { stroke: ink, grid: { stroke: 'rgba(128,128,128,0.2)' } }],
         scales: { x: { time: true } },
       },
       this.data(),

@@ -26,8 +26,8 @@ beforeAll(async () => {
 afterAll(async () => browser?.close());
 
 /** A page that records every page error and console error, to assert there were none. */
-async function openPage(viewport = { width: 1280, height: 800 }): Promise<{ page: Page; errors: string[] }> {
-  const context = await browser.newContext({ viewport });
+async function openPage(viewport = { width: 1280, height: 800 }, colorScheme: 'light' | 'dark' = 'light'): Promise<{ page: Page; errors: string[] }> {
+  const context = await browser.newContext({ viewport, colorScheme });
   const page = await context.newPage();
   const errors: string[] = [];
   page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
@@ -113,12 +113,13 @@ describe('console in open mode', () => {
       await page.getByRole('cell', { name: '42.5' }).first().waitFor();
       await shot(page, 'device');
 
-      // The phone-sized viewport lays the same page out in one column.
-      const phone = await openPage({ width: 390, height: 844 });
+      // The phone-sized viewport lays the same page out in one column (here in the system's dark mode).
+      const phone = await openPage({ width: 390, height: 844 }, 'dark');
       await phone.page.goto(`${base}/console/#/devices/${device}`);
       await phone.page.locator('#chart[data-live="open"]').waitFor();
       const overflow = await phone.page.evaluate<number>('document.documentElement.scrollWidth - document.documentElement.clientWidth');
       expect(overflow).toBeLessThanOrEqual(0);
+      expect(await phone.page.evaluate<string>("getComputedStyle(document.body).backgroundColor")).toBe('rgb(15, 20, 25)');
       await shot(phone.page, 'device-phone');
       await phone.page.context().close();
       expect(phone.errors).toEqual([]);
