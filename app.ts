@@ -8,7 +8,9 @@ import type { AddressInfo } from 'node:net';
 import { ConfigError, type Config } from './core/config.js';
 import { createLogger, type Logger } from './core/logger.js';
 import { createMetrics, type Metrics } from './core/metrics.js';
-import { buildApi } from './api/index.js';
+import { join } from 'node:path';
+import { buildApi, packageVersion } from './api/index.js';
+import { directoryBytes } from './store/disk-usage.js';
 import { LevelCheckpointStore, type CheckpointStore } from './functions/checkpoints.js';
 import { ClusterNode } from './cluster/cluster-node.js';
 import { LocalMetadata, type MetadataWriter } from './store/metadata.js';
@@ -85,6 +87,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
   let trimming: Promise<void> | undefined;
 
   async function start(): Promise<Addresses> {
+    const startedAt = Date.now();
     // Before anything opens: a bad certificate or key is a configuration error.
     const tls = loadTlsCredentials(config);
     database = await Database.open(config.dataDir, { writeBufferBytes: config.storeWriteBufferBytes });
@@ -285,6 +288,8 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
         ? {}
         : { router: cluster, deviceDirectory: cluster.deviceDirectory }),
       disconnectDevice: (deviceId) => mqtt.disconnect(deviceId),
+      about: { version: packageVersion(), startedAt, metrics, storeStats: async () => ({ ...(await openStore.stats()), sizeBytes: await directoryBytes(join(config.dataDir, 'db')) }) },
+      console: config.console,
       dlq: {
         queue: dlq,
         redrive: { log: changeLog, invoke: async (name, event) => fnRuntime.invoke(await resolveFunction(name), event) },

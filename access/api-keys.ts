@@ -165,6 +165,12 @@ export class ApiKeyStore {
     return { key: info, token };
   }
 
+  /** A key's id, name and policy (`GET /v1/whoami`); the admin keys answer as the admin policy. */
+  describe(keyId: string): Pick<ApiKeyInfo, 'id' | 'name' | 'policy'> | undefined {
+    if (keyId === ADMIN_KEY_ID) return { id: ADMIN_KEY_ID, name: 'admin key (<data-dir>/admin.key)', policy: ADMIN_POLICY };
+    return this.entries.get(keyId)?.info;
+  }
+
   /** Keys in id order (the admin keys excluded), `limit` after `afterId`. */
   list(opts: { limit: number; afterId?: string }): { items: ApiKeyInfo[]; nextId: string | undefined } {
     const ids = [...this.entries.keys()].filter((id) => opts.afterId === undefined || id > opts.afterId).sort();

@@ -5,3 +5,4 @@
  */
 export { buildApi, type ApiDeps } from './server.js';
 export type { IngestFn, IngestOutcome } from './routes/telemetry.js';
+export { packageVersion } from './openapi.js';

@@ -59,6 +59,7 @@ const TAGS = [
 const TEXT_RESPONSES: Record<string, string> = {
   '/metrics': 'text/plain; version=0.0.4',
   '/v1/streams/tail': 'text/event-stream',
+  '/v1/functions/{name}/logs/tail': 'text/event-stream',
 };
 
 type LooseOperation = { requestBody?: { required?: boolean; content?: Record<string, { schema?: Record<string, unknown> }> }; responses?: Record<string, { content?: Record<string, unknown> }> };

@@ -85,6 +85,7 @@ export const ListDevicesQuery = Type.Object(
   {
     limit: Type.Optional(Limit),
     cursor: Type.Optional(Cursor),
+    prefix: Type.Optional(Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-]+$', description: 'Only devices whose id starts with this (e.g. `site-7-`); combines with `tag`.' })),
     tag: Type.Optional(
       Type.String({
         minLength: 1,

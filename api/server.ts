@@ -22,7 +22,10 @@ import { accessControl, type AuthOptions } from './auth.js';
 import { deviceForwarding, type DeviceRouter } from './forward.js';
 import { ClientErrors, errorHandling, formatSchemaErrors, frameworkErrors } from './errors.js';
 import { openApi } from './openapi.js';
+import { aboutRoutes, type AboutOptions } from './routes/about.js';
 import { auditRoutes } from './routes/audit.js';
+import { consoleRoutes } from './routes/console.js';
+import { functionLogTailRoutes } from './routes/function-log-tail.js';
 import { credentialRoutes } from './routes/credentials.js';
 import { deviceRoutes, type DeviceDirectory } from './routes/devices.js';
 import { commandRoutes } from './routes/commands.js';
@@ -83,6 +86,10 @@ export interface ApiDeps {
   router?: DeviceRouter;
   /** Cluster mode: `GET /v1/devices` asks every node for the devices of the partitions it owns. */
   deviceDirectory?: DeviceDirectory;
+  /** Server facts for `/v1/whoami`, `/v1/server`, `/v1/store/stats`, `/v1/metrics/summary`; those routes exist only when given. */
+  about?: Pick<AboutOptions, 'version' | 'startedAt' | 'storeStats' | 'metrics'>;
+  /** Serve the web console at `/console` (api/routes/console.ts). */
+  console?: boolean;
   /** Longest a client may take to send a whole request (`--http-request-timeout-ms`); default {@link DEFAULT_REQUEST_TIMEOUT_MS}. */
   requestTimeoutMs?: number;
 }
@@ -213,10 +220,38 @@ export function buildApi(deps: ApiDeps): FastifyInstance {
   if (deps.rejects !== undefined) void app.register(rejectRoutes, { prefix: '/v1', rejects: deps.rejects });
   if (deps.changeLog !== undefined) void app.register(streamRoutes, { prefix: '/v1', changeLog: deps.changeLog });
   if (deps.functions !== undefined) void app.register(functionRoutes, { prefix: '/v1', ...deps.functions });
+  const fnLogs = deps.functions?.logs;
+  if (deps.functions !== undefined && fnLogs !== undefined) {
+    const { registry } = deps.functions;
+    void app.register(functionLogTailRoutes, { prefix: '/v1', logs: fnLogs, resolve: (name: string) => registry.spec(name) });
+  }
+  if (deps.about !== undefined) {
+    const queue = deps.dlq?.queue;
+    void app.register(aboutRoutes, {
+      prefix: '/v1',
+      ...deps.about,
+      mode: deps.access?.mode ?? 'open',
+      ...(deps.access?.keys === undefined ? {} : { keys: deps.access.keys }),
+      ...(queue === undefined ? {} : { dlqDepth: (cap: number) => countDlq(queue, cap) }),
+    });
+  }
+  if (deps.console === true) void app.register(consoleRoutes);
   if (deps.triggers !== undefined) void app.register(triggerRoutes, { prefix: '/v1', triggers: deps.triggers });
   if (deps.dlq !== undefined) void app.register(dlqRoutes, { prefix: '/v1', queue: deps.dlq.queue, redrive: deps.dlq.redrive });
   if (deps.commands !== undefined) void app.register(commandRoutes, { prefix: '/v1', commands: deps.commands });
   if (deps.access?.keys !== undefined) void app.register(keyRoutes, { prefix: '/v1', keys: deps.access.keys });
   if (deps.access?.audit !== undefined) void app.register(auditRoutes, { prefix: '/v1', audit: deps.access.audit });
   return app;
+}
+
+/** Entries of the dead-letter queue, counted a page at a time up to `cap`. */
+async function countDlq(queue: DeadLetterQueue, cap: number): Promise<number> {
+  let count = 0;
+  let cursor: string | undefined;
+  do {
+    const page = await queue.list({ limit: Math.min(1000, cap - count), ...(cursor === undefined ? {} : { cursor }) });
+    count += page.items.length;
+    cursor = page.nextCursor ?? undefined;
+  } while (cursor !== undefined && count < cap);
+  return count;
 }

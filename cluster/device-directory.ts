@@ -63,6 +63,7 @@ export class ClusterDeviceDirectory implements DeviceDirectory {
     target.searchParams.set('limit', String(query.limit));
     if (query.cursor !== undefined) target.searchParams.set('cursor', query.cursor);
     if (query.tag !== undefined) target.searchParams.set('tag', query.tag);
+    if (query.prefix !== undefined) target.searchParams.set('prefix', query.prefix);
     const headers: Record<string, string> = { [DEVICE_LIST_FANOUT_HEADER]: '1', accept: 'application/json' };
     if (authorization !== undefined) headers.authorization = authorization;
     let res: Response;

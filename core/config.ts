@@ -159,6 +159,7 @@ export const SETTINGS = {
     '--kafka-session-timeout',
     "How long a node that stopped heartbeating keeps its partitions before Kafka's consumer groups move them to the other nodes: the bound on how long a dead node's devices go unqueried and their records unprocessed.",
   ),
+  console: setting<boolean>({ type: 'bool' }, true, 'TRIBUTARY_CONSOLE', '--console', 'Serve the web console at /console on the HTTP port (it uses the public API with the API key the user enters). false: no console.'),
   advertisedHttpUrl: setting<string>(
     { type: 'string' },
     '',

@@ -135,6 +135,7 @@ export class FunctionLogStore {
   private trimTimer: NodeJS.Timeout | undefined;
   private trimming: Promise<unknown> | undefined;
   private closed = false;
+  private readonly listeners = new Set<(name: string, line: FunctionLogLine) => void>();
 
   constructor(options: FunctionLogStoreOptions) {
     this.database = options.database;
@@ -157,9 +158,20 @@ export class FunctionLogStore {
     this.push(name, Date.now(), { r: requestId, l: level, v: version, m: message });
   }
 
+  /**
+   * Calls `listener` with every line as it is captured, before it is written (the live
+   * tail, `GET /v1/functions/{name}/logs/tail`). Returns the unsubscribe function.
+   */
+  onLine(listener: (name: string, line: FunctionLogLine) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
   private push(name: string, ts: number, stored: StoredValue): void {
     if (this.closed) return;
-    const key = lineKey(name, Math.max(0, Math.floor(ts)), this.seq);
+    const time = Math.max(0, Math.floor(ts));
+    for (const listener of this.listeners) listener(name, { time, level: stored.l, message: stored.m, requestId: stored.r, functionVersion: stored.v });
+    const key = lineKey(name, time, this.seq);
     this.seq = (this.seq + 1) >>> 0;
     const value = Buffer.from(JSON.stringify(stored), 'utf8');
     if (this.bufferedBytes + key.length + value.length > MAX_BUFFERED_BYTES) {

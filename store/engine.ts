@@ -58,6 +58,7 @@ import {
   type Page,
   type PutDeviceRequest,
   type PutDeviceResult,
+  type RegistryStats,
   type RangeQuery,
   type RawReading,
   type Reading,
@@ -958,9 +959,13 @@ export class TelemetryStoreEngine implements TelemetryStore {
   async listDevices(q: ListDevicesQuery): Promise<Page<DeviceInfo>> {
     const limit = q.limit;
     if (!Number.isSafeInteger(limit) || limit < 1) throw invalidParameter('limit', `limit must be a positive integer (got ${String(limit)})`);
-    const after = q.cursor === undefined ? undefined : decodeDeviceCursor(q.cursor);
+    const prefix = q.prefix ?? '';
+    const cursor = q.cursor === undefined ? undefined : decodeDeviceCursor(q.cursor);
+    // Registry keys are in id order: a prefix is one contiguous range, entered just before it.
+    const start = prefix === '' ? undefined : justBefore(prefix);
+    const after = start !== undefined && (cursor === undefined || cursor < start) ? start : cursor;
     const filter = q.tags === undefined ? undefined : Object.entries(q.tags);
-    if (filter === undefined || filter.length === 0) {
+    if ((filter === undefined || filter.length === 0) && prefix === '') {
       const rows = await this.backend.listDevices(after, limit + 1);
       const more = rows.length > limit;
       const page = more ? rows.slice(0, limit) : rows;
@@ -968,7 +973,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
       return { items: page.map((r) => toDeviceInfo(r.deviceId, r.info)), nextCursor: more && last !== undefined ? encodeDeviceCursor(last.deviceId) : null };
     }
     // Filtered: examine a bounded number of entries per page; the cursor says where to go on.
-    const matches = (tags: Record<string, string>): boolean => filter.every(([k, v]) => Object.hasOwn(tags, k) && (v === undefined || tags[k] === v));
+    const matches = (tags: Record<string, string>): boolean => (filter ?? []).every(([k, v]) => Object.hasOwn(tags, k) && (v === undefined || tags[k] === v));
     const found: DeviceInfo[] = [];
     let position = after;
     let examined = 0;
@@ -980,6 +985,11 @@ export class TelemetryStoreEngine implements TelemetryStore {
       if (rows.length < want) exhausted = true;
       for (const row of rows) {
         examined++;
+        if (!row.deviceId.startsWith(prefix)) {
+          // Past the prefix's range: nothing further can match.
+          exhausted = true;
+          break;
+        }
         if (matches(row.info.tags)) found.push(toDeviceInfo(row.deviceId, row.info));
         if (found.length > limit) break;
         position = row.deviceId;
@@ -990,6 +1000,34 @@ export class TelemetryStoreEngine implements TelemetryStore {
       return { items, nextCursor: encodeDeviceCursor((items[limit - 1] as DeviceInfo).deviceId) };
     }
     return { items: found, nextCursor: exhausted || position === undefined ? null : encodeDeviceCursor(position) };
+  }
+
+  /**
+   * Registry and partition counts (`GET /v1/store/stats`): one scan of the registry, so it
+   * costs one read per 1,000 devices.
+   */
+  async stats(): Promise<RegistryStats> {
+    const partitions = this.backend.partitions();
+    let devices = 0;
+    let readings = 0;
+    let after: string | undefined;
+    for (;;) {
+      const rows = await this.backend.listDevices(after, 1000);
+      for (const row of rows) {
+        devices++;
+        readings += row.info.readings;
+      }
+      const last = rows.at(-1);
+      if (last === undefined || rows.length < 1000) break;
+      after = last.deviceId;
+    }
+    return {
+      devices,
+      readings,
+      partitions: partitions.length,
+      oldestPartitionStart: partitions[0] === undefined ? null : partitions[0] * this.windowMs,
+      partitionWindowMs: this.windowMs,
+    };
   }
 
   private async deviceState(deviceId: string): Promise<DeviceState> {
@@ -1237,6 +1275,15 @@ function checkAggregates(aggs: unknown): Aggregate[] {
 function checkTimeParam(value: unknown, field: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw invalidParameter(field, `${field} must be an integer number of epoch milliseconds (got ${String(value)})`);
   return value;
+}
+
+/**
+ * The greatest string below every id that starts with `prefix` (ids are at most 128
+ * characters, each at most `z`): the last character lowered by one, then `z`s.
+ */
+export function justBefore(prefix: string): string {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  return `${prefix.slice(0, -1)}${String.fromCharCode(last - 1)}${'z'.repeat(128)}`;
 }
 
 function toDeviceInfo(deviceId: string, info: DeviceRecord): DeviceInfo {

@@ -127,6 +127,19 @@ export interface ListDevicesQuery {
    * bounded number of registry entries.
    */
   tags?: Record<string, string | undefined>;
+  /** Only devices whose id starts with this (a range of the registry, so cheap). */
+  prefix?: string;
+}
+
+/** What the registry and partition index hold (the counts behind `GET /v1/store/stats`). */
+export interface RegistryStats {
+  devices: number;
+  /** Readings written, summed over devices (retention drops do not lower it, as `DeviceInfo.readings`). */
+  readings: number;
+  partitions: number;
+  /** Start (epoch ms) of the oldest partition; null when there is none. */
+  oldestPartitionStart: number | null;
+  partitionWindowMs: number;
 }
 
 /** `PUT /v1/devices/{id}`: the device's tags, replacing the ones it had. */

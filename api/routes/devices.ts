@@ -23,6 +23,7 @@ export const DEVICE_LIST_PARTITIONS_HEADER = 'x-tributary-partitions';
 export interface DeviceListRequest {
   limit: number;
   cursor?: string;
+  prefix?: string;
   tag?: string;
 }
 
@@ -73,8 +74,8 @@ export const deviceRoutes: FastifyPluginAsync<DeviceRoutesOptions> = async (app,
     '/devices',
     { config: { access: { action: 'telemetry:Read' } }, schema: { tags: ['devices'], summary: 'List devices', querystring: ListDevicesQuery, response: { 200: DevicePage, ...errorResponses } } },
     async (request, reply) => {
-      const { limit = DEFAULT_LIMIT, cursor, tag } = request.query;
-      const paging = { limit, ...(cursor === undefined ? {} : { cursor }) };
+      const { limit = DEFAULT_LIMIT, cursor, tag, prefix } = request.query;
+      const paging = { limit, ...(cursor === undefined ? {} : { cursor }), ...(prefix === undefined ? {} : { prefix }) };
       // Checked here too in cluster mode, before the filter goes to the other nodes.
       const tags = tag === undefined ? undefined : parseTagFilter(tag);
       let page: Page<StoredDevice>;

@@ -40,11 +40,11 @@ const MIB = 1024 * 1024;
 /** Largest event for an invocation: Lambda's limit for a synchronous payload. */
 const INVOKE_BODY_LIMIT = 6 * 1024 * 1024;
 
-const FunctionNameParams = Type.Object(
+export const FunctionNameParams = Type.Object(
   { name: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'Function name: 1-64 characters of A-Z a-z 0-9 _ -' }) },
   { additionalProperties: false },
 );
-type FunctionNameParams = Static<typeof FunctionNameParams>;
+export type FunctionNameParams = Static<typeof FunctionNameParams>;
 
 const ModuleType = Type.Unsafe<'esm' | 'commonjs'>({
   type: 'string',
@@ -149,7 +149,7 @@ const LogsQuery = Type.Object(
 );
 type LogsQuery = Static<typeof LogsQuery>;
 
-const LogLineBody = Type.Object({
+export const LogLineBody = Type.Object({
   time: Type.Integer({ description: 'When the line was written, epoch ms.' }),
   level: Type.Unsafe<LogLevel>({ type: 'string', enum: [...LOG_LEVELS] }),
   message: Type.String(),

@@ -28,6 +28,7 @@ import { parseShardId } from '../../streams/shard.js';
 import type { ChangeLog, ChangeRecord } from '../../streams/types.js';
 import { accessOf } from '../auth.js';
 import { errorResponses, NoQuery } from '../schemas.js';
+import { DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_BUFFERED_BYTES, openEventStream, sseEvent } from '../sse.js';
 
 /** Largest page of `GET /streams/shards/:shardId/records` (DynamoDB's GetRecords allows 1,000). */
 export const MAX_RECORDS_LIMIT = 1000;
@@ -35,12 +36,6 @@ export const MAX_RECORDS_LIMIT = 1000;
 export const DEFAULT_RECORDS_LIMIT = 100;
 /** Longest long-poll (`?waitMs=`), as SQS's 20 s receive wait. */
 export const MAX_WAIT_MS = 20_000;
-/** Interval of the SSE heartbeat comment, which keeps proxies from timing an idle tail out. */
-export const DEFAULT_HEARTBEAT_MS = 15_000;
-/** Bytes a tail may have queued for a client that reads too slowly before it is cut off. */
-export const DEFAULT_MAX_BUFFERED_BYTES = 1024 * 1024;
-/** After cutting a slow client off, how long its final event may take to drain before the socket is destroyed. */
-const DRAIN_GRACE_MS = 5000;
 
 const ITERATORS = ['TRIM_HORIZON', 'LATEST', 'AT_SEQUENCE_NUMBER', 'AFTER_SEQUENCE_NUMBER', 'AT_TIMESTAMP'] as const;
 type IteratorType = (typeof ITERATORS)[number];
@@ -362,61 +357,31 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       if (deviceId !== undefined && !access.allowsDevice(deviceId)) {
         throw new TributaryError('AccessDenied', `API key ${access.keyId ?? ''} is not allowed streams:Read on device ${JSON.stringify(deviceId)}`, { field: 'deviceId' });
       }
-      const res = reply.raw;
-      // From here on the response is ours: fastify neither serializes nor ends it.
-      reply.hijack();
-      res.writeHead(200, {
-        ...(reply.getHeaders() as Record<string, string>),
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache',
-        // Tell buffering reverse proxies (nginx) to pass events through at once.
-        'x-accel-buffering': 'no',
-      });
-
       let pending: ChangeRecord[] = [];
       let flushScheduled = false;
-      let done = false;
-      let drainTimer: NodeJS.Timeout | undefined;
-
-      const stop = (): void => {
-        if (done) return;
-        done = true;
-        unsubscribe();
-        stopFollowing?.();
-        clearInterval(heartbeat);
-        active.delete(stop);
-        pending = [];
-        res.end();
-      };
-      const send = (chunk: string): void => {
-        if (done) return;
-        // writableLength counts what the response and its socket still hold unsent. Past
-        // the bound the client is not keeping up: cut it off rather than buffer without
-        // end. Checked before writing, so that one large group of records is not taken
-        // for a slow client: the bound is on what is left over from earlier writes.
-        if (res.writableLength > maxBufferedBytes) {
-          const error = new TributaryError('Throttled', `the client read the tail too slowly (over ${maxBufferedBytes} bytes unsent); reconnect, or read the shards with GET /v1/streams/shards/{shardId}/records`);
-          request.log.info({ bufferedBytes: res.writableLength }, 'stream tail cut off: the client reads too slowly');
-          res.write(`event: error\ndata: ${JSON.stringify({ error: error.toJSON() })}\n\n`);
-          stop();
-          // The final event may never drain to a client that stopped reading.
-          drainTimer = setTimeout(() => res.destroy(), DRAIN_GRACE_MS);
-          return;
-        }
-        res.write(chunk);
-      };
+      const stream = openEventStream(request, reply, `tail of ${log.streamArn}${deviceId === undefined ? '' : ` for device ${deviceId}`}`, {
+        heartbeatMs,
+        maxBufferedBytes,
+        slowClientHint: 'reconnect, or read the shards with GET /v1/streams/shards/{shardId}/records',
+        onStop: () => {
+          unsubscribe();
+          stopFollowing?.();
+          active.delete(stream.stop);
+          pending = [];
+        },
+      });
       const flush = (): void => {
         flushScheduled = false;
         let out = '';
-        for (const r of renderAll(pending, log.streamArn, viewType, request.log)) out += `event: record\ndata: ${JSON.stringify(r)}\n\n`;
+        for (const r of renderAll(pending, log.streamArn, viewType, request.log)) out += sseEvent('record', r);
         pending = [];
-        if (out !== '') send(out);
+        if (out !== '') stream.send(out);
       };
       // The listener runs inside the store's commit: it only queues, and rendering waits
       // for the next turn of the event loop so that tails do not slow writes down.
       const deviceShard = deviceId === undefined ? undefined : log.shardOf(deviceId);
       const unsubscribe = log.onCommit((records) => {
-        if (done) return;
+        if (stream.stopped) return;
         for (const r of records) {
           if (deviceShard === undefined ? access.allowsDevice(r.deviceId) : r.shard === deviceShard && r.deviceId === deviceId) pending.push(r);
         }
@@ -427,14 +392,7 @@ export const streamRoutes: FastifyPluginAsync<StreamRoutesOptions> = async (app,
       });
       // Cluster mode: the records other nodes commit too.
       const stopFollowing = log.followOthers?.();
-      const heartbeat = setInterval(() => send(': heartbeat\n\n'), heartbeatMs);
-      active.add(stop);
-      res.once('close', () => {
-        clearTimeout(drainTimer);
-        stop();
-      });
-      // A first comment flushes the headers, so the client knows the tail is live.
-      send(`: tail of ${log.streamArn}${deviceId === undefined ? '' : ` for device ${deviceId}`}\n\n`);
+      active.add(stream.stop);
     },
   );
 };

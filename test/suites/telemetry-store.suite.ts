@@ -544,6 +544,32 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         await expect(f.store.listDevices({ limit: 3, cursor: '***' })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'cursor' });
         await expect(f.store.listDevices({ limit: 0 })).rejects.toMatchObject({ code: 'InvalidParameter', field: 'limit' });
       });
+
+      it('lists the devices whose id starts with a prefix, paged, with tags', async () => {
+        const f = await fixture();
+        // Ids just below the prefix `s-7`, the prefix itself, inside its range, just above it, and in another case.
+        const ids = ['s-6', 's-6zzzz', 's-7', 's-7-a', 's-7-b', 's-7.c', 's-70', 's-8', 's-7z', 'S-7-a'];
+        await Promise.all(ids.map((deviceId) => f.store.write({ deviceId, readings: [{ values: { x: 1 } }] })));
+        await f.store.putDevice({ deviceId: 's-7-b', tags: { room: 'lab' } });
+        const all = async (q: { prefix: string; tags?: Record<string, string | undefined> }, limit: number): Promise<string[]> => {
+          const seen: string[] = [];
+          let cursor: string | undefined;
+          do {
+            const page = await f.store.listDevices({ limit, ...q, ...(cursor ? { cursor } : {}) });
+            seen.push(...page.items.map((d) => d.deviceId));
+            cursor = page.nextCursor ?? undefined;
+          } while (cursor !== undefined);
+          return seen;
+        };
+        expect(await all({ prefix: 's-7' }, 100)).toEqual(['s-7', 's-7-a', 's-7-b', 's-7.c', 's-70', 's-7z']);
+        expect(await all({ prefix: 's-7' }, 2)).toEqual(['s-7', 's-7-a', 's-7-b', 's-7.c', 's-70', 's-7z']);
+        expect(await all({ prefix: 's-7-' }, 1)).toEqual(['s-7-a', 's-7-b']);
+        expect(await all({ prefix: 's-7', tags: { room: 'lab' } }, 100)).toEqual(['s-7-b']);
+        expect(await all({ prefix: 'zz' }, 100)).toEqual([]);
+        // A cursor from before the prefix's range starts at the range.
+        const first = await f.store.listDevices({ limit: 1 });
+        expect((await f.store.listDevices({ limit: 1, prefix: 's-8', cursor: first.nextCursor as string })).items.map((d) => d.deviceId)).toEqual(['s-8']);
+      });
     });
 
     describe('per-key latest', () => {
