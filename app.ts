@@ -5,6 +5,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import type { AddressInfo } from 'node:net';
+import { awsLocationOf } from './core/arn.js';
 import { ConfigError, type Config } from './core/config.js';
 import { createLogger, type Logger } from './core/logger.js';
 import { createMetrics, type Metrics } from './core/metrics.js';
@@ -105,7 +106,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
       cluster = await ClusterNode.connect(config, database, logger);
       changeLog = cluster.changeLog;
     } else {
-      changeLog = await EmbeddedChangeLog.open(database, { shards: config.streamShards });
+      changeLog = await EmbeddedChangeLog.open(database, { shards: config.streamShards, aws: awsLocationOf(config) });
     }
     const openStore = await LevelTelemetryStore.open({
       database,
@@ -199,6 +200,7 @@ export function createApp(config: Config, opts: { logger?: Logger } = {}): App {
     const fnRuntime = new ProcessFunctionRuntime({
       logger: logger.child({ module: 'functions' }),
       metrics,
+      aws: awsLocationOf(config),
       onInvoked: fnLogs.onInvoked,
       services: {
         put: async (deviceId, reading, origin) => {

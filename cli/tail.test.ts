@@ -18,12 +18,13 @@ describe('parseSse', () => {
 });
 
 describe('formatRecord', () => {
-  const keys = { deviceId: { S: 'dev-1' }, ts: { N: '1764150000000' }, seq: { N: '0' } };
+  const keys = { deviceId: { S: 'dev-1' }, tsSeq: { N: '1764150000000.0000000002' } };
+  const attributes = { ...keys, ts: { N: '1764150000000' }, seq: { N: '2' } };
 
   it('shows time, event, device and the new values by dotted path', () => {
     const line = formatRecord({
       eventName: 'MODIFY',
-      dynamodb: { Keys: keys, SequenceNumber: '7', NewImage: { ...keys, temp: { N: '21.5' }, gps: { M: { lat: { N: '1.5' } } }, on: { BOOL: true } } },
+      dynamodb: { Keys: keys, SequenceNumber: '7', NewImage: { ...attributes, temp: { N: '21.5' }, gps: { M: { lat: { N: '1.5' } } }, on: { BOOL: true } } },
     });
     expect(line).toBe('2025-11-26T09:40:00.000Z  MODIFY  dev-1  temp=21.5 gps.lat=1.5 on=true');
   });

@@ -7,6 +7,7 @@
  */
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import type { Command } from 'commander';
+import { parseTsSeq } from '../store/table-key.js';
 import { deviceIdArg, positiveInt } from './args.js';
 import { CliError, EXIT } from './exit.js';
 import { clientFrom, withClientOptions, type ClientFlags } from './http-client.js';
@@ -54,15 +55,17 @@ export function parseSse(text: string): { events: SseEvent[]; rest: string } {
 
 /** `2026-11-26T10:00:00.000Z  INSERT  sensor-1  temp=21.5 hum=40` */
 export function formatRecord(record: StreamRecord): string {
-  const keys = unmarshall(record.dynamodb.Keys as never) as { deviceId: string; ts: number; seq: number };
+  const keys = record.dynamodb.Keys as { deviceId?: { S?: string }; tsSeq?: { N?: string } };
+  // From the sort key's text (store/table-key.ts): ts is its integer part.
+  const ts = parseTsSeq(keys.tsSeq?.N ?? '')?.ts;
   let values = '';
   if (record.dynamodb.NewImage !== undefined) {
-    const { deviceId: _d, ts: _t, seq: _s, ...rest } = unmarshall(record.dynamodb.NewImage as never);
+    const { deviceId: _d, tsSeq: _k, ts: _t, seq: _s, ...rest } = unmarshall(record.dynamodb.NewImage as never);
     values = Object.entries(flatten(rest))
       .map(([k, v]) => `${k}=${formatValue(v)}`)
       .join(' ');
   }
-  return `${formatTime(keys.ts)}  ${record.eventName.padEnd(6)}  ${keys.deviceId}${values ? `  ${values}` : ''}`;
+  return `${formatTime(ts)}  ${record.eventName.padEnd(6)}  ${keys.deviceId?.S ?? '-'}${values ? `  ${values}` : ''}`;
 }
 
 export function registerTail(program: Command): void {

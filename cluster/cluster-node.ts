@@ -6,6 +6,7 @@
  * a device's queries go to its partition's owner.
  */
 import type { DeviceRoute, DeviceRouter } from '../api/forward.js';
+import { awsLocationOf } from '../core/arn.js';
 import type { Config } from '../core/config.js';
 import { randomUUID } from 'node:crypto';
 import { isTributaryError, TributaryError } from '../core/errors.js';
@@ -105,7 +106,7 @@ export class ClusterNode implements DeviceRouter {
     };
     try {
       const replicationFactor = config.kafkaReplicationFactor;
-      const changeLog = await open(KafkaChangeLog.open({ client, database, topic: topics.changes, shards: config.streamShards, replicationFactor, retentionMs: config.streamRetention, owned: 'none', logger: logger.child({ module: 'streams' }) }));
+      const changeLog = await open(KafkaChangeLog.open({ client, database, topic: topics.changes, shards: config.streamShards, replicationFactor, retentionMs: config.streamRetention, owned: 'none', aws: awsLocationOf(config), logger: logger.child({ module: 'streams' }) }));
       const producer = await open(TelemetryProducer.open({ client, topic: topics.telemetry, partitions: config.streamShards, replicationFactor, retentionMs: config.retention }));
       const metadata = await open(KafkaMetadata.open({ client, database, topic: topics.metadata, replicationFactor, cleanup: { compact: true }, logger: logger.child({ module: 'metadata' }) }));
       const rejectsReplication = await open(

@@ -9,6 +9,8 @@ import { parseDuration } from './time.js';
  */
 type Kind =
   | { type: 'string' }
+  /** A string matching `pattern`; `expected` says what in the error. */
+  | { type: 'pattern'; pattern: RegExp; expected: string }
   | { type: 'path' }
   | { type: 'port' }
   | { type: 'int'; min: number; max: number }
@@ -160,6 +162,20 @@ export const SETTINGS = {
     "How long a node that stopped heartbeating keeps its partitions before Kafka's consumer groups move them to the other nodes: the bound on how long a dead node's devices go unqueried and their records unprocessed.",
   ),
   console: setting<boolean>({ type: 'bool' }, true, 'TRIBUTARY_CONSOLE', '--console', 'Serve the web console at /console on the HTTP port (it uses the public API with the API key the user enters). false: no console.'),
+  awsRegion: setting<string>(
+    { type: 'pattern', pattern: /^[a-z0-9]+(-[a-z0-9]+)*$/, expected: 'a region name such as us-east-1 (lowercase letters, digits and hyphens)' },
+    'us-east-1',
+    'TRIBUTARY_AWS_REGION',
+    '--aws-region',
+    "Region in the change stream's ARN (arn:aws:dynamodb:<region>:...), the records' awsRegion and the functions' AWS_REGION / AWS_DEFAULT_REGION. Changes no eventID.",
+  ),
+  awsAccountId: setting<string>(
+    { type: 'pattern', pattern: /^\d{12}$/, expected: 'a 12-digit account id' },
+    '000000000000',
+    'TRIBUTARY_AWS_ACCOUNT_ID',
+    '--aws-account-id',
+    "Account in the change stream's ARN and the functions' invokedFunctionArn. Changes no eventID.",
+  ),
   advertisedHttpUrl: setting<string>(
     { type: 'string' },
     '',
@@ -190,6 +206,9 @@ function parseValue(key: SettingKey, raw: unknown, source: string): unknown {
     case 'string':
     case 'path':
       if (typeof raw !== 'string') return fail('expected a string');
+      return raw;
+    case 'pattern':
+      if (typeof raw !== 'string' || !kind.pattern.test(raw)) return fail(`expected ${kind.expected}`);
       return raw;
     case 'port':
     case 'int': {

@@ -2,11 +2,14 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 /**
  * Every Prometheus metric of the process, in one registry per app instance (so tests
- * can run several apps in one process without clashing).
+ * can run several apps in one process without clashing). prom-client's process and
+ * Node.js metrics keep their standard unprefixed names (`process_cpu_seconds_total`,
+ * `nodejs_heap_size_used_bytes`, ...) so stock dashboards match them; Tributary's own
+ * metrics are named `tributary_*`.
  */
 export function createMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'tributary_process_' });
+  collectDefaultMetrics({ register: registry });
   const m = {
     registry,
     storeWritable: new Gauge({ name: 'tributary_store_writable', help: '1 while the database accepts writes, 0 after a failed write (e.g. a full disk) until it has been reopened.', registers: [registry] }),

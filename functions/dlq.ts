@@ -17,6 +17,7 @@
  * entries.
  */
 import { randomBytes } from 'node:crypto';
+import { sameStream } from '../core/arn.js';
 import { invalidParameter, TributaryError } from '../core/errors.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
@@ -209,7 +210,9 @@ async function readEntryRecords(entry: DeadLetterEntry, log: ChangeLog): Promise
       'Conflict',
       `cannot redrive dead-letter queue entry ${entry.id}: ${why}; the records of shard ${shard} from sequence number ${first} to ${last} are no longer in the change log (trimmed by retention), so they cannot be delivered again — delete the entry`,
     );
-  if (entry.streamArn !== log.streamArn) {
+  // By table and label: entries keep the ARN they were written under (another region or
+  // account, or the earlier arn:tributary form), and still belong to this stream.
+  if (!sameStream(entry.streamArn, log.streamArn)) {
     throw new TributaryError('Conflict', `cannot redrive dead-letter queue entry ${entry.id}: it belongs to stream ${entry.streamArn}, not to this server's ${log.streamArn}`);
   }
   if (shard >= log.shardCount) throw gone(`the stream has no shard ${shard}`);

@@ -312,7 +312,7 @@ describe('EventBridge content filtering examples', () => {
 });
 
 // Records as Tributary renders them (streams/lambda-event.ts).
-const ARN = 'arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/2026-11-26T08:00:00.000Z';
+const ARN = 'arn:aws:dynamodb:us-east-1:000000000000:table/telemetry/stream/2026-11-26T08:00:00.000';
 const base: ChangeRecord = { eventName: 'INSERT', deviceId: 'sensor-1', ts: 1764150000000, seq: 0, shard: 0, sequenceNumber: 1, createdAt: 1764150000123 };
 const insert = toStreamRecord({ ...base, newValues: { temp: 31.5, site: 'north', gps: { lat: 52.1, lon: 4.3 } } }, ARN);
 const modify = toStreamRecord({ ...base, eventName: 'MODIFY', newValues: { temp: 20 }, oldValues: { temp: 35 } }, ARN);

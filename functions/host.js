@@ -290,8 +290,8 @@ function serialiseResult(result) {
 
 /** @type {Handler | undefined} */
 let handler;
-/** @type {{ functionName: string, functionVersion: string, memoryMb: number }} */
-let identity = { functionName: '', functionVersion: '', memoryMb: 0 };
+/** @type {{ functionName: string, functionVersion: string, functionArn: string, memoryMb: number }} */
+let identity = { functionName: '', functionVersion: '', functionArn: '', memoryMb: 0 };
 /** The invocation in progress (the server sends one at a time). */
 /** @type {{ requestId: string } | undefined} */
 let current;
@@ -350,7 +350,7 @@ async function init(message) {
   maxLogBytes = message.maxLogBytes;
   closeInherited(message.closeFds);
   if (message.lockNetwork) lockNetwork();
-  identity = { functionName: message.functionName, functionVersion: message.functionVersion, memoryMb: message.memoryMb };
+  identity = { functionName: message.functionName, functionVersion: message.functionVersion, functionArn: message.functionArn, memoryMb: message.memoryMb };
   if (message.reportRss) {
     // Only where the server cannot read /proc: a busy handler cannot report, so this
     // fallback is weaker than the server-side watchdog.
@@ -397,7 +397,7 @@ async function invoke(message) {
     functionName: identity.functionName,
     functionVersion: identity.functionVersion,
     awsRequestId: requestId,
-    invokedFunctionArn: `arn:tributary:lambda:local:000000000000:function:${identity.functionName}`,
+    invokedFunctionArn: identity.functionArn,
     // Lambda exposes this as a string; so do we, for code written against Lambda.
     memoryLimitInMB: String(identity.memoryMb),
     getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),

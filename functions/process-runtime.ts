@@ -45,6 +45,7 @@ import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { DEFAULT_AWS_LOCATION, functionArnOf, type AwsLocation } from '../core/arn.js';
 import { SETTINGS } from '../core/config.js';
 import { createLogger, type Logger } from '../core/logger.js';
 import { TributaryError } from '../core/errors.js';
@@ -72,6 +73,7 @@ export type ToHost =
       codePath: string;
       functionName: string;
       functionVersion: string;
+      functionArn: string;
       memoryMb: number;
       maxLogBytes: number;
       reportRss: boolean;
@@ -129,6 +131,8 @@ export interface ProcessFunctionRuntimeOptions {
   initTimeoutMs?: number;
   /** How often the memory watchdog reads a busy child's RSS. Default 50 ms. */
   memoryPollMs?: number;
+  /** Region (`AWS_REGION`) and account (`invokedFunctionArn`) the functions see. Default: us-east-1, 000000000000. */
+  aws?: AwsLocation;
   /**
    * A warm process idle this long is stopped (the next invocation starts a new one), so
    * deleted or rarely used functions do not hold memory forever. Default 10 minutes.
@@ -320,6 +324,7 @@ interface RuntimeSettings {
   initTimeoutMs: number;
   memoryPollMs: number;
   idleTimeoutMs: number;
+  aws: AwsLocation;
 }
 
 /**
@@ -395,7 +400,9 @@ class FunctionProcess {
     for (const [k, v] of Object.entries(this.fn.environment)) env[k] = v;
     Object.assign(env, {
       NODE_OPTIONS: '',
-      AWS_REGION: 'local',
+      // Lambda sets both (configuration-envvars.html#configuration-envvars-runtime).
+      AWS_REGION: this.settings.aws.region,
+      AWS_DEFAULT_REGION: this.settings.aws.region,
       AWS_LAMBDA_FUNCTION_NAME: this.fn.name,
       AWS_LAMBDA_FUNCTION_VERSION: String(this.fn.version),
       AWS_LAMBDA_FUNCTION_MEMORY_SIZE: String(memoryMb),
@@ -452,6 +459,7 @@ class FunctionProcess {
       codePath,
       functionName: this.fn.name,
       functionVersion: String(this.fn.version),
+      functionArn: functionArnOf(this.settings.aws, this.fn.name),
       memoryMb,
       maxLogBytes: this.settings.maxLogBytes,
       reportRss: !HAS_PROC,
@@ -745,6 +753,7 @@ export class ProcessFunctionRuntime implements FunctionRuntime {
       initTimeoutMs: options.initTimeoutMs ?? DEFAULT_INIT_TIMEOUT_MS,
       memoryPollMs: options.memoryPollMs ?? DEFAULT_MEMORY_POLL_MS,
       idleTimeoutMs: options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+      aws: options.aws ?? DEFAULT_AWS_LOCATION,
     };
   }
 

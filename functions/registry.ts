@@ -142,7 +142,7 @@ export const MEMORY_RANGE = { min: 16, max: 10_240 } as const;
 const ENV_KEY_RE = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
 const MAX_ENV_BYTES = 4096;
 /** Set by the runtime itself (process-runtime.ts); a function cannot override them. */
-const RESERVED_ENV = new Set(['NODE_OPTIONS', 'TZ', 'AWS_REGION']);
+const RESERVED_ENV = new Set(['NODE_OPTIONS', 'TZ', 'AWS_REGION', 'AWS_DEFAULT_REGION']);
 const RESERVED_ENV_PREFIX = 'AWS_LAMBDA_';
 
 /** Key byte after `F · name`: a version (then u32 BE), or a number taken (then u32 BE · claim id; alone: the counter of older data). */

@@ -238,6 +238,7 @@ export class MqttBroker implements CommandSender {
       if (open >= limits.maxConnections) overLimit.add(stream);
       open++;
       stream.once('close', () => open--);
+      readWholeBuffer(stream);
       guardConnection(stream, maxPacketBytes);
       aedes.handle(stream, req);
     };
@@ -384,6 +385,19 @@ class SubscribeGate {
     }
     return state;
   }
+}
+
+/**
+ * aedes reads a connection with one `read()` per 'readable' event and takes the result
+ * for everything buffered, as `read()` without a size gives up to Node 24. From Node 26
+ * it gives one buffered chunk, and the rest waits for a 'readable' event that never
+ * comes when no more data arrives: an MQTT-over-WebSocket CONNECT, which mqtt.js sends as
+ * several small messages (one chunk each), was never answered. Asking for the buffered
+ * length returns all of it, joined, on every version.
+ */
+function readWholeBuffer(socket: Duplex): void {
+  const read = socket.read.bind(socket);
+  socket.read = (size?: number) => read(size ?? (socket.readableLength > 0 ? socket.readableLength : undefined));
 }
 
 /**

@@ -55,6 +55,8 @@ describe('decodePayload', () => {
     ['{"":1}', 'invalid_value'],
     ['{"seq":1}', 'invalid_value'],
     ['{"values":{"deviceId":"x"}}', 'invalid_value'],
+    ['{"tsSeq":1}', 'invalid_value'],
+    ['{"values":{"tsSeq":1}}', 'invalid_value'],
     ['{"g":{}}', 'invalid_value'],
     ['{"a":{"b":{"c":{"d":1}}}}', 'invalid_value'],
     ['{"a":1,"b":2,"c":3,"d":4,"e":5}', 'too_many_keys'],

@@ -2,6 +2,7 @@ import { isUtf8 } from 'node:buffer';
 import { TributaryError } from '../core/errors.js';
 import { NumberValue, numberProblem, parseJson } from '../core/numbers.js';
 import { MAX_TIMESTAMP_MS } from '../core/time.js';
+import { ITEM_ATTRIBUTES } from '../store/table-key.js';
 import type { ReadingInput, Value, Values } from '../store/types.js';
 
 /** Why a payload was rejected: the label of the rejects counter and log. */
@@ -47,8 +48,6 @@ export interface PayloadLimits {
 
 export const DEFAULT_LIMITS: Omit<PayloadLimits, 'maxPayloadBytes'> = { maxReadings: 1000, maxKeys: 256, maxDepth: 8 };
 
-/** Attribute names of the item key; a value may not shadow them in the stream images. */
-const RESERVED = new Set(['deviceId', 'ts', 'seq']);
 
 /** Decodes a raw MQTT payload (JSON bytes) into readings. */
 export function decodePayload(payload: Buffer, limits: PayloadLimits): ReadingInput[] {
@@ -157,7 +156,8 @@ function checkValues(values: Record<string, unknown>, limits: Omit<PayloadLimits
   const keys = Object.keys(values);
   if (keys.length === 0) throw new RejectedPayload('invalid_shape', `reading${where} has no values`, where || undefined);
   for (const k of keys) {
-    if (RESERVED.has(k)) throw new RejectedPayload('invalid_value', `"${k}" is part of the item key and cannot be a value name`, `${where}${k}`);
+    // The stream images carry these beside the values (store/table-key.ts).
+    if (ITEM_ATTRIBUTES.has(k)) throw new RejectedPayload('invalid_value', `"${k}" is an attribute of every item (${[...ITEM_ATTRIBUTES].join(', ')}) and cannot be a value name`, `${where}${k}`);
   }
   checkLevel(values, keys, '', 1, 0, limits, where);
   return values as Values;

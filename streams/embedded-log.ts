@@ -1,3 +1,4 @@
+import { DEFAULT_AWS_LOCATION, streamArnOf, streamLabelOf, type AwsLocation } from '../core/arn.js';
 import { TributaryError } from '../core/errors.js';
 import type { Database } from '../store/database.js';
 import { Prefix } from '../store/keyspace.js';
@@ -64,7 +65,8 @@ export class EmbeddedChangeLog extends SequencedLog {
     this.tails = Array.from({ length: shardCount }, () => new TailCache(limits.records, bytesPerShard));
   }
 
-  static async open(database: Database, opts: { shards: number; tailCache?: TailCacheLimits }): Promise<EmbeddedChangeLog> {
+  /** `aws`: the region and account of the stream's ARN (default: us-east-1, 000000000000). */
+  static async open(database: Database, opts: { shards: number; tailCache?: TailCacheLimits; aws?: AwsLocation }): Promise<EmbeddedChangeLog> {
     const fixed = Number(await database.fixedSetting('streamShards', String(opts.shards)));
     if (fixed !== opts.shards) {
       throw new TributaryError('Conflict', `this data directory was created with ${fixed} stream shards; the shard count cannot change (configured: ${opts.shards})`);
@@ -75,7 +77,7 @@ export class EmbeddedChangeLog extends SequencedLog {
       const keys = await database.read((db) => db.keys({ gte: changeKey(shard, 0), lt: changeKey(shard + 1, 0), reverse: true, limit: 1 }).all());
       last.push(keys[0] ? sequenceOfKey(keys[0]) : 0);
     }
-    return new EmbeddedChangeLog(database, fixed, `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${createdAt}`, last, opts.tailCache ?? DEFAULT_TAIL_CACHE);
+    return new EmbeddedChangeLog(database, fixed, streamArnOf(opts.aws ?? DEFAULT_AWS_LOCATION, streamLabelOf(createdAt)), last, opts.tailCache ?? DEFAULT_TAIL_CACHE);
   }
 
   override stage(ops: BatchOp[], changes: Change[], now: number): ChangeRecord[] {

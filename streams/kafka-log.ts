@@ -36,6 +36,7 @@
  *   A send never splits one source's records of a shard, so a write's records reach the
  *   topic together or not at all.
  */
+import { DEFAULT_AWS_LOCATION, streamArnOf, streamLabelOf, type AwsLocation } from '../core/arn.js';
 import { TributaryError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Database } from '../store/database.js';
@@ -64,6 +65,8 @@ export interface KafkaChangeLogOptions {
    * until handed over with {@link KafkaChangeLog.acquire} (cluster mode).
    */
   owned?: 'all' | 'none';
+  /** The region and account of the stream's ARN (default: us-east-1, 000000000000). */
+  aws?: AwsLocation;
 }
 
 /** Records per send and per outbox read; bytes per send stay under Kafka's 1 MiB default batch limit. */
@@ -200,7 +203,7 @@ export class KafkaChangeLog extends SequencedLog {
     const producer = await client.producer();
     try {
       const createdAt = await streamCreatedAt(client, producer, `${topic}.meta`, opts.replicationFactor);
-      const streamArn = `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${createdAt}`;
+      const streamArn = streamArnOf(opts.aws ?? DEFAULT_AWS_LOCATION, streamLabelOf(createdAt));
       if (opts.owned === 'none') return new KafkaChangeLog(opts, producer, streamArn, new Array<number>(shards).fill(0), new Array<number>(shards).fill(0));
       const ends = (await client.offsets(topic)).map((p) => p.high);
       const last: number[] = [];

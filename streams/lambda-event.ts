@@ -1,7 +1,8 @@
 import { hash } from 'node:crypto';
-import { marshall } from '@aws-sdk/util-dynamodb';
 import type { AttributeValue } from '@aws-sdk/client-dynamodb';
+import { parseStreamArn, type StreamArnParts } from '../core/arn.js';
 import { NumberValue, numberText } from '../core/numbers.js';
+import { tsSeqOf } from '../store/table-key.js';
 import type { Value, Values } from '../store/types.js';
 import type { ChangeRecord, EventName } from './types.js';
 
@@ -15,7 +16,7 @@ export interface DynamoDBStreamRecord {
   eventName: EventName;
   eventVersion: '1.1';
   eventSource: 'aws:dynamodb';
-  awsRegion: 'local';
+  awsRegion: string;
   eventSourceARN: string;
   dynamodb: {
     ApproximateCreationDateTime: number;
@@ -65,20 +66,46 @@ function mapOf(values: Values, prefix: string, into: Image = {}): Image {
   return into;
 }
 
+/** The item's key (store/table-key.ts): `tsSeq` as exact decimal text, which a JS number cannot hold. */
+function itemKey(r: ChangeRecord): Image {
+  return { deviceId: { S: r.deviceId }, tsSeq: { N: tsSeqOf(r.ts, r.seq) } };
+}
+
+/** Every image carries the key, `ts` and `seq`; set again after the values so that none of them can shadow these. */
+function itemAttributes(r: ChangeRecord): Image {
+  return { ...itemKey(r), ts: { N: String(r.ts) }, seq: { N: String(r.seq) } };
+}
+
 function image(r: ChangeRecord, values: Values): Image {
-  return mapOf(values, '', { deviceId: { S: r.deviceId }, ts: { N: String(r.ts) }, seq: { N: String(r.seq) } });
+  // The item attributes again after the values: none of them can be shadowed.
+  return Object.assign(mapOf(values, '', itemAttributes(r)), itemAttributes(r));
+}
+
+let lastArn: { arn: string; parts: StreamArnParts } | undefined;
+
+/** The region and label of a stream ARN; one stream per process, so the last one parsed is kept. */
+function streamOf(streamArn: string): StreamArnParts {
+  if (lastArn?.arn !== streamArn) {
+    const parts = parseStreamArn(streamArn);
+    if (parts === undefined) throw new TypeError(`not a DynamoDB stream ARN: ${streamArn}`);
+    lastArn = { arn: streamArn, parts };
+  }
+  return lastArn.parts;
 }
 
 /**
  * Renders a change record exactly as a Lambda handler attached to a DynamoDB stream
  * receives it: typed AttributeValue images, `ApproximateCreationDateTime` in epoch
- * seconds, `SequenceNumber` as a decimal string. The event id is derived from the
+ * seconds, `SequenceNumber` as a decimal string, `awsRegion` the region of the stream's
+ * ARN. The event id is derived from the stream's label (its creation time) and the
  * record's place in the stream, so a redelivered record carries the same id; in cluster
- * mode from the telemetry record it was made from and the item, so the same change
- * written twice (a zombie owner during a rebalance) carries the same id too.
+ * mode from the label, the telemetry record it was made from and the item, so the same
+ * change written twice (a zombie owner during a rebalance) carries the same id too.
+ * Neither region nor account goes into it: configuring them changes no id.
  */
 export function toStreamRecord(r: ChangeRecord, streamArn: string, viewType: StreamViewType = 'NEW_AND_OLD_IMAGES'): DynamoDBStreamRecord {
-  const keys = marshall({ deviceId: r.deviceId, ts: r.ts, seq: r.seq }) as Image;
+  const stream = streamOf(streamArn);
+  const keys = itemKey(r);
   const dynamodb: DynamoDBStreamRecord['dynamodb'] = {
     ApproximateCreationDateTime: Math.floor(r.createdAt / 1000),
     Keys: keys,
@@ -91,11 +118,11 @@ export function toStreamRecord(r: ChangeRecord, streamArn: string, viewType: Str
   dynamodb.SizeBytes = Buffer.byteLength(JSON.stringify([dynamodb.Keys, dynamodb.NewImage, dynamodb.OldImage]));
   const record: DynamoDBStreamRecord = {
     // One-shot crypto.hash: the same digest as createHash, without a Hash object per record.
-    eventID: hash('md5', r.source === undefined ? `${streamArn}|${r.shard}|${r.sequenceNumber}` : `${streamArn}|src|${r.source}|${r.deviceId}|${r.ts}|${r.seq}`, 'hex'),
+    eventID: hash('md5', r.source === undefined ? `${stream.label}|${r.shard}|${r.sequenceNumber}` : `${stream.label}|src|${r.source}|${r.deviceId}|${r.ts}|${r.seq}`, 'hex'),
     eventName: r.eventName,
     eventVersion: '1.1',
     eventSource: 'aws:dynamodb',
-    awsRegion: 'local',
+    awsRegion: stream.region,
     eventSourceARN: streamArn,
     dynamodb,
   };

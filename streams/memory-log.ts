@@ -1,3 +1,4 @@
+import { DEFAULT_AWS_LOCATION, streamArnOf, streamLabelOf, type AwsLocation } from '../core/arn.js';
 import { SequencedLog } from './sequenced-log.js';
 import type { BatchOp, ChangeRecord } from './types.js';
 
@@ -5,8 +6,8 @@ import type { BatchOp, ChangeRecord } from './types.js';
 export class MemoryChangeLog extends SequencedLog {
   private readonly records: ChangeRecord[][];
 
-  constructor(opts: { shards: number }) {
-    super(opts.shards, `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${new Date(0).toISOString()}`, new Array<number>(opts.shards).fill(0));
+  constructor(opts: { shards: number; aws?: AwsLocation }) {
+    super(opts.shards, streamArnOf(opts.aws ?? DEFAULT_AWS_LOCATION, streamLabelOf(new Date(0).toISOString())), new Array<number>(opts.shards).fill(0));
     this.records = Array.from({ length: opts.shards }, () => []);
   }
 

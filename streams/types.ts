@@ -66,7 +66,10 @@ export interface BatchOp {
 
 export interface ChangeLog {
   readonly shardCount: number;
-  /** `arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/<created-at-ISO>` */
+  /**
+   * `arn:aws:dynamodb:<region>:<account>:table/telemetry/stream/<label>`, the label being the
+   * stream's creation time as AWS writes it (`2026-11-26T08:00:00.000`): core/arn.ts.
+   */
   readonly streamArn: string;
   shardOf(deviceId: string): number;
   /**

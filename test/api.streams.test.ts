@@ -175,7 +175,7 @@ describe('GET /v1/streams/shards/:shardId/records', () => {
     expect(all).toEqual({ items: expected, nextSequenceNumber: '3' });
     expect(page(await app.inject('/v1/streams/shards/shardId-0000/records?iterator=TRIM_HORIZON'))).toEqual(all);
     expect(all.items[2]?.userIdentity).toEqual({ type: 'Service', principalId: 'dynamodb.amazonaws.com' });
-    expect(all.items[0]?.dynamodb.NewImage).toEqual({ deviceId: { S: d0 }, ts: { N: '1700000000001' }, seq: { N: '0' }, v: { N: '1' }, nested: { M: { ok: { BOOL: true } } } });
+    expect(all.items[0]?.dynamodb.NewImage).toEqual({ deviceId: { S: d0 }, tsSeq: { N: '1700000000001' }, ts: { N: '1700000000001' }, seq: { N: '0' }, v: { N: '1' }, nested: { M: { ok: { BOOL: true } } } });
   });
 
   it('pages with limit and continues with AFTER_SEQUENCE_NUMBER=nextSequenceNumber', async () => {
@@ -263,7 +263,7 @@ describe('GET /v1/streams/shards/:shardId/records', () => {
     const { app, log, devices } = harness();
     commit(log, [{ eventName: 'MODIFY', deviceId: devices[0] as string, ts: 5, seq: 0, newValues: { v: 2 }, oldValues: { v: 1 } }]);
     const view = async (v: string) => page(await app.inject(`/v1/streams/shards/shardId-0000/records?viewType=${v}`)).items[0]?.dynamodb;
-    expect(await view('KEYS_ONLY')).toMatchObject({ StreamViewType: 'KEYS_ONLY', Keys: { ts: { N: '5' } } });
+    expect(await view('KEYS_ONLY')).toMatchObject({ StreamViewType: 'KEYS_ONLY', Keys: { tsSeq: { N: '5' } } });
     expect(await view('KEYS_ONLY')).not.toHaveProperty('NewImage');
     expect(await view('NEW_IMAGE')).not.toHaveProperty('OldImage');
     expect((await view('NEW_IMAGE'))?.NewImage).toMatchObject({ v: { N: '2' } });
@@ -452,7 +452,7 @@ describe('GET /v1/streams/tail (Server-Sent Events)', () => {
     // Give stray records a moment to (wrongly) arrive.
     await new Promise((r) => setTimeout(r, 50));
     const records = tail.records();
-    expect(records.map((r) => [r.dynamodb.Keys['deviceId'], r.dynamodb.Keys['ts']?.N])).toEqual([
+    expect(records.map((r) => [r.dynamodb.Keys['deviceId'], r.dynamodb.Keys['tsSeq']?.N])).toEqual([
       [{ S: d0 }, '1700000000003'],
       [{ S: d0 }, '1700000000005'],
     ]);

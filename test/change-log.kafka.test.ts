@@ -34,8 +34,9 @@ describe('change record codec: source', () => {
 
   it('renders no source field into the Lambda record', () => {
     // Only the event id may derive from it (de-duplication across writers).
-    const { eventID: _withSource, ...rendered } = toStreamRecord({ ...base, source: 42 }, 'arn');
-    const { eventID: _without, ...plain } = toStreamRecord(base, 'arn');
+    const arn = 'arn:aws:dynamodb:us-east-1:000000000000:table/telemetry/stream/2026-11-26T08:00:00.000';
+    const { eventID: _withSource, ...rendered } = toStreamRecord({ ...base, source: 42 }, arn);
+    const { eventID: _without, ...plain } = toStreamRecord(base, arn);
     expect(rendered).toStrictEqual(plain);
   });
 });

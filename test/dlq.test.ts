@@ -230,6 +230,21 @@ describe('redrive', () => {
     await expectCode(q.get(entry.id), 'NotFound');
   });
 
+  it('redrives an entry written under another region, account or the earlier arn:tributary form, and refuses one of another stream', async () => {
+    const { q, invoker, deps, meta } = setup();
+    const label = ARN.slice(ARN.lastIndexOf('/') + 1);
+    for (const streamArn of [`arn:tributary:dynamodb:local:000000000000:table/telemetry/stream/${label}Z`, `arn:aws:dynamodb:eu-west-1:123456789012:table/telemetry/stream/${label}`]) {
+      const entry = await q.add({ ...meta, streamArn });
+      expect((await q.redrive(entry.id, deps)).deleted).toBe(true);
+      // Rendered with the ARN of the stream as configured now.
+      expect(invoker.calls.at(-1)?.event.Records[0]?.eventSourceARN).toBe(ARN);
+    }
+    const other = await q.add({ ...meta, streamArn: ARN.replace(label, '2026-01-01T00:00:00.000') });
+    const err = await expectCode(q.redrive(other.id, deps), 'Conflict');
+    expect(err.message).toMatch(/belongs to stream/);
+    expect(invoker.calls).toHaveLength(2);
+  });
+
   it('keeps the entry on failure, counting the attempt', async () => {
     const { q, invoker, deps, meta } = setup();
     const entry = await q.add(meta);

@@ -46,8 +46,8 @@ describe('end to end: MQTT → store → change stream → handler → HTTP', ()
     expect(seen).toHaveLength(3);
     const [live, stamped, iso] = seen as [DynamoDBStreamRecord, DynamoDBStreamRecord, DynamoDBStreamRecord];
     for (const r of seen) {
-      expect(r).toMatchObject({ eventName: 'INSERT', eventVersion: '1.1', eventSource: 'aws:dynamodb', awsRegion: 'local' });
-      expect(r.eventSourceARN).toMatch(/^arn:tributary:dynamodb:local:000000000000:table\/telemetry\/stream\/\d{4}-\d\d-\d\dT/);
+      expect(r).toMatchObject({ eventName: 'INSERT', eventVersion: '1.1', eventSource: 'aws:dynamodb', awsRegion: 'us-east-1' });
+      expect(r.eventSourceARN).toMatch(/^arn:aws:dynamodb:us-east-1:000000000000:table\/telemetry\/stream\/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}$/);
       expect(r.dynamodb.StreamViewType).toBe('NEW_AND_OLD_IMAGES');
       expect(r.dynamodb.Keys.deviceId).toEqual({ S: 'sensor-1' });
       expect(r.dynamodb.ApproximateCreationDateTime).toBeGreaterThanOrEqual(Math.floor(before / 1000));
@@ -57,12 +57,12 @@ describe('end to end: MQTT → store → change stream → handler → HTTP', ()
     // One device → one shard → consecutive sequence numbers in publish order.
     expect(seen.map((r) => Number(r.dynamodb.SequenceNumber))).toEqual([1, 2, 3].map((i) => Number(live.dynamodb.SequenceNumber) + i - 1));
     const liveImage = unmarshall(live.dynamodb.NewImage as Record<string, AttributeValue>);
-    expect(liveImage).toEqual({ deviceId: 'sensor-1', ts: expect.any(Number), seq: 0, temp: 21.5 });
+    expect(liveImage).toEqual({ deviceId: 'sensor-1', tsSeq: liveImage.ts, ts: expect.any(Number), seq: 0, temp: 21.5 });
     expect(liveImage.ts).toBeGreaterThanOrEqual(before);
     expect(liveImage.ts).toBeLessThanOrEqual(after);
-    expect(unmarshall(stamped.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', ts: 1764150000000, seq: 0, temp: 30.5, gps: { lat: 52.1 } });
+    expect(unmarshall(stamped.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', tsSeq: 1764150000000, ts: 1764150000000, seq: 0, temp: 30.5, gps: { lat: 52.1 } });
     expect(stamped.dynamodb.NewImage?.temp).toEqual({ N: '30.5' });
-    expect(unmarshall(iso.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', ts: Date.parse('2025-11-26T09:41:00.000Z'), seq: 0, door: true, mode: 'eco' });
+    expect(unmarshall(iso.dynamodb.NewImage as Record<string, AttributeValue>)).toEqual({ deviceId: 'sensor-1', tsSeq: Date.parse('2025-11-26T09:41:00.000Z'), ts: Date.parse('2025-11-26T09:41:00.000Z'), seq: 0, door: true, mode: 'eco' });
 
     // The REST API returns the readings.
     const recent = await getJson(`${running.addresses.http}/v1/devices/sensor-1/telemetry?from=-1h`);

@@ -18,6 +18,7 @@ import { EmbeddedChangeLog } from '../streams/embedded-log.js';
 import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp, Change, ChangeLog, ChangeRecord } from '../streams/types.js';
 import { tempDir, waitFor } from './helpers.js';
+import { parseTsSeq } from '../store/table-key.js';
 
 const FN: FunctionSpec = { name: 'on-change', version: 1, codePath: '/nowhere/handler.mjs', timeoutMs: 1000, memoryMb: 128, environment: {} };
 const OK: InvokeOutcome = { status: 'ok', result: null };
@@ -66,7 +67,7 @@ function deviceOf(r: DynamoDBStreamRecord): string {
 }
 
 function tsOf(r: DynamoDBStreamRecord): number {
-  return Number(r.dynamodb.Keys['ts']?.N);
+  return parseTsSeq(r.dynamodb.Keys['tsSeq']?.N ?? '')?.ts as number;
 }
 
 /** Simulates one committed write: stage, (nothing to make durable in memory), commit; `now` is the commit time. */
@@ -211,12 +212,12 @@ describe('EventSourceMapping', () => {
         eventName: 'INSERT',
         eventVersion: '1.1',
         eventSource: 'aws:dynamodb',
-        awsRegion: 'local',
+        awsRegion: 'us-east-1',
         eventSourceARN: s.log.streamArn,
         dynamodb: {
           SequenceNumber: '1',
           StreamViewType: 'NEW_AND_OLD_IMAGES',
-          Keys: { deviceId: { S: 'd1' }, ts: { N: '1000' }, seq: { N: '0' } },
+          Keys: { deviceId: { S: 'd1' }, tsSeq: { N: '1000' } },
           NewImage: { deviceId: { S: 'd1' }, temp: { N: '21.5' }, ok: { BOOL: true } },
         },
       });

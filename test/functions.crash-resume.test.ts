@@ -38,7 +38,7 @@ interface Batch {
 function handlerSource(collectorUrl: string): string {
   return `
 export async function handler(event) {
-  const records = event.Records.map((r) => [r.dynamodb.Keys.deviceId.S, Number(r.dynamodb.Keys.ts.N), r.dynamodb.SequenceNumber]);
+  const records = event.Records.map((r) => [r.dynamodb.Keys.deviceId.S, Number(r.dynamodb.NewImage.ts.N), r.dynamodb.SequenceNumber]);
   const res = await fetch(${JSON.stringify(collectorUrl)}, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(records) });
   if (!res.ok) throw new Error('the collector answered ' + res.status);
   return null;

@@ -23,6 +23,7 @@ import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp } from '../streams/types.js';
 import { tempDir, waitFor } from './helpers.js';
 import { blobPackage } from './package-archives.js';
+import { parseTsSeq } from '../store/table-key.js';
 
 type Listener = (ops: readonly BatchOp[]) => void;
 
@@ -104,7 +105,7 @@ function logged(node: Node, msg: string, id: string): number {
 function recordingRuntime(invocations: Invocation[]): FunctionRuntime {
   return {
     invoke: async (fn, event): Promise<InvokeResult> => {
-      invocations.push({ fn: fn.name, version: fn.version, ts: (event as DynamoDBStreamEvent).Records.map((r) => Number(r.dynamodb.Keys['ts']?.N)) });
+      invocations.push({ fn: fn.name, version: fn.version, ts: (event as DynamoDBStreamEvent).Records.map((r) => parseTsSeq(r.dynamodb.Keys['tsSeq']?.N ?? '')?.ts as number) });
       return { requestId: `req-${invocations.length}`, functionVersion: fn.version, outcome: { status: 'ok', result: null }, durationMs: 1, logs: [] };
     },
     close: async () => {},

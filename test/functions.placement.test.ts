@@ -14,6 +14,7 @@ import { MemoryChangeLog } from '../streams/memory-log.js';
 import type { BatchOp, ChangeLog } from '../streams/types.js';
 import { waitFor } from './helpers.js';
 import { AssignedShards } from '../functions/placement.js';
+import { parseTsSeq } from '../store/table-key.js';
 
 const FN: FunctionSpec = { name: 'placed', version: 1, codePath: '/nowhere/handler.mjs', timeoutMs: 1000, memoryMb: 128, environment: {} };
 const SHARDS = 4;
@@ -43,7 +44,7 @@ class Deliveries {
           node,
           invocation,
           deviceId: r.dynamodb.Keys['deviceId']?.S as string,
-          ts: Number(r.dynamodb.Keys['ts']?.N),
+          ts: parseTsSeq(r.dynamodb.Keys['tsSeq']?.N ?? '')?.ts as number,
           sequenceNumber: Number(r.dynamodb.SequenceNumber),
         }));
         this.all.push(...records);

@@ -91,7 +91,7 @@ describe('ProcessFunctionRuntime', () => {
         functionName: 'echo',
         functionVersion: '7',
         awsRequestId: first.requestId,
-        invokedFunctionArn: 'arn:tributary:lambda:local:000000000000:function:echo',
+        invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:echo',
         memoryLimitInMB: '200',
         loggerMethods: ['debug', 'error', 'info', 'warn'],
       });
@@ -99,7 +99,7 @@ describe('ProcessFunctionRuntime', () => {
       expect(r.context.remaining).toBeGreaterThan(4000);
       expect(r.context.remaining).toBeLessThanOrEqual(5000);
       // Only the function's environment plus a minimal set; NODE_OPTIONS cannot be set.
-      expect(r.env).toMatchObject({ GREETING: 'hi', NODE_OPTIONS: '', AWS_LAMBDA_FUNCTION_NAME: 'echo' });
+      expect(r.env).toMatchObject({ GREETING: 'hi', NODE_OPTIONS: '', AWS_LAMBDA_FUNCTION_NAME: 'echo', AWS_REGION: 'us-east-1', AWS_DEFAULT_REGION: 'us-east-1' });
       expect(r.env).not.toHaveProperty('TRIBUTARY_TEST_SECRET');
       expect(r.env).not.toHaveProperty('PATH');
       expect(r.cwd).toBe(FIXTURES.replace(/\/$/, ''));
@@ -306,8 +306,8 @@ describe('ProcessFunctionRuntime', () => {
     const record = (eventName: string, deviceId: string, temp?: number) => ({
       eventName,
       dynamodb: {
-        Keys: { deviceId: { S: deviceId }, ts: { N: '1700000000000' }, seq: { N: '0' } },
-        ...(temp === undefined ? {} : { NewImage: { deviceId: { S: deviceId }, ts: { N: '1700000000000' }, temp: { N: String(temp) } } }),
+        Keys: { deviceId: { S: deviceId }, tsSeq: { N: '1700000000000' } },
+        ...(temp === undefined ? {} : { NewImage: { deviceId: { S: deviceId }, tsSeq: { N: '1700000000000' }, ts: { N: '1700000000000' }, seq: { N: '0' }, temp: { N: String(temp) } } }),
       },
     });
     const codePath = fileURLToPath(new URL('../functions/examples/log-high-temp.js', import.meta.url));

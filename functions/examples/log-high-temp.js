@@ -15,7 +15,8 @@ export async function handler(event) {
     const temp = Number(record.dynamodb.NewImage?.temp?.N);
     if (temp > THRESHOLD) {
       const deviceId = record.dynamodb.Keys.deviceId.S;
-      const at = new Date(Number(record.dynamodb.Keys.ts.N)).toISOString();
+      // Keys are the item key (deviceId, tsSeq); ts and seq are plain attributes of the images.
+      const at = new Date(Number(record.dynamodb.NewImage.ts.N)).toISOString();
       console.log(`high temperature: ${deviceId} reported ${temp} at ${at}`);
     }
   }
