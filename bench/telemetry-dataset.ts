@@ -4,23 +4,12 @@
  * that falls slowly, an RSSI, and a status string — from a fixed seed, so every run and
  * every baseline (DuckDB) sees the same data.
  */
+import { prng } from '../core/prng.js';
 
 export interface DatasetReading {
   deviceId: string;
   ts: number;
   values: { temp: number; humidity: number; battery: number; rssi: number; status: string };
-}
-
-/** mulberry32: a small, fast PRNG with a fixed seed (not for anything but test data). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export interface DatasetOptions {

@@ -14,6 +14,7 @@
  *
  * Used by test/crash.test.ts (CRASH_CYCLES kills; `npm run test:crash` runs a longer soak).
  */
+import { prng } from '../../core/prng.js';
 import mqtt, { type MqttClient, type Packet } from 'mqtt';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
@@ -150,18 +151,6 @@ export interface Verification {
   shardsUsed: number;
   /** createdAt of each reading's change record, by `n`. */
   createdAt: Map<string, number>;
-}
-
-/** mulberry32: a small seeded PRNG, so a failing run's seed can be replayed (timing aside). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** One simulated device: an mqtt.js client with a persistent session and a window of QoS 1 publishes. */
