@@ -105,6 +105,7 @@ export const DeviceInfo = Type.Object({
   firstSeen: Nullable('integer', { description: 'Epoch ms of the first write; null for a registered device that has not written yet.' }),
   lastSeen: Nullable('integer', { description: 'Epoch ms of the last write; null until the device writes.' }),
   readings: Type.Integer({ description: 'Readings written (inserted) since the device was registered; retention drops do not lower it.' }),
+  readingsPerMinute: Type.Number({ description: 'Readings inserted a minute, recently: an exponentially weighted average over about the last minute, kept in memory by the node that stores the device (0 after its restart until the device writes again).' }),
   tags: Type.Record(Type.String(), Type.String()),
 });
 

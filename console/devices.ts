@@ -9,6 +9,7 @@ interface Device {
   firstSeen: number | null;
   lastSeen: number | null;
   readings: number;
+  readingsPerMinute: number;
   tags: Record<string, string>;
 }
 interface Page<T> {
@@ -28,7 +29,7 @@ const devicePath = (id: string) => `/v1/devices/${encodeURIComponent(id)}`;
 
 export async function deviceList(root: HTMLElement, query: URLSearchParams): Promise<void> {
   const prefix = el('input', { type: 'search', id: 'device-prefix', name: 'prefix', value: query.get('prefix') ?? '', placeholder: 'site-7-', autocomplete: 'off' });
-  const tag = el('input', { type: 'search', id: 'device-tag', name: 'tag', value: query.get('tag') ?? '', placeholder: 'key or key:value', autocomplete: 'off' });
+  const tag = el('input', { type: 'search', id: 'device-tag', name: 'tag', value: query.get('tag') ?? '', placeholder: 'key or key=value', autocomplete: 'off' });
   const results = el('div', { 'aria-live': 'polite' });
   const form = el(
     'form',
@@ -57,7 +58,7 @@ export async function deviceList(root: HTMLElement, query: URLSearchParams): Pro
       const latest = await Promise.all(page.items.map((d) => get<Reading>(`${devicePath(d.deviceId)}/latest`).catch(() => undefined)));
       const rows = page.items.map((d, i) => {
         const values = latest[i] === undefined ? {} : flattenValues(latest[i].values);
-        return [el('a', { href: deviceHref(d.deviceId), class: 'device-link' }, d.deviceId), tagText(d.tags), time(d.lastSeen), num(d.readings), Object.entries(values).slice(0, 4).map(([k, v]) => `${k}=${String(v)}`).join(', ')];
+        return [el('a', { href: deviceHref(d.deviceId), class: 'device-link' }, d.deviceId), tagText(d.tags), time(d.lastSeen), num(d.readings), num(d.readingsPerMinute), Object.entries(values).slice(0, 4).map(([k, v]) => `${k}=${String(v)}`).join(', ')];
       });
       const nav = el(
         'div',
@@ -65,7 +66,7 @@ export async function deviceList(root: HTMLElement, query: URLSearchParams): Pro
         el('button', { type: 'button', disabled: cursors.length <= 1, onclick: () => (cursors.pop(), void load()) }, 'Previous'),
         el('button', { type: 'button', disabled: page.nextCursor === null, onclick: () => (cursors.push(page.nextCursor ?? undefined), void load()) }, 'Next'),
       );
-      replace(results, page.items.length === 0 ? el('p', { class: 'muted' }, 'No devices on this page.') : table(['Device', 'Tags', 'Last seen', 'Readings', 'Latest values'], rows), nav);
+      replace(results, page.items.length === 0 ? el('p', { class: 'muted' }, 'No devices on this page.') : table(['Device', 'Tags', 'Last seen', 'Readings', 'Readings/min', 'Latest values'], rows), nav);
     } catch (err) {
       replace(results, errorNote(err));
     }
@@ -118,7 +119,7 @@ export async function devicePage(root: HTMLElement, id: string, signal: AbortSig
   replace(
     root,
     el('h1', {}, 'Device ', el('code', { id: 'device-id' }, id)),
-    el('p', { class: 'muted' }, `First seen ${time(device.firstSeen)} · last seen ${time(device.lastSeen)} · ${device.readings} readings`),
+    el('p', { class: 'muted' }, `First seen ${time(device.firstSeen)} · last seen ${time(device.lastSeen)} · ${device.readings} readings · ${device.readingsPerMinute} a minute recently`),
     rangeForm,
     chartBox,
     chartNote,

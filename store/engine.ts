@@ -40,6 +40,7 @@ import {
   type Projection,
 } from './items.js';
 import { DEFAULT_DELIVERY_WINDOW, DeliveryWindow, type DeliveryRow } from './delivery-window.js';
+import { WriteRates } from './write-rate.js';
 import { MAX_U32 } from './keys.js';
 import {
   AGGREGATES,
@@ -323,6 +324,8 @@ export class TelemetryStoreEngine implements TelemetryStore {
 
   /** Committed state of devices the write path has touched (never filled by reads, which could race a commit). */
   private readonly devices = new Map<string, DeviceState>();
+  /** Recent readings a minute per device, for `DeviceInfo.readingsPerMinute` (memory only). */
+  private readonly rates = new WriteRates();
   private readonly stamps = new Map<string, Stamp>();
   /** Committed delivery windows of clients that published, in caching order (see {@link CACHED_WINDOW_ENTRIES}). */
   private readonly windows = new Map<string, DeliveryWindow>();
@@ -581,6 +584,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
         () => {
           for (const [deviceId, state] of next) this.devices.set(deviceId, state);
           for (const d of plan.deliveries) windows.get(d.clientId)?.record(d.n, d.packetId, d.payloadHash);
+          for (const [deviceId, w] of work) if (w.inserts > 0) this.rates.add(deviceId, w.inserts, now);
         },
         extraOps,
       );
@@ -953,7 +957,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
 
   async getDevice(deviceId: string): Promise<DeviceInfo | undefined> {
     const info = (await this.deviceState(deviceId)).info;
-    return info === undefined ? undefined : toDeviceInfo(deviceId, info);
+    return info === undefined ? undefined : this.deviceInfo(deviceId, info);
   }
 
   async listDevices(q: ListDevicesQuery): Promise<Page<DeviceInfo>> {
@@ -970,7 +974,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
       const more = rows.length > limit;
       const page = more ? rows.slice(0, limit) : rows;
       const last = page[page.length - 1];
-      return { items: page.map((r) => toDeviceInfo(r.deviceId, r.info)), nextCursor: more && last !== undefined ? encodeDeviceCursor(last.deviceId) : null };
+      return { items: page.map((r) => this.deviceInfo(r.deviceId, r.info)), nextCursor: more && last !== undefined ? encodeDeviceCursor(last.deviceId) : null };
     }
     // Filtered: examine a bounded number of entries per page; the cursor says where to go on.
     const matches = (tags: Record<string, string>): boolean => (filter ?? []).every(([k, v]) => Object.hasOwn(tags, k) && (v === undefined || tags[k] === v));
@@ -990,7 +994,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
           exhausted = true;
           break;
         }
-        if (matches(row.info.tags)) found.push(toDeviceInfo(row.deviceId, row.info));
+        if (matches(row.info.tags)) found.push(this.deviceInfo(row.deviceId, row.info));
         if (found.length > limit) break;
         position = row.deviceId;
       }
@@ -1030,6 +1034,11 @@ export class TelemetryStoreEngine implements TelemetryStore {
     };
   }
 
+  private deviceInfo(deviceId: string, info: DeviceRecord): DeviceInfo {
+    // Copies, so a caller editing the result cannot reach into the cache.
+    return { deviceId, firstSeen: info.firstSeen, lastSeen: info.lastSeen, readings: info.readings, readingsPerMinute: this.rates.perMinute(deviceId, this.now()), tags: { ...info.tags } };
+  }
+
   private async deviceState(deviceId: string): Promise<DeviceState> {
     assertDeviceId(deviceId);
     const cached = this.devices.get(deviceId);
@@ -1056,7 +1065,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
         const plan = emptyPlan(this.now());
         plan.devices.push({ deviceId, info });
         await this.commitPlan(plan, () => this.devices.set(deviceId, { latest: state.latest, info }));
-        return { created: old === undefined, device: toDeviceInfo(deviceId, info) };
+        return { created: old === undefined, device: this.deviceInfo(deviceId, info) };
       }),
     );
   }
@@ -1130,6 +1139,7 @@ export class TelemetryStoreEngine implements TelemetryStore {
           this.devices.delete(deviceId);
           this.stamps.delete(deviceId);
           this.windows.delete(deviceId);
+          this.rates.delete(deviceId);
         });
         removed += items.length;
         return last;
@@ -1284,9 +1294,4 @@ function checkTimeParam(value: unknown, field: string): number {
 export function justBefore(prefix: string): string {
   const last = prefix.charCodeAt(prefix.length - 1);
   return `${prefix.slice(0, -1)}${String.fromCharCode(last - 1)}${'z'.repeat(128)}`;
-}
-
-function toDeviceInfo(deviceId: string, info: DeviceRecord): DeviceInfo {
-  // Copies, so a caller editing the result cannot reach into the cache.
-  return { deviceId, firstSeen: info.firstSeen, lastSeen: info.lastSeen, readings: info.readings, tags: { ...info.tags } };
 }

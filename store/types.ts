@@ -114,6 +114,11 @@ export interface DeviceInfo {
    * written, not readings currently stored.
    */
   readings: number;
+  /**
+   * Readings inserted a minute, recently: an exponentially weighted average over about the
+   * last minute, kept in memory (0 after a restart until the device writes again).
+   */
+  readingsPerMinute: number;
   tags: Record<string, string>;
 }
 

@@ -182,7 +182,7 @@ describe('ingest and read back', () => {
 
     const one = await app.inject('/v1/devices/b');
     expect(one.statusCode).toBe(200);
-    expect(one.json()).toEqual({ deviceId: 'b', firstSeen: expect.any(Number), lastSeen: expect.any(Number), readings: 1, tags: {} });
+    expect(one.json()).toEqual({ deviceId: 'b', firstSeen: expect.any(Number), lastSeen: expect.any(Number), readings: 1, readingsPerMinute: expect.any(Number), tags: {} });
   });
 
   it('accepts the longest legal device id (128 characters) and every allowed character', async () => {
@@ -241,7 +241,7 @@ describe('aggregation, per-key latest and the registry', () => {
     const { app } = harness();
     const created = await app.inject({ method: 'PUT', url: '/v1/devices/pump-1', payload: { tags: { site: 'north', kind: 'pump' } } });
     expect(created.statusCode, created.body).toBe(201);
-    expect(created.json()).toEqual({ deviceId: 'pump-1', firstSeen: null, lastSeen: null, readings: 0, tags: { site: 'north', kind: 'pump' } });
+    expect(created.json()).toEqual({ deviceId: 'pump-1', firstSeen: null, lastSeen: null, readings: 0, readingsPerMinute: 0, tags: { site: 'north', kind: 'pump' } });
     expect((await app.inject('/v1/devices/pump-1')).json()).toMatchObject({ firstSeen: null, tags: { site: 'north' } });
     // Registered without readings: latest is NotFound, not DeviceNotFound; per-key latest is empty.
     expectError(await app.inject('/v1/devices/pump-1/latest'), 404, 'NotFound');

@@ -23,7 +23,7 @@ import { describeWithKafka, kafkaTestKit, uniqueTopic } from './kafka/broker.js'
 const SHARDS = 4;
 
 function info(deviceId: string, extra: Partial<DeviceInfo> = {}): DeviceInfo {
-  return { deviceId, firstSeen: null, lastSeen: null, readings: 0, tags: {}, ...extra };
+  return { deviceId, firstSeen: null, lastSeen: null, readings: 0, readingsPerMinute: 0, tags: {}, ...extra };
 }
 const ids = (page: Page<DeviceInfo>): string[] => page.items.map((d) => d.deviceId);
 

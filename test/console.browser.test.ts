@@ -97,6 +97,9 @@ describe('console in open mode', () => {
       await page.getByRole('link', { name: device }).waitFor();
       await page.getByRole('cell', { name: `note=${markup}` }).waitFor();
       expect(await page.locator('img').count()).toBe(0);
+      // Its recent rate is listed (readings a minute): it sent 30 readings moments ago.
+      const row = page.getByRole('row').filter({ has: page.getByRole('link', { name: device }) });
+      expect(Number((await row.getByRole('cell').nth(4).innerText()).replace(/,/g, ''))).toBeGreaterThan(0);
       await shot(page, 'devices');
 
       await page.getByRole('link', { name: device }).click();

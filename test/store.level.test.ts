@@ -129,7 +129,8 @@ describe('LevelTelemetryStore (LevelDB only)', () => {
       { deviceId: 'd1', ts: t, seq: 0, values: { v: 2 } },
     ]);
     expect(await b.store.latest('d1')).toEqual({ deviceId: 'd1', ts: t, seq: 0, values: { v: 2 } });
-    expect(await b.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: t, lastSeen: t, readings: 2, tags: {} });
+    // The recent rate is kept in memory only: it starts again after a reopen.
+    expect(await b.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: t, lastSeen: t, readings: 2, readingsPerMinute: 0, tags: {} });
     expect((await b.store.listDevices({ limit: 10 })).items.map((d) => d.deviceId)).toEqual(['d1', 'd2']);
     expect((await b.changes()).map((r) => [r.deviceId, r.eventName, r.ts])).toEqual(
       expect.arrayContaining([

@@ -522,7 +522,9 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         await f.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { a: 1 } }, { ts: 2, values: { a: 2 } }] });
         clock.set(20_000);
         await f.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { a: 1 } }, { ts: 2, values: { a: 3 } }, { values: { a: 4 } }] });
-        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 10_000, lastSeen: 20_000, readings: 3, tags: {} });
+        // Readings a minute, recently (a one-minute moving average): 2 at 10 s, decayed for
+        // 10 s (e^-1/6), plus the 1 inserted at 20 s.
+        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 10_000, lastSeen: 20_000, readings: 3, readingsPerMinute: 2.7, tags: {} });
       });
 
       it('lists devices by id with cursor pagination', async () => {
@@ -762,7 +764,8 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         // Silent on the stream: dropping millions of readings would otherwise flood it.
         expect(await f.changes()).toEqual(before);
         expect(await f.store.latest('d1')).toMatchObject({ ts: 5 * HOUR + 1 });
-        expect(await f.store.getDevice('d1')).toEqual(deviceBefore);
+        // The registry is kept; only the recent rate has decayed in the 5.5 h that passed.
+        expect(await f.store.getDevice('d1')).toEqual({ ...deviceBefore, readingsPerMinute: 0 });
         // Idempotent: nothing more to drop.
         expect((await f.store.dropExpired()).partitions).toBe(0);
         // The partition straddling the horizon goes once it is wholly older.
@@ -836,16 +839,16 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         const f = await fixture({ now: clock.now });
         expect(await f.store.putDevice({ deviceId: 'd1', tags: { site: 'north', floor: '2' } })).toEqual({
           created: true,
-          device: { deviceId: 'd1', firstSeen: null, lastSeen: null, readings: 0, tags: { site: 'north', floor: '2' } },
+          device: { deviceId: 'd1', firstSeen: null, lastSeen: null, readings: 0, readingsPerMinute: 0, tags: { site: 'north', floor: '2' } },
         });
-        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: null, lastSeen: null, readings: 0, tags: { site: 'north', floor: '2' } });
+        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: null, lastSeen: null, readings: 0, readingsPerMinute: 0, tags: { site: 'north', floor: '2' } });
         expect(await f.store.latest('d1')).toBeUndefined();
         expect(await f.store.latest('d1', { keys: ['temp'] })).toEqual({ deviceId: 'd1', values: {} });
         clock.set(6000);
         await f.store.write({ deviceId: 'd1', readings: [{ values: { temp: 1 } }] });
-        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 6000, lastSeen: 6000, readings: 1, tags: { site: 'north', floor: '2' } });
+        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 6000, lastSeen: 6000, readings: 1, readingsPerMinute: 1, tags: { site: 'north', floor: '2' } });
         const updated = await f.store.putDevice({ deviceId: 'd1', tags: { site: 'south' } });
-        expect(updated).toEqual({ created: false, device: { deviceId: 'd1', firstSeen: 6000, lastSeen: 6000, readings: 1, tags: { site: 'south' } } });
+        expect(updated).toEqual({ created: false, device: { deviceId: 'd1', firstSeen: 6000, lastSeen: 6000, readings: 1, readingsPerMinute: 1, tags: { site: 'south' } } });
         clock.set(7000);
         await f.store.write({ deviceId: 'd1', readings: [{ values: { temp: 2 } }] });
         expect(await f.store.getDevice('d1')).toMatchObject({ lastSeen: 7000, readings: 2, tags: { site: 'south' } });
@@ -914,8 +917,8 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         // The device's own client starts afresh; a gateway's delivery ids are the gateway's.
         expect((await f.store.write({ deviceId: 'd1', readings: [{ ts: 7, values: { h: 0 } }], delivery })).status).toBe('committed');
         expect((await f.store.write({ deviceId: 'd1', readings: [{ ts: 8, values: {} }], delivery: gateway })).status).toBe('duplicate');
-        // It comes back as a new device.
-        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 50_000, lastSeen: 50_000, readings: 1, tags: {} });
+        // It comes back as a new device, its rate counted afresh.
+        expect(await f.store.getDevice('d1')).toEqual({ deviceId: 'd1', firstSeen: 50_000, lastSeen: 50_000, readings: 1, readingsPerMinute: 1, tags: {} });
         expect(await all(f.store, 'd1')).toHaveLength(1);
       });
 
