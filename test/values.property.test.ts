@@ -146,10 +146,10 @@ describe('generated key names and values through ingest, store, stream record an
         const [record] = await changeLog.read(0, position, 10);
         expect(record).toBeDefined();
         position = record?.sequenceNumber ?? position;
-        const wire = JSON.parse(JSON.stringify(toStreamRecord(record as NonNullable<typeof record>, 'arn'))) as { dynamodb: { NewImage: Record<string, never> } };
+        const wire = JSON.parse(JSON.stringify(toStreamRecord(record as NonNullable<typeof record>, changeLog.streamArn))) as { dynamodb: { NewImage: Record<string, never> } };
         const image = unmarshall(wire.dynamodb.NewImage, { wrapNumbers: true });
         expect(image['deviceId']).toBe('prop-1');
-        const { deviceId: _d, ts: _t, seq: _s, ...values } = image;
+        const { deviceId: _d, tsSeq: _k, ts: _t, seq: _s, ...values } = image;
         expectSame(t, values, 'image');
         const item = result.items[0] as { ts: number; seq: number };
         // The stored text, as REST and the exports splice it.
