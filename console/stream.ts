@@ -17,7 +17,7 @@ export async function streamPage(root: HTMLElement, signal: AbortSignal): Promis
   }
   const shards = await get<{ streamArn: string; items: Array<{ shardId: string; firstSequenceNumber: string | null; lastSequenceNumber: string | null }> }>('/v1/streams/shards');
   const records = el('div', { id: 'stream-records', class: 'records' });
-  const state = el('span', { class: 'muted', role: 'status' }, 'connecting…');
+  const state = el('span', { class: 'muted', role: 'status', id: 'stream-state' }, 'connecting…');
   replace(
     root,
     el('h1', {}, 'Stream'),

@@ -141,7 +141,8 @@ describe('console in open mode', () => {
       await shot(page, 'function');
 
       await page.getByRole('link', { name: 'Stream', exact: true }).click();
-      await page.getByText('live', { exact: true }).waitFor();
+      // The stream page's own state (the page before may still show its own "live" a moment).
+      await page.locator('#stream-state', { hasText: 'live' }).waitFor();
       await client.publishAsync(`devices/${device}/telemetry`, JSON.stringify({ temp: 7 }), { qos: 1 });
       await page.locator('#stream-records summary', { hasText: device }).first().waitFor();
       await shot(page, 'stream');
@@ -196,7 +197,8 @@ describe('console in secured mode', () => {
       await shot(page, 'devices-secured');
 
       await page.getByRole('link', { name: 'Stream', exact: true }).click();
-      await page.getByText('live', { exact: true }).waitFor();
+      // The stream page's own state (the page before may still show its own "live" a moment).
+      await page.locator('#stream-state', { hasText: 'live' }).waitFor();
       await post(base, '/v1/devices/site-8-a/telemetry', { temp: 8 }, admin);
       await post(base, '/v1/devices/site-7-a/telemetry', { temp: 7 }, admin);
       await page.locator('#stream-records summary', { hasText: 'site-7-a' }).first().waitFor();
