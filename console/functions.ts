@@ -38,29 +38,45 @@ export async function functionList(root: HTMLElement): Promise<void> {
   }
   const [list, summary] = await Promise.all([get<{ items: FunctionInfo[] }>('/v1/functions?limit=1000'), get<{ functions?: Stats[] }>('/v1/metrics/summary').catch(() => ({ functions: undefined }))]);
   const stats = new Map((summary.functions ?? []).map((s) => [s.name, s]));
-  const triggers = await Promise.all(list.items.map((f) => get<{ items: Trigger[] }>(`${fnPath(f.name)}/triggers`).catch(() => ({ items: [] }))));
+  const [triggers, dlq] = await Promise.all([
+    Promise.all(list.items.map((f) => get<{ items: Trigger[] }>(`${fnPath(f.name)}/triggers`).catch(() => ({ items: [] })))),
+    // Dead-letter entries per function: one page each, counted (the list says "1000+" past it).
+    Promise.all(list.items.map((f) => get<{ items: unknown[]; nextCursor: string | null }>(withQuery('/v1/dlq', { functionName: f.name, limit: DLQ_COUNT_MAX })).catch(() => undefined))),
+  ]);
   replace(
     root,
     el('h1', {}, 'Functions'),
     list.items.length === 0
       ? el('p', { class: 'muted' }, 'No functions deployed.')
       : table(
-          ['Function', 'Version', 'Triggers', 'Invocations', 'Errors', 'Throttles', 'Iterator age'],
+          ['Function', 'Status', 'Version', 'Triggers', 'Invocations', 'Errors', 'Throttles', 'Iterator age', 'DLQ'],
           list.items.map((f, i) => {
             const s = stats.get(f.name);
             const t = triggers[i]?.items ?? [];
+            const d = dlq[i];
             return [
               el('a', { href: `#/functions/${encodeURIComponent(f.name)}`, class: 'function-link' }, f.name),
+              status(s),
               String(f.version),
               `${t.filter((x) => x.enabled).length} enabled / ${t.length}`,
               num(s?.invocations ?? 0),
               num(s?.errors ?? 0),
               num(s?.throttles ?? 0),
               s?.iteratorAgeSeconds == null ? '—' : `${s.iteratorAgeSeconds.toFixed(2)} s`,
+              d === undefined ? '—' : `${d.items.length}${d.nextCursor === null ? '' : '+'}`,
             ];
           }),
         ),
   );
+}
+
+/** Largest dead-letter count the list shows exactly. */
+const DLQ_COUNT_MAX = 1000;
+
+/** A function's state from its counts since the server started: errors seen, or none, or not invoked yet. */
+function status(s: Stats | undefined): string {
+  if (s === undefined || s.invocations === 0) return 'not invoked';
+  return s.errors > 0 ? 'errors' : 'ok';
 }
 
 const LEVELS = ['debug', 'info', 'warn', 'error'];

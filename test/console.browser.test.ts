@@ -128,6 +128,10 @@ describe('console in open mode', () => {
       expect(phone.errors).toEqual([]);
 
       await page.getByRole('link', { name: 'Functions', exact: true }).click();
+      // Its row: invoked once without an error, nothing in the dead-letter queue.
+      const fnRow = page.getByRole('row').filter({ has: page.getByRole('link', { name: 'audit' }) });
+      await fnRow.waitFor();
+      expect(await fnRow.getByRole('cell').allInnerTexts()).toEqual(['audit', 'ok', '1', expect.any(String), '1', '0', '0', expect.any(String), '0']);
       await page.getByRole('link', { name: 'audit' }).click();
       await page.locator('#log-lines').getByText('handled {"first":1}').waitFor();
       await page.locator('#log-state', { hasText: 'live' }).waitFor();
