@@ -4,13 +4,13 @@
 # Production dependencies only; they are what the runtime image ships. --ignore-scripts: the
 # package's own `prepare` builds with tsc, a dev dependency; the native modules load from
 # their prebuilds (checked in the last stage).
-FROM node:20-bookworm-slim AS deps
+FROM node:24-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 
 # The TypeScript build needs the dev dependencies (tsc, types).
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 # The sources are not here yet for `prepare` to build: `npm run build` below does.
@@ -19,7 +19,7 @@ COPY . .
 # The image ships the server, not the tests (which import dev dependencies) or the benchmarks.
 RUN npm run build && rm -rf dist/test dist/bench dist/.tsbuildinfo && find dist -name '*.test.js*' -delete
 
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production
 COPY --from=deps /app/node_modules ./node_modules
