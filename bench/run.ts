@@ -1,6 +1,6 @@
 /**
  * `npm run bench [suite...]`: runs the benchmarks and prints one table per suite, each
- * with its baseline measured in the same run. Suites: store, blocks, ingest, streams, api, console, cluster
+ * with its baseline measured in the same run. Suites: store, blocks, journal, ingest, streams, api, console, cluster
  * (cluster needs KAFKA_BROKERS, e.g. from test/kafka/start-kafka.sh; without it the default run leaves it out).
  */
 import { benchApi } from './api.js';
@@ -8,10 +8,11 @@ import { benchBlocks } from './blocks.js';
 import { benchCluster } from './cluster.js';
 import { benchConsole } from './console.js';
 import { benchIngest } from './ingest.js';
+import { benchJournal } from './journal.js';
 import { benchStore } from './store.js';
 import { benchStreams } from './streams.js';
 
-const SUITES: Record<string, () => Promise<void>> = { store: benchStore, blocks: benchBlocks, ingest: benchIngest, streams: benchStreams, api: benchApi, console: benchConsole, cluster: benchCluster };
+const SUITES: Record<string, () => Promise<void>> = { store: benchStore, blocks: benchBlocks, journal: benchJournal, ingest: benchIngest, streams: benchStreams, api: benchApi, console: benchConsole, cluster: benchCluster };
 
 const wanted = process.argv.slice(2);
 for (const name of wanted) {
