@@ -295,7 +295,13 @@ export class KeyAccumulator {
   count = 0;
   /** How many of the values were numbers. */
   numbers = 0;
-  sum = 0;
+  /**
+   * The sum of the numbers, Neumaier-compensated: `sum + compensation` carries the low-order
+   * bits plain addition drops, so the result does not depend on how many readings a bucket
+   * holds or (within an ulp or so) on their order — what rollups that merge buckets need.
+   */
+  private sumHigh = 0;
+  private compensation = 0;
   min = Number.POSITIVE_INFINITY;
   max = Number.NEGATIVE_INFINITY;
   first: string | number | boolean = 0;
@@ -309,10 +315,16 @@ export class KeyAccumulator {
     this.count++;
     if (typeof v === 'number') {
       this.numbers++;
-      this.sum += v;
+      const t = this.sumHigh + v;
+      this.compensation += Math.abs(this.sumHigh) >= Math.abs(v) ? this.sumHigh - t + v : v - t + this.sumHigh;
+      this.sumHigh = t;
       if (v < this.min) this.min = v;
       if (v > this.max) this.max = v;
     }
+  }
+
+  get sum(): number {
+    return this.sumHigh + this.compensation;
   }
 
   result(aggs: readonly Aggregate[]): KeyAggregates {

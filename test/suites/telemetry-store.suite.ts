@@ -718,6 +718,14 @@ export function runTelemetryStoreSuite({ name, factory }: TelemetryStoreSuiteOpt
         });
       });
 
+      it('sums with compensation: a bucket of 1e16, 1, -1e16 sums to 1 (plain addition gives 0)', async () => {
+        const f = await fixture();
+        await f.store.write({ deviceId: 'd1', readings: [1e16, 1, -1e16, 0.1, 0.2].map((v, i) => ({ ts: 1000 + i, values: { v } })) });
+        const result = await f.store.aggregate({ deviceId: 'd1', from: 0, to: 10_000, intervalMs: 1000, aggs: ['sum', 'avg', 'count'] });
+        expect(1e16 + 1 - 1e16).toBe(0);
+        expect(result.buckets[0]?.values['v']).toEqual({ sum: 1 + 0.1 + 0.2, avg: (1 + 0.1 + 0.2) / 5, count: 5 });
+      });
+
       it('rejects bad parameters and caps the bucket count', async () => {
         const f = await fixture();
         await f.store.write({ deviceId: 'd1', readings: [{ ts: 1, values: { a: 1 } }] });
