@@ -44,9 +44,12 @@ describe('journal', () => {
     open.push(j);
     return j;
   }
-  async function reopen(j: Journal, dir: string): Promise<Journal> {
+  async function closeJournal(j: Journal): Promise<void> {
     await j.close();
     open.splice(open.indexOf(j), 1);
+  }
+  async function reopen(j: Journal, dir: string): Promise<Journal> {
+    await closeJournal(j);
     return openJournal(dir);
   }
   function newDir(): string {
@@ -106,8 +109,7 @@ describe('journal', () => {
     let j = await openJournal(dir);
     const positions = await appendFrames(j, 0, 10);
     const name = segmentName(0);
-    await j.close();
-    open.splice(open.indexOf(j), 1);
+    await closeJournal(j);
     // Cut the last frame in the middle, as a crash during its write would.
     const lastStart = SEGMENT_HEADER_BYTES + (positions[9] as number);
     truncateSync(join(dir, name), lastStart + FRAME_HEADER_BYTES + 3);
@@ -130,8 +132,7 @@ describe('journal', () => {
     const dir = newDir();
     let j = await openJournal(dir);
     const positions = await appendFrames(j, 0, 10);
-    await j.close();
-    open.splice(open.indexOf(j), 1);
+    await closeJournal(j);
     const file = join(dir, segmentName(0));
     const bytes = readFileSync(file);
     const flip = (position: number, offset: number): void => {
@@ -155,8 +156,7 @@ describe('journal', () => {
     const dir = newDir();
     let j = await openJournal(dir);
     const positions = await appendFrames(j, 0, 200);
-    await j.close();
-    open.splice(open.indexOf(j), 1);
+    await closeJournal(j);
     const file = join(dir, segmentName(0));
     const bytes = readFileSync(file);
     const at = SEGMENT_HEADER_BYTES + (positions[3] as number) + 50;
@@ -174,8 +174,7 @@ describe('journal', () => {
     const dir = newDir();
     const j = await openJournal(dir);
     await appendFrames(j, 0, 2);
-    await j.close();
-    open.splice(open.indexOf(j), 1);
+    await closeJournal(j);
     const file = join(dir, segmentName(0));
     const bytes = readFileSync(file);
     encodeHeader({ format: 99, base: 0, createdAt: 1 }).copy(bytes, 0);
